@@ -1,0 +1,28 @@
+# The runbook's entry points. `make run` and `make test` are the two commands;
+# both set up what is missing first (scripts/setup.sh, idempotent).
+PARAMS ?= parameters/lab.yaml
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup run test teardown images jupyter bench
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(PY) -m helpers run --params $(PARAMS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+teardown: setup
+	$(PY) -m helpers run --params $(PARAMS) --stages 99
+
+images: setup
+	$(PY) -m helpers.lab.images
+
+jupyter: setup
+	.venv/bin/jupyter lab --allow-root --notebook-dir=notebooks
+
+bench: setup
+	$(PY) scripts/bench_lab.py

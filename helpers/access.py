@@ -1,0 +1,40 @@
+"""The ways into L1 and L2, from the parameters and what stage 02 recorded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import RunbookError
+from .guest import SSH, Agent, Guest, virsh_agent_call
+from .params import Params
+from .state import State
+
+
+def _path(p) -> Path | None:
+    return Path(p).expanduser() if p else None
+
+
+def l1_ssh_spec(p: Params, lab_key: Path | None = None, known_hosts: Path | None = None) -> dict:
+    """How to reach L1's sshd: 127.0.0.1 and the forwarded port in the lab,
+    L1's address on a bridge otherwise."""
+    net = p.l1.network
+    host, port = ("127.0.0.1", net.ssh_port) if net.mode == "user" else (net.address, 22)
+    return {"host": host, "port": port, "user": p.l1.ssh.user,
+            "identity": str(_path(p.l1.ssh.identity) or lab_key or "") or None,
+            "known_hosts": str(_path(p.l1.ssh.known_hosts) or known_hosts or "") or None,
+            "config": str(_path(p.l1.ssh.config)) if p.l1.ssh.config else None}
+
+
+def l1_guest(p: Params, state: State) -> SSH:
+    """SSH into L1 as recorded by stage 02."""
+    spec = state.get("l1", {}).get("ssh")
+    if not spec:
+        raise RunbookError("no way into L1 is recorded in the run state",
+                           hint="run stage 02 (build L1) first: `python -m helpers run --from 02`")
+    return SSH(host=spec["host"], port=int(spec["port"]), user=spec["user"],
+               identity=_path(spec.get("identity")), known_hosts=_path(spec.get("known_hosts")),
+               config=_path(spec.get("config")), name="l1")
+
+
+def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
+    """L2's guest agent, reached with `virsh qemu-agent-command` inside L1."""
+    return Agent(call=virsh_agent_call(l1, p.l2.name), name="l2")

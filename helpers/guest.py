@@ -1,0 +1,269 @@
+"""One way to run a command on a machine: the host (L0), L1 or L2.
+
+Every fact and operation reads or changes a machine through a ``Guest``:
+``guest.run(cmd) -> Result(rc, out, err)``. Implementations:
+
+- ``Local``: this machine, optionally with files read under another root
+  (fixture trees in tests);
+- ``SSH``: OpenSSH with keys only and pinned host keys, jumps supported;
+- ``Agent``: the QEMU guest agent, through a libvirt connection or through
+  ``virsh`` run on the machine one level down.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+Command = str | Sequence[str]
+
+
+class GuestError(RuntimeError):
+    """A command could not be run, or failed when it had to succeed."""
+
+
+@dataclass
+class Result:
+    """What a command gave back."""
+
+    rc: int
+    out: str
+    err: str
+    cmd: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def check(self) -> "Result":
+        """Raise GuestError with the command's own words when it failed."""
+        if self.rc != 0:
+            msg = (self.err or self.out).strip().splitlines()
+            tail = msg[-1] if msg else "no output"
+            raise GuestError(f"`{self.cmd}` failed with exit code {self.rc}: {tail}")
+        return self
+
+
+def as_shell(cmd: Command) -> str:
+    """A command as one shell string."""
+    return cmd if isinstance(cmd, str) else shlex.join(cmd)
+
+
+class Guest:
+    """A machine we can run commands on. Subclasses implement ``_run``."""
+
+    name = "guest"
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        raise NotImplementedError
+
+    def run(self, cmd: Command, timeout: float = 120, input: str | None = None,
+            check: bool = False) -> Result:
+        """Run ``cmd`` (a shell string or an argv list) and return its result."""
+        res = self._run(as_shell(cmd), timeout, input)
+        res.cmd = as_shell(cmd)
+        return res.check() if check else res
+
+    # File helpers, built on run(); Local overrides them with direct reads.
+    def read_text(self, path: str) -> str | None:
+        """The file's text, or None when it cannot be read."""
+        r = self.run(["cat", path])
+        return r.out if r.ok else None
+
+    def exists(self, path: str) -> bool:
+        return self.run(["test", "-e", path]).ok
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in a directory, sorted; empty when it does not exist."""
+        r = self.run(["ls", "-1A", path])
+        return sorted(r.out.split()) if r.ok else []
+
+    def readlink(self, path: str) -> str | None:
+        r = self.run(["readlink", path])
+        return r.out.strip() if r.ok and r.out.strip() else None
+
+    def which(self, program: str) -> bool:
+        return self.run(f"command -v {shlex.quote(program)}").ok
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+@dataclass
+class Local(Guest):
+    """This machine. ``root`` maps absolute paths for file reads (fixture
+    trees); ``commands`` answers chosen commands with recorded output."""
+
+    root: Path | None = None
+    commands: dict[str, Result | str] = field(default_factory=dict)
+    name: str = "l0"
+
+    def _path(self, path: str) -> Path:
+        return Path(path) if self.root is None else Path(self.root) / path.lstrip("/")
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        if cmd in self.commands:
+            rec = self.commands[cmd]
+            return rec if isinstance(rec, Result) else Result(0, rec, "")
+        if self.root is not None:
+            return Result(127, "", f"{cmd}: not recorded in the fixture")
+        try:
+            p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
+                               timeout=timeout, input=input, errors="replace")
+        except subprocess.TimeoutExpired:
+            return Result(124, "", f"timed out after {timeout:.0f} s")
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return self._path(path).read_text(errors="replace")
+        except OSError:
+            return None
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(self._path(path))
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self._path(path)))
+        except OSError:
+            return []
+
+    def readlink(self, path: str) -> str | None:
+        try:
+            return os.readlink(self._path(path))
+        except OSError:
+            return None
+
+    def which(self, program: str) -> bool:
+        if self.root is not None:
+            return any(self.exists(f"{d}/{program}") for d in
+                       ("/usr/bin", "/usr/sbin", "/bin", "/sbin"))
+        return super().which(program)
+
+
+@dataclass
+class SSH(Guest):
+    """OpenSSH to ``user@host:port``: keys only, host key checked.
+
+    ``known_hosts`` pins the host key (the lab writes the key of the image it
+    built); ``jump`` is another SSH guest to hop through (``-J``);
+    ``config`` is an ssh_config file (the user's own by default).
+    """
+
+    host: str
+    user: str = "root"
+    port: int = 22
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    jump: "SSH | None" = None
+    config: Path | None = None
+    connect_timeout: int = 10
+    name: str = "ssh"
+
+    def target(self) -> str:
+        return f"{self.user}@{self.host}"
+
+    def options(self) -> list[str]:
+        """ssh options shared by the command and by a jump to it."""
+        opts = ["-o", "BatchMode=yes", "-o", "PasswordAuthentication=no",
+                "-o", "KbdInteractiveAuthentication=no",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"ConnectTimeout={self.connect_timeout}",
+                "-o", "LogLevel=ERROR"]
+        if self.config:
+            opts = ["-F", str(self.config)] + opts
+        if self.identity:
+            opts += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        return opts
+
+    def argv(self, cmd: str) -> list[str]:
+        argv = ["ssh", *self.options(), "-p", str(self.port)]
+        if self.jump:
+            j = self.jump
+            proxy = shlex.join(["ssh", *j.options(), "-p", str(j.port), "-W", "%h:%p", j.target()])
+            argv += ["-o", f"ProxyCommand={proxy}"]
+        return argv + [self.target(), "--", cmd]
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        try:
+            p = subprocess.run(self.argv(cmd), capture_output=True, text=True, timeout=timeout,
+                               input=input if input is not None else "", errors="replace")
+        except subprocess.TimeoutExpired:
+            return Result(124, "", f"timed out after {timeout:.0f} s over SSH to {self.target()}")
+        except FileNotFoundError:
+            raise GuestError("ssh is not installed: install openssh-client")
+        if p.returncode == 255:
+            return Result(255, p.stdout, p.stderr or f"ssh to {self.target()} port {self.port} failed")
+        return Result(p.returncode, p.stdout, p.stderr)
+
+
+AgentCall = Callable[[dict, float], dict]
+
+
+def libvirt_agent_call(dom) -> AgentCall:
+    """Send guest-agent JSON through a libvirt-python domain."""
+    import libvirt_qemu
+
+    def call(msg: dict, timeout: float) -> dict:
+        return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), max(int(timeout), 1), 0))
+    return call
+
+
+def virsh_agent_call(via: Guest, domain: str, uri: str = "qemu:///system") -> AgentCall:
+    """Send guest-agent JSON with ``virsh qemu-agent-command`` run on ``via``
+    (L1 reaching its own guest L2)."""
+
+    def call(msg: dict, timeout: float) -> dict:
+        r = via.run(["virsh", "-c", uri, "qemu-agent-command", domain, json.dumps(msg),
+                     "--timeout", str(max(int(timeout), 1))], timeout=timeout + 30)
+        if not r.ok:
+            raise GuestError(f"guest agent of {domain} did not answer: {r.err.strip() or r.out.strip()}")
+        return json.loads(r.out)
+    return call
+
+
+@dataclass
+class Agent(Guest):
+    """The QEMU guest agent: guest-exec, then poll guest-exec-status."""
+
+    call: AgentCall = None  # type: ignore[assignment]
+    name: str = "agent"
+    poll: float = 0.2
+
+    def ping(self, timeout: float = 5) -> bool:
+        try:
+            self.call({"execute": "guest-ping"}, timeout)
+            return True
+        except Exception:
+            return False
+
+    def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
+        args = {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": True}
+        if input is not None:
+            args["input-data"] = base64.b64encode(input.encode()).decode()
+        try:
+            pid = self.call({"execute": "guest-exec", "arguments": args}, 30)["return"]["pid"]
+        except GuestError:
+            raise
+        except Exception as e:  # libvirt errors carry a clear message
+            raise GuestError(f"guest agent of {self.name}: {e}") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.call({"execute": "guest-exec-status", "arguments": {"pid": pid}}, 30)["return"]
+            if st.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                return Result(124, "", f"timed out after {timeout:.0f} s in {self.name}")
+            time.sleep(self.poll)
+        dec = lambda k: base64.b64decode(st.get(k, "")).decode(errors="replace")  # noqa: E731
+        rc = st.get("exitcode", 128 + st.get("signal", 0))
+        return Result(rc, dec("out-data"), dec("err-data"))

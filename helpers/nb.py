@@ -1,0 +1,60 @@
+"""What every stage notebook starts with: parameters, run state, the way into
+each machine, and the display mode (interactive or batch)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import params as params_mod
+from . import ui, wait
+from .errors import RunbookError
+from .guest import Local
+from .state import State
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stage:
+    """A stage's context: ``params``, ``state`` and the guests ``l0``, ``l1()``, ``l2()``."""
+
+    number: str
+    params_file: Path
+    params: params_mod.Params
+    state: State
+    interactive: bool = False
+    l0: Local = field(default_factory=Local)
+    started: float = field(default_factory=time.monotonic)
+
+    def l1(self):
+        """SSH into L1, as stage 02 recorded it."""
+        from .access import l1_guest
+        return l1_guest(self.params, self.state)
+
+    def l2(self):
+        """The guest agent of L2, through L1's libvirt."""
+        from .access import l2_guest
+        return l2_guest(self.params, self.state, self.l1())
+
+
+def stage(number: str, params_file: str, state_file: str = "", interactive: bool = False,
+          show_picture: bool = True) -> Stage:
+    """Load and validate the parameters and the run state; set the display mode."""
+    ui.install_error_handler()
+    wait.INTERACTIVE = bool(interactive)
+    pfile = Path(params_file)
+    if not pfile.is_absolute():
+        pfile = (Path.cwd() / pfile).resolve()
+    try:
+        p = params_mod.load(pfile)
+    except params_mod.ParamsError as e:
+        raise RunbookError(str(e), hint="fix the parameter file, then run the stage again") from None
+    if not state_file:  # stepping through by hand: the latest run's state, or a scratch one
+        latest = ROOT / "outputs" / "latest"
+        state_file = str((latest if latest.exists() else ROOT / "outputs" / "interactive") / "state.json")
+    ctx = Stage(number, pfile, p, State(state_file), bool(interactive))
+    print(f"stage {number}: parameters {pfile.name} ({p.name}), state {state_file}")
+    if show_picture:
+        ui.picture(number)
+    return ctx

@@ -1,0 +1,85 @@
+"""One HTML report of a run: every stage in order, with a table of contents,
+each stage's verdict and duration, its tables and plots; code can be hidden."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import nbformat
+
+TOGGLE = """
+<style>
+body.hide-code .jp-InputArea, body.hide-code .jp-InputPrompt, body.hide-code .input_area { display: none; }
+#code-toggle { position: fixed; top: 8px; right: 12px; z-index: 10; padding: 4px 10px; }
+table.runbook-toc td, table.runbook-toc th { padding: 2px 10px; }
+</style>
+<script>
+function toggleCode() {
+  document.body.classList.toggle('hide-code');
+  document.getElementById('code-toggle').textContent =
+    document.body.classList.contains('hide-code') ? 'Show code' : 'Hide code';
+}
+</script>
+<button id="code-toggle" onclick="toggleCode()">Hide code</button>
+"""
+
+
+def _stage_title(nb_name: str) -> str:
+    stem = Path(nb_name).stem
+    return f"{stem[:2]} {stem[3:].replace('_', ' ')}"
+
+
+def combined_notebook(run_dir: Path, summary: dict) -> nbformat.NotebookNode:
+    """All executed stage notebooks of the run, in order, behind a contents table."""
+    rows = []
+    cells = []
+    for entry in summary.get("stages", []):
+        path = run_dir / entry["notebook"]
+        title = _stage_title(entry["notebook"])
+        anchor = f"stage-{entry['stage']}"
+        verdict = entry.get("status", "?")
+        rows.append(f"<tr><td><a href='#{anchor}'>{html.escape(title)}</a></td><td>{verdict}</td>"
+                    f"<td>{entry.get('seconds', '')} s</td></tr>")
+        head = f"<a id='{anchor}'></a>\n\n# Stage {html.escape(title)}: {verdict} ({entry.get('seconds', '?')} s)"
+        if verdict == "failed":
+            head += f"\n\n**{html.escape(entry.get('error', ''))}**\n\nHINT: {html.escape(entry.get('hint', ''))}"
+        cells.append(nbformat.v4.new_markdown_cell(head))
+        if path.exists():
+            nb = nbformat.read(path, as_version=4)
+            for c in nb.cells:
+                if c.cell_type == "code" and "injected-parameters" in c.get("metadata", {}).get("tags", []):
+                    continue
+                if c.cell_type == "markdown":  # stage titles become level-2 under the stage heading
+                    c.source = "\n".join(("#" + line) if line.startswith("#") else line
+                                         for line in c.source.splitlines())
+                cells.append(c)
+        else:
+            cells.append(nbformat.v4.new_markdown_cell("_The stage did not produce a notebook._"))
+    toc = (f"# Run {html.escape(summary.get('run_id', ''))}: {summary.get('status', 'running')}\n\n"
+           f"Parameters: `{summary.get('params', '')}`; started {summary.get('started', '')}, "
+           f"finished {summary.get('finished', '')}.\n\n"
+           "<table class='runbook-toc'><tr><th>stage</th><th>verdict</th><th>duration</th></tr>"
+           + "".join(rows) + "</table>")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(toc)] + cells
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def write_report(run_dir: Path, summary: dict | None = None, hide_code: bool = False) -> Path:
+    """Render ``report.html`` in the run folder and return its path."""
+    from nbconvert import HTMLExporter
+
+    run_dir = Path(run_dir)
+    if summary is None:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    nb = combined_notebook(run_dir, summary)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(nb)
+    body = body.replace("<body", "<body class='hide-code'" if hide_code else "<body", 1)
+    i = body.find(">", body.find("<body")) + 1
+    body = body[:i] + TOGGLE + body[i:]
+    out = run_dir / "report.html"
+    out.write_text(body)
+    return out

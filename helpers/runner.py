@@ -1,0 +1,230 @@
+"""The command line: run stages with papermill into a run folder.
+
+    python -m helpers run --params parameters/lab.yaml [--stages 01,02] [--from 03]
+
+Each stage notebook runs headless into ``outputs/<run-id>/NN_stage.ipynb``
+with the parameter file and the run's state file. The first failing stage
+stops the run with a short summary and a HINT; ``summary.json`` and
+``report.html`` are always written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from . import params as params_mod
+from .errors import RunbookError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+OUTPUTS = ROOT / "outputs"
+DEFAULT_PARAMS = ROOT / "parameters" / "lab.yaml"
+MAIN_STAGES = ("01", "02", "03", "04", "05")
+
+
+def stages(notebooks: Path = NOTEBOOKS) -> dict[str, Path]:
+    """Stage number -> notebook template, from the files NN_name.ipynb."""
+    found = {}
+    for nb in sorted(notebooks.glob("[0-9][0-9]_*.ipynb")):
+        found[nb.name[:2]] = nb
+    return found
+
+
+def pick_stages(available: dict[str, Path], only: str | None, start: str | None) -> list[str]:
+    """The stages to run: ``--stages 01,02``, ``--from 03``, or the main ones."""
+    if only and start:
+        raise RunbookError("--stages and --from cannot be used together", hint="choose one")
+    if only:
+        chosen = [s.strip().zfill(2) for s in only.split(",") if s.strip()]
+    else:
+        main = [s for s in available if s in MAIN_STAGES]
+        if start:
+            start = start.zfill(2)
+            if start not in available:
+                raise RunbookError(f"--from {start}: no such stage", hint=f"stages are {', '.join(available)}")
+            chosen = [s for s in main if s >= start] or [start]
+        else:
+            chosen = main
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        raise RunbookError(f"no notebook for stage(s) {', '.join(unknown)}",
+                           hint=f"stages are {', '.join(available)}")
+    return chosen
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_dir_for(outputs: Path, run_id: str | None, resume: bool) -> Path:
+    """A new run folder, or the given/latest one when resuming."""
+    latest = outputs / "latest"
+    if run_id:
+        d = outputs / run_id
+    elif resume and latest.exists():
+        d = latest.resolve()
+    else:
+        d = outputs / new_run_id()
+        n = 1
+        while d.exists():
+            d = outputs / f"{new_run_id()}-{n}"
+            n += 1
+    d.mkdir(parents=True, exist_ok=True)
+    if latest.is_symlink() or not latest.exists():
+        if latest.is_symlink():
+            latest.unlink()
+        latest.symlink_to(d.name)
+    return d
+
+
+HINTS = {
+    "ParamsError": "fix the parameter file and run again",
+    "GuestError": "a command in a guest failed: read the stage notebook's last cell output",
+    "PapermillExecutionError": "open the stage notebook in the run folder and read the failing cell",
+    "DeadKernelError": "the kernel died: look at memory use and the stage notebook",
+}
+
+
+def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
+    """What failed, where, and what to do: from papermill's error or our own."""
+    ename = getattr(err, "ename", type(err).__name__)
+    evalue = str(getattr(err, "evalue", err))
+    cell = getattr(err, "cell_index", None)
+    source = ""
+    if cell is not None and nb_path.exists():
+        try:
+            nb = json.loads(nb_path.read_text())
+            source = "".join(nb["cells"][cell]["source"]).strip().splitlines()[0][:120]
+        except (ValueError, KeyError, IndexError):
+            pass
+    hint = ""
+    m = re.search(r"HINT: (.*)", evalue)
+    if m:
+        hint = m.group(1).strip()
+        evalue = evalue[: m.start()].strip()
+    hint = hint or HINTS.get(ename, f"read {nb_path.name} in the run folder, fix, then resume with --from {stage}")
+    return {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
+
+
+def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, state_file: Path,
+              timeout: int, log) -> dict:
+    """Execute one stage notebook with papermill; return its summary entry."""
+    import papermill as pm
+
+    out = run_dir / template.name
+    t0 = time.monotonic()
+    entry = {"stage": stage, "notebook": out.name}
+    try:
+        pm.execute_notebook(
+            str(template), str(out),
+            parameters={"params_file": str(params_file), "state_file": str(state_file), "interactive": False},
+            cwd=str(template.parent), kernel_name="python3", progress_bar=False,
+            log_output=True, stdout_file=log, stderr_file=log, execution_timeout=timeout,
+        )
+        entry["status"] = "passed"
+    except Exception as e:  # papermill's errors and the kernel's
+        entry.update(status="failed", **failure_summary(stage, out, e))
+    entry["seconds"] = round(time.monotonic() - t0, 1)
+    return entry
+
+
+def host_resources() -> tuple[list[int], int]:
+    """This host's online CPUs and total memory in MiB (for the parameter checks)."""
+    online = Path("/sys/devices/system/cpu/online").read_text().strip()
+    kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return params_mod.parse_cpuset(online), kib // 1024
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def run(args) -> int:
+    params_file = Path(args.params).resolve()
+    try:
+        p = params_mod.load(params_file)
+        cpus, mem = host_resources()
+        params_mod.check_against_host(p, cpus, mem, params_file)
+        available = stages()
+        chosen = pick_stages(available, args.stages, args.start)
+    except (params_mod.ParamsError, RunbookError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    outputs = Path(args.outputs)
+    run_dir = run_dir_for(outputs, args.run_id, resume=bool(args.stages or args.start))
+    state_file = run_dir / "state.json"
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update(run_id=run_dir.name, params=str(params_file), started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
+    results = {s["stage"]: s for s in summary.get("stages", [])}
+    print(f"run {run_dir.name}: stages {', '.join(chosen)} with {params_file.name} -> {run_dir}", flush=True)
+    failed = None
+    for stage in chosen:
+        print(f"== stage {stage} ({available[stage].stem}) ...", flush=True)
+        entry = run_stage(stage, available[stage], run_dir, params_file, state_file, args.cell_timeout,
+                          open(os.devnull, "w") if args.quiet else sys.stdout)
+        results[stage] = entry
+        summary["stages"] = [results[k] for k in sorted(results)]
+        write_summary(run_dir, summary)
+        print(f"== stage {stage} {entry['status']} in {entry['seconds']} s", flush=True)
+        if entry["status"] == "failed":
+            failed = entry
+            break
+    if failed and args.teardown_on_failure and "99" in available and "99" not in chosen:
+        print("== teardown after the failure ...", flush=True)
+        results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,
+                                  open(os.devnull, "w"))
+    summary["stages"] = [results[k] for k in sorted(results)]
+    summary["status"] = "failed" if failed else "passed"
+    summary["finished"] = datetime.now().isoformat(timespec="seconds")
+    write_summary(run_dir, summary)
+    from .report import write_report
+    report = write_report(run_dir, summary)
+    print(f"summary: {summary_path}\nreport:  {report}")
+    if failed:
+        print(f"\nFAILED at stage {failed['stage']}, cell {failed['cell']}: {failed['cell_source']}\n"
+              f"  {failed['error']}\nHINT: {failed['hint']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_params(args) -> int:
+    try:
+        params_mod.load(args.params)
+    except params_mod.ParamsError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.params}: valid")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run stages with papermill into outputs/<run-id>/")
+    r.add_argument("--params", default=str(DEFAULT_PARAMS), help="parameter file (default: the lab)")
+    r.add_argument("--stages", help="comma-separated stages, e.g. 01,02 or 99 (resumes the latest run)")
+    r.add_argument("--from", dest="start", help="run from this stage on (resumes the latest run)")
+    r.add_argument("--run-id", help="run folder name under outputs/ to create or resume")
+    r.add_argument("--outputs", default=str(OUTPUTS), help="where run folders go")
+    r.add_argument("--cell-timeout", type=int, default=3600, help="seconds any one cell may take")
+    r.add_argument("--teardown-on-failure", action="store_true", help="run stage 99 when a stage fails")
+    r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebooks' cell output")
+    r.set_defaults(func=run)
+    c = sub.add_parser("check-params", help="validate a parameter file and exit")
+    c.add_argument("params")
+    c.set_defaults(func=check_params)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
