@@ -180,6 +180,25 @@ class Params(Section):
     bench: Bench = Bench()
     teardown: Teardown = Teardown()
 
+    @model_validator(mode="after")
+    def _l2_fits_in_l1(self):
+        if self.l2.memory_mib >= self.l1.memory_mib:
+            raise ValueError(f"l2.memory_mib: {self.l2.memory_mib} MiB must be less than L1's {self.l1.memory_mib} MiB")
+        return self
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without base-60 numbers, so an unquoted BDF like 0000:00:02.0 stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+][0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
 
 def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
@@ -198,7 +217,7 @@ def load(path: str | Path) -> Params:
     """Read and validate a parameter file, or raise ParamsError saying what to fix."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such parameter file (the lab's is parameters/lab.yaml)") from None
     except yaml.YAMLError as e:
@@ -226,7 +245,5 @@ def check_against_host(p: Params, cpus: list[int], memory_mib: int, path: str | 
                             f"(it has {len(cpus)}: {cpus[0]}-{cpus[-1]}); leave it empty to let the runbook choose")
     if p.l1.memory_mib > memory_mib:
         problems.append(f"{path}: l1.memory_mib: {p.l1.memory_mib} MiB asked, this host has {memory_mib} MiB")
-    if p.l2.memory_mib >= p.l1.memory_mib:
-        problems.append(f"{path}: l2.memory_mib: {p.l2.memory_mib} MiB must be less than L1's {p.l1.memory_mib} MiB")
     if problems:
         raise ParamsError("\n".join(problems))
