@@ -1,0 +1,147 @@
+"""A libvirt to talk to: the host's through libvirt-python, or L1's through
+``virsh`` run inside L1. Both offer the same few calls, so defining, starting
+and removing a domain is one piece of code for L1 (at L0) and L2 (in L1)."""
+from __future__ import annotations
+
+import shlex
+import time
+
+from .errors import RunbookError
+from .guest import Guest
+
+
+class Libvirt:
+    """The calls the runbook needs from a libvirt connection."""
+
+    where = "libvirt"
+
+    def lib_version(self) -> int: ...
+    def inactive_xml(self, name: str) -> str | None: ...
+    def define(self, xml: str) -> None: ...
+    def undefine(self, name: str) -> None: ...
+    def is_active(self, name: str) -> bool: ...
+    def start(self, name: str) -> None: ...
+    def destroy(self, name: str) -> None: ...
+
+    def exists(self, name: str) -> bool:
+        return self.inactive_xml(name) is not None
+
+    def wait_stopped(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.is_active(name):
+            if time.monotonic() > deadline:
+                raise RunbookError(f"{self.where}: domain {name} is still running after {timeout:.0f} s",
+                                   hint=f"stop it by hand: virsh destroy {name}")
+            time.sleep(0.5)
+
+
+class PyLibvirt(Libvirt):
+    """libvirt-python on this host."""
+
+    def __init__(self, uri: str = "qemu:///system"):
+        import libvirt
+        self.libvirt = libvirt
+        self.uri = uri
+        self.where = f"libvirt at {uri}"
+        libvirt.registerErrorHandler(lambda *_: None, None)  # no stderr noise; errors raise
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise RunbookError(f"cannot connect to libvirt at {uri}: {e}",
+                               hint="start libvirtd (`make setup` does, or `virtlogd -d; libvirtd -d`) "
+                                    "or fix host.libvirt_uri") from None
+
+    def _dom(self, name):
+        try:
+            return self.conn.lookupByName(name)
+        except self.libvirt.libvirtError:
+            return None
+
+    def lib_version(self) -> int:
+        return self.conn.getLibVersion()
+
+    def inactive_xml(self, name):
+        d = self._dom(name)
+        return d.XMLDesc(self.libvirt.VIR_DOMAIN_XML_INACTIVE) if d else None
+
+    def _call(self, what, fn, *a):
+        try:
+            return fn(*a)
+        except self.libvirt.libvirtError as e:
+            raise RunbookError(f"{self.where}: {what} failed: {e}",
+                               hint="read the message above; the domain's log is in /var/log/libvirt/qemu/") from None
+
+    def define(self, xml):
+        self._call("define", self.conn.defineXML, xml)
+
+    def undefine(self, name):
+        d = self._dom(name)
+        if d:
+            flags = self.libvirt.VIR_DOMAIN_UNDEFINE_NVRAM if hasattr(self.libvirt, "VIR_DOMAIN_UNDEFINE_NVRAM") else 0
+            self._call(f"undefine {name}", d.undefineFlags, flags)
+
+    def is_active(self, name):
+        d = self._dom(name)
+        return bool(d and d.isActive())
+
+    def start(self, name):
+        self._call(f"start {name}", self._dom(name).create)
+
+    def destroy(self, name):
+        d = self._dom(name)
+        if d and d.isActive():
+            self._call(f"destroy {name}", d.destroy)
+
+    def domain(self, name):
+        """The libvirt-python domain object (for the guest agent)."""
+        return self._dom(name)
+
+
+class Virsh(Libvirt):
+    """``virsh`` run on a guest (L1's own libvirt, for L2)."""
+
+    def __init__(self, guest: Guest, uri: str = "qemu:///system"):
+        self.guest, self.uri = guest, uri
+        self.where = f"libvirt in {guest.name}"
+
+    def virsh(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180):
+        r = self.guest.run(["virsh", "-c", self.uri, *args], input=input, timeout=timeout)
+        if check and not r.ok:
+            raise RunbookError(f"{self.where}: virsh {' '.join(args[:2])} failed: {(r.err or r.out).strip()}",
+                               hint=f"look at /var/log/libvirt/qemu/ in {self.guest.name}")
+        return r
+
+    def lib_version(self) -> int:
+        out = self.virsh("version").out
+        for line in out.splitlines():
+            if "libvirt" in line and ":" in line:
+                parts = line.split()[-1].split(".")
+                major, minor, micro = (int(x) for x in parts[:3])
+                return major * 1_000_000 + minor * 1_000 + micro
+        raise RunbookError(f"{self.where}: cannot read the libvirt version from `virsh version`")
+
+    def inactive_xml(self, name):
+        r = self.virsh("dumpxml", "--inactive", name, check=False)
+        return r.out if r.ok else None
+
+    def define(self, xml):
+        self.virsh("define", "/dev/stdin", input=xml)
+
+    def undefine(self, name):
+        if self.exists(name):
+            self.virsh("undefine", name)
+
+    def is_active(self, name):
+        r = self.virsh("domstate", name, check=False)
+        return r.ok and r.out.strip() in ("running", "paused", "in shutdown", "blocked")
+
+    def start(self, name):
+        self.virsh("start", name)
+
+    def destroy(self, name):
+        if self.is_active(name):
+            self.virsh("destroy", name)
+
+    def shell(self, *args: str) -> str:
+        """The virsh command line, for showing in a notebook."""
+        return shlex.join(["virsh", *args])
