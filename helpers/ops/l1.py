@@ -1,0 +1,149 @@
+"""Stage 02: the files L1 needs, its domain, and waiting for it to answer."""
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import RunbookError
+from ..guest import SSH, Agent, libvirt_agent_call
+from ..libvirt_xml import (CPU, IOMMU, OS, VCPU, Channel, Disk, Domain, Features, Interface, QemuCommandline,
+                           Serial, nvme_qemu_args, user_net_qemu_args)
+from ..params import Params
+from ..state import State
+from ..wait import wait_for
+from . import Change, did, no_change
+
+NATIVE_NVME_VERSION = 11_005_000  # libvirt 11.5: <disk> on an NVMe controller
+QEMU_USER = "libvirt-qemu"
+
+
+def cpu_mode(p: Params, accel: str) -> str:
+    """host-passthrough under KVM (L1 sees VT-x/AMD-V), maximum under TCG (which offers SVM)."""
+    if p.l1.cpu_mode != "auto":
+        return p.l1.cpu_mode
+    return "host-passthrough" if accel == "kvm" else "maximum"
+
+
+def _give_to_qemu(path: Path) -> None:
+    """libvirt does not relabel files named only in <qemu:commandline>: let QEMU's user use it."""
+    try:
+        u = pwd.getpwnam(QEMU_USER)
+    except KeyError:
+        return
+    os.chown(path, u.pw_uid, u.pw_gid)
+    for parent in path.parents:  # each folder above must be traversable
+        if parent == Path("/"):
+            break
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)
+
+
+def ensure_workdir(workdir: Path, state: State) -> Change:
+    """The folder for the run's files, traversable by QEMU's user."""
+    if workdir.is_dir():
+        return no_change(f"workdir {workdir}", "exists")
+    workdir.mkdir(parents=True, mode=0o755)
+    state.remember_created("dirs", str(workdir))
+    return did(f"workdir {workdir}", "created")
+
+
+def ensure_backing_file(path: Path, size_gib: float, state: State) -> Change:
+    """The NVMe's raw backing file: created sparse at the size asked, never overwritten."""
+    size = int(size_gib * 1024 ** 3)
+    if path.exists():
+        _give_to_qemu(path)
+        have = path.stat().st_size
+        note = "" if have == size else f" (its size is {have / 1024 ** 3:.2f} GiB, not the {size_gib} GiB asked; left as it is)"
+        return no_change(f"NVMe backing file {path}", "exists, kept" + note)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    _give_to_qemu(path)
+    state.remember_created("files", str(path))
+    return did(f"NVMe backing file {path}", f"created raw, sparse, {size_gib} GiB")
+
+
+def ensure_overlay(golden: Path, overlay: Path, state: State) -> Change:
+    """L1's system disk in the lab: a qcow2 overlay on the cached golden image."""
+    if overlay.exists():
+        return no_change(f"L1 disk {overlay}", f"overlay on {golden.name} exists")
+    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RunbookError(f"qemu-img could not create {overlay}: {r.stderr.strip()}",
+                           hint="check free space and that qemu-utils is installed")
+    state.remember_created("files", str(overlay))
+    return did(f"L1 disk {overlay}", f"qcow2 overlay on {golden}")
+
+
+def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
+    """Pin L1's host key (the one baked into the lab image)."""
+    key = " ".join(pubkey.split()[:2])
+    line = f"[{host}]:{port} {key}\n" if port != 22 else f"{host} {key}\n"
+    if path.exists() and path.read_text() == line:
+        return no_change(f"known_hosts {path}", "pins L1's host key already")
+    path.write_text(line)
+    state.remember_created("files", str(path))
+    return did(f"known_hosts {path}", f"pins {key[:40]}...")
+
+
+def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,
+              native_nvme: bool) -> Domain:
+    """The seed's L1: q35, host CPU model, pinned vCPUs, Intel vIOMMU with
+    interrupt remapping and device IOTLB, split irqchip, the emulated NVMe."""
+    l1 = p.l1
+    devices = [Disk(path=str(disk), format="qcow2" if str(disk).endswith("qcow2") else "raw",
+                    target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none"),
+               IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True),
+               Channel(),
+               Serial(path=str(console_log))]
+    qemu_args: list[str] = []
+    if native_nvme:
+        devices.append(Disk(path=str(p.nvme.backing_file), format="raw", target_dev="nvme0n1", bus="nvme",
+                            serial=p.nvme.serial))
+    else:
+        qemu_args += nvme_qemu_args(str(p.nvme.backing_file), p.nvme.serial, addr=p.nvme.pci_addr)
+    if l1.network.mode == "user":
+        qemu_args += user_net_qemu_args(l1.network.ssh_port)
+    else:
+        for _ in range(1):
+            devices.append(Interface(type="bridge", source=l1.network.bridge, model="virtio",
+                                     driver_name="vhost", queues=l1.network.queues))
+    return Domain(
+        name=l1.name, type="kvm" if accel == "kvm" else "qemu", memory_mib=l1.memory_mib,
+        vcpu=VCPU(count=l1.vcpus, cpuset=cpuset),
+        os=OS(machine="q35"),
+        cpu=CPU(mode=cpu_mode(p, accel), sockets=l1.sockets, cores=l1.cores, threads=l1.threads),
+        features=Features(acpi=True, apic=True, ioapic_driver="qemu", kvm_hidden=accel == "kvm"),
+        devices=devices,
+        qemu_args=QemuCommandline(args=qemu_args) if qemu_args else None,
+        description="L1 of the nested NVMe runbook")
+
+
+def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
+    """Wait until L1's guest agent answers; return the seconds it took."""
+    t0 = time.monotonic()
+    agent = Agent(call=libvirt_agent_call(lv.domain(name)), name=name)
+    wait_for(lambda: agent.ping(timeout=3), f"{name}: guest agent", timeout, interval=3, log=log,
+             hint=f"L1 did not finish booting: read {log}")
+    return time.monotonic() - t0
+
+
+def wait_for_ssh(guest: SSH, timeout: float, log: Path) -> float:
+    """Wait until L1's sshd lets us in; return the seconds it took."""
+    t0 = time.monotonic()
+    last = {"err": ""}
+
+    def ready():
+        r = guest.run("true", timeout=20)
+        last["err"] = r.err.strip().splitlines()[-1] if r.err.strip() else ""
+        return r.ok
+
+    wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=3, log=log,
+             note=lambda: last["err"][:60],
+             hint=f"read {log}; check the forwarded port and that the key and known_hosts match (last error: {last['err']})")
+    return time.monotonic() - t0
