@@ -1,0 +1,114 @@
+"""Stage 04's choices: node device XML, the NVMe selection, IOMMU group viability, refusals."""
+from pathlib import Path
+
+import pytest
+
+from helpers.errors import RunbookError
+from helpers.facts import pci
+from helpers.ops import passthrough as pt
+from helpers.params import Select
+from machines import Machine
+
+FIX = Path(__file__).parent / "fixtures" / "nodedev"
+
+
+def devices():
+    return [pci.parse_nodedev((FIX / f).read_text()) for f in
+            ("seed-nvme.xml", "root-port.xml", "virtio-blk.xml", "usb-no-iommu.xml")]
+
+
+def test_the_seeds_nodedev_dumpxml_is_read_like_the_seed_reads_it():
+    d = pci.parse_nodedev((FIX / "seed-nvme.xml").read_text())
+    assert d.name == "pci_0000_00_02_0" and d.bdf == "0000:00:02.0"
+    assert d.is_nvme and d.driver == "nvme" and d.iommu_group == 7 and d.numa_node == 0
+    assert d.ids == "1b36:0010" and d.product == "QEMU NVM Express Controller"
+    assert d.group_members == ["0000:00:02.0"]
+    assert pci.bdf_fields(d.bdf) == {"domain": "0000", "bus": "00", "device": "02", "function": "0"}
+
+
+def test_bridges_and_devices_without_a_group():
+    port, blk, usb = devices()[1:]
+    assert port.is_bridge and not blk.is_bridge
+    assert blk.group_members == ["0000:00:01.0", "0000:01:00.0"]
+    assert usb.iommu_group is None and usb.numa_node is None
+
+
+def test_a_non_pci_node_device_is_skipped():
+    assert pci.parse_nodedev("<device><name>computer</name><capability type='system'/></device>") is None
+
+
+SERIALS = {"0000:00:02.0": "1234"}
+
+
+def test_select_by_serial_or_bdf_or_the_only_one():
+    assert pt.select_nvme(devices(), Select(serial="1234"), SERIALS).bdf == "0000:00:02.0"
+    assert pt.select_nvme(devices(), Select(bdf="0000:00:02.0"), SERIALS).bdf == "0000:00:02.0"
+    assert pt.select_nvme(devices(), Select(), SERIALS).bdf == "0000:00:02.0"
+
+
+def test_a_wrong_bdf_is_refused_with_what_exists():
+    with pytest.raises(RunbookError, match=r"no PCI device at 0000:00:09.0 in L1 \(NVMe controllers there: 0000:00:02.0 \(serial 1234\)\)"):
+        pt.select_nvme(devices(), Select(bdf="0000:00:09.0"), SERIALS)
+
+
+def test_a_non_nvme_device_is_refused():
+    with pytest.raises(RunbookError, match=r"0000:01:00.0 is Red Hat, Inc. Virtio block device \(class 0x010000\), not an NVMe"):
+        pt.select_nvme(devices(), Select(bdf="0000:01:00.0"), SERIALS)
+
+
+def test_a_serial_that_matches_nothing():
+    with pytest.raises(RunbookError, match="no NVMe controller in L1 matches serial 9999"):
+        pt.select_nvme(devices(), Select(serial="9999"), SERIALS)
+
+
+def test_two_nvmes_need_a_narrower_selection():
+    second = pci.parse_nodedev((FIX / "seed-nvme.xml").read_text().replace("<slot>2</slot>", "<slot>3</slot>"))
+    with pytest.raises(RunbookError, match="2 NVMe controllers match"):
+        pt.select_nvme(devices() + [second], Select(), {"0000:00:02.0": "1234", "0000:00:03.0": "5678"})
+
+
+NVME, BRIDGE, NET = 0x010802, 0x060400, 0x020000
+
+
+def test_group_viability():
+    assert pt.group_offenders({"0000:00:02.0": ("nvme", NVME)}, "0000:00:02.0") == []
+    assert pt.group_offenders({"0000:00:02.0": ("nvme", NVME), "0000:00:01.0": ("pcieport", BRIDGE)},
+                              "0000:00:02.0") == []
+    assert pt.group_offenders({"0000:00:02.0": ("nvme", NVME), "0000:00:02.1": ("vfio-pci", NET),
+                               "0000:00:02.2": (None, NET)}, "0000:00:02.0") == []
+    assert pt.group_offenders({"0000:00:02.0": ("nvme", NVME), "0000:00:02.1": ("e1000e", NET)},
+                              "0000:00:02.0") == ["0000:00:02.1 (driver e1000e)"]
+
+
+def _l1(mounted: str | None = None, root: str = "vda", companion: str | None = None):
+    files = {"/sys/bus/pci/devices/0000:00:02.0/class": "0x010802\n"}
+    answers = {r"ls -1 /sys/bus/pci/devices/0000:00:02.0/nvme": "nvme0n1\n",
+               r"^lsblk -J": '{"blockdevices": [{"name": "nvme0n1", "mountpoint": %s}]}' % (
+                   f'"{mounted}"' if mounted else "null"),
+               r"^lsblk -no PKNAME": root + "\n",
+               r"^ls -1A /sys/kernel/iommu_groups/7/devices": "0000:00:02.0\n" + (f"{companion}\n" if companion else ""),
+               r"^readlink /sys/bus/pci/devices/0000:00:02.0/driver": "../../../bus/pci/drivers/nvme\n"}
+    if companion:
+        files[f"/sys/bus/pci/devices/{companion}/class"] = "0x020000\n"
+        answers[rf"^readlink /sys/bus/pci/devices/{companion}/driver"] = "../../../bus/pci/drivers/e1000e\n"
+    return Machine(files=files, answers=answers, name="l1")
+
+
+def test_a_free_nvme_in_its_own_group_passes():
+    r = pt.check_passable(_l1(), devices()[0])
+    assert r.disks == ["nvme0n1"] and r.mounts == [] and r.root_disk == "vda"
+
+
+def test_a_mounted_nvme_is_refused():
+    with pytest.raises(RunbookError, match="in use in L1: nvme0n1 on /data"):
+        pt.check_passable(_l1(mounted="/data"), devices()[0])
+
+
+def test_l1s_own_system_disk_is_refused():
+    with pytest.raises(RunbookError, match="holds L1's own root filesystem"):
+        pt.check_passable(_l1(root="nvme0n1"), devices()[0])
+
+
+def test_a_group_with_a_bound_companion_is_refused_and_named():
+    with pytest.raises(RunbookError, match=r"IOMMU group 7 of 0000:00:02.0 is not viable: 0000:00:02.1 \(driver e1000e\)"):
+        pt.check_passable(_l1(companion="0000:00:02.1"), devices()[0])
