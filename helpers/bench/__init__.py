@@ -1,0 +1,1 @@
+"""fio on each layer: profiles, parsing, results files and plots."""
