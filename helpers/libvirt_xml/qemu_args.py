@@ -1,0 +1,74 @@
+"""QEMU arguments libvirt passes through untouched: ``<qemu:commandline>``.
+
+libvirt 9.0 has no element for an emulated NVMe controller (LAB-FACTS, libvirt
+at L0, pitfall 4), so the seed adds it as raw QEMU arguments. Two pitfalls
+shape the builders below:
+
+* libvirt neither relabels nor chowns files named only here: the backing file
+  must already be readable and writable by the QEMU user (pitfall 1);
+* a ``-device`` without an address takes a PCI slot libvirt gives its own
+  root ports: always pass an explicit ``bus=pcie.0,addr=0x..`` (pitfall 2).
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from .base import QEMU_NS, XMLPart
+
+_ADDR_RE = re.compile(r"^0x[0-9a-fA-F]{1,2}$")
+
+
+@dataclass
+class QemuCommandline(XMLPart):
+    """Raw QEMU arguments -> ``<qemu:commandline><qemu:arg value='...'/>...``."""
+
+    args: list[str] = field(default_factory=list)
+
+    def to_element(self) -> ET.Element:
+        element = ET.Element(f"{{{QEMU_NS}}}commandline")
+        for arg in self.args:
+            ET.SubElement(element, f"{{{QEMU_NS}}}arg", {"value": arg})
+        return element
+
+
+def _qemu_opt_value(text: str) -> str:
+    """Escape a value inside a QEMU option list: a comma is written twice."""
+    return text.replace(",", ",,")
+
+
+def _check_addr(addr: str) -> None:
+    if not _ADDR_RE.match(addr) or not 0 < int(addr, 16) <= 0x1F:
+        raise ValueError(f"PCI slot address must be 0x01..0x1f, got {addr!r}")
+
+
+def nvme_qemu_args(path: str, serial: str, drive_id: str = "nvm",
+                   bus: str = "pcie.0", addr: str = "0x10") -> list[str]:
+    """The seed's emulated NVMe: a raw ``-drive`` plus ``-device nvme`` at a fixed PCI slot.
+
+    >>> nvme_qemu_args('/srv/nvme.raw', '1234')[1]
+    'file=/srv/nvme.raw,if=none,id=nvm,format=raw'
+    """
+    if not serial:
+        raise ValueError("an emulated NVMe controller needs a serial (QEMU refuses none)")
+    _check_addr(addr)
+    return [
+        "-drive", f"file={_qemu_opt_value(path)},if=none,id={drive_id},format=raw",
+        "-device", f"nvme,drive={drive_id},serial={_qemu_opt_value(serial)},bus={bus},addr={addr}",
+    ]
+
+
+def user_net_qemu_args(ssh_port: int, bind: str = "127.0.0.1", addr: str = "0x11",
+                       netdev_id: str = "labnet", bus: str = "pcie.0") -> list[str]:
+    """User-mode networking whose only door is the guest's SSH, forwarded on ``bind:ssh_port``.
+
+    ``restrict=on`` cuts the guest off from the outside; ``hostfwd`` still works.
+    """
+    if not 0 < int(ssh_port) < 65536:
+        raise ValueError(f"ssh_port must be 1..65535, got {ssh_port!r}")
+    _check_addr(addr)
+    return [
+        "-netdev", f"user,id={netdev_id},restrict=on,hostfwd=tcp:{bind}:{int(ssh_port)}-:22",
+        "-device", f"virtio-net-pci,netdev={netdev_id},bus={bus},addr={addr}",
+    ]
