@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..errors import RunbookError
 from ..guest import SSH, Agent, libvirt_agent_call
-from ..libvirt_xml import (CPU, IOMMU, OS, VCPU, Channel, Disk, Domain, Features, Interface, QemuCommandline,
-                           Serial, nvme_qemu_args, user_net_qemu_args)
+from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Disk, Domain, Features, Interface,
+                           QemuCommandline, Serial, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
 from ..state import State
 from ..wait import wait_for
@@ -100,7 +100,7 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
                     target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none"),
                IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True),
                Channel(),
-               Serial(path=str(console_log))]
+               Serial(log_path=str(console_log)), RNG()]
     qemu_args: list[str] = []
     if native_nvme:
         devices.append(Disk(path=str(p.nvme.backing_file), format="raw", target_dev="nvme0n1", bus="nvme",
@@ -110,9 +110,8 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
     if l1.network.mode == "user":
         qemu_args += user_net_qemu_args(l1.network.ssh_port)
     else:
-        for _ in range(1):
-            devices.append(Interface(type="bridge", source=l1.network.bridge, model="virtio",
-                                     driver_name="vhost", queues=l1.network.queues))
+        devices.append(Interface(type="bridge", source_bridge=l1.network.bridge, model="virtio",
+                                 driver_name="vhost", queues=l1.network.queues))
     return Domain(
         name=l1.name, type="kvm" if accel == "kvm" else "qemu", memory_mib=l1.memory_mib,
         vcpu=VCPU(count=l1.vcpus, cpuset=cpuset),
@@ -141,6 +140,9 @@ def wait_for_ssh(guest: SSH, timeout: float, log: Path) -> float:
     def ready():
         r = guest.run("true", timeout=20)
         last["err"] = r.err.strip().splitlines()[-1] if r.err.strip() else ""
+        if "host key verification failed" in r.err.lower() or "identification has changed" in r.err.lower():
+            raise RunbookError(f"{guest.name}'s SSH host key does not match {guest.known_hosts}",
+                               hint="the lab pins the key of the image it built: rebuild L1 (teardown, then run stage 02)")
         return r.ok
 
     wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=3, log=log,

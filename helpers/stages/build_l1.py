@@ -1,0 +1,124 @@
+"""Stage 02: the lab's images, L1's plan (domain XML and the virt-install
+equivalent), its files, define, start, and wait until it answers."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..access import l1_ssh_spec
+from ..errors import RunbookError
+from ..facts import cpu as cpu_facts
+from ..libvirt_xml import Domain, supports_native_nvme, virt_install_command
+from ..nb import Stage
+from ..numa import choose_cpuset
+from ..ops import Change, domain
+from ..ops import l1 as l1_ops
+from ..paths import paths
+from ..virt import PyLibvirt
+
+
+def lab_images(ctx: Stage, force: bool = False):
+    """The lab's L1 and L2 images, built once and cached (None on a real host)."""
+    p = ctx.params
+    if p.l1.image != "lab":
+        if not Path(p.l1.image).expanduser().exists():
+            raise RunbookError(f"l1.image {p.l1.image} does not exist",
+                               hint="give the path of your L1 base image (the seed used a CentOS 7 qcow2)")
+        return None
+    from ..lab.images import LabImageError, build_images
+    try:
+        imgs = build_images(force=force, progress=print)
+    except LabImageError as e:
+        raise RunbookError(f"building the lab images failed: {e}",
+                           hint="read /var/cache/nested-nvme/images/build.log") from None
+    ctx.state.set("lab", {"recipe": imgs.recipe, "l1_disk": str(imgs.l1_disk), "ssh_key": str(imgs.ssh_key),
+                          "ssh_host_pubkey": imgs.ssh_host_pubkey, "l2_root_in_l1": imgs.l2_root_in_l1,
+                          "l2_kernel_in_l1": imgs.l2_kernel_in_l1, "l2_initrd_in_l1": imgs.l2_initrd_in_l1,
+                          "l2_cmdline": imgs.l2_cmdline, "virt_packages_cached": imgs.virt_packages_cached})
+    return imgs
+
+
+@dataclass
+class Plan:
+    domain: Domain
+    xml: str
+    virt_install: str
+    accel: str
+    cpuset: str | None
+    cpuset_reason: str
+    native_nvme: bool
+
+
+def plan(ctx: Stage) -> Plan:
+    """L1's definition from the parameters, the accelerator stage 01 chose and the host's NUMA layout."""
+    p = ctx.params
+    accel = ctx.state["accel"]
+    if p.l1.cpuset:
+        cpuset, why = p.l1.cpuset, "given in the parameters"
+    else:
+        topo = cpu_facts.topology(ctx.l0)
+        cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
+    lv = PyLibvirt(p.host.libvirt_uri)
+    native = supports_native_nvme(lv.lib_version())
+    ps = paths(p)
+    dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native)
+    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native)
+
+
+def prepare(ctx: Stage) -> list[Change]:
+    """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host key."""
+    p, ps = ctx.params, paths(ctx.params)
+    changes = [l1_ops.ensure_workdir(ps.workdir, ctx.state),
+               l1_ops.ensure_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib, ctx.state)]
+    if p.l1.image == "lab":
+        lab = ctx.state["lab"]
+        changes.append(l1_ops.ensure_overlay(Path(lab["l1_disk"]), ps.l1_disk, ctx.state))
+        spec = l1_ssh_spec(p)
+        changes.append(l1_ops.write_known_hosts(ps.known_hosts, spec["host"], spec["port"],
+                                                lab["ssh_host_pubkey"], ctx.state))
+    return changes
+
+
+def define(ctx: Stage, the_plan: Plan) -> Change:
+    """Define L1 (idempotent); record how to reach it."""
+    p = ctx.params
+    lv = PyLibvirt(p.host.libvirt_uri)
+    change = domain.define(lv, p.l1.name, the_plan.xml, replace=p.l1.replace)
+    lab = ctx.state.get("lab") or {}
+    ps = paths(p)
+    spec = l1_ssh_spec(p, lab_key=Path(lab["ssh_key"]) if lab else None,
+                       known_hosts=ps.known_hosts if lab else None)
+    ctx.state.update("l1", name=p.l1.name, accel=the_plan.accel, cpuset=the_plan.cpuset,
+                     console_log=str(ps.l1_console), ssh=spec, native_nvme=the_plan.native_nvme)
+    return change
+
+
+def start(ctx: Stage) -> Change:
+    lv = PyLibvirt(ctx.params.host.libvirt_uri)
+    ch = domain.start(lv, ctx.params.l1.name)
+    if ch.changed:
+        ctx.state.update("l1", started_at=time.time())
+    return ch
+
+
+def wait(ctx: Stage) -> dict:
+    """Wait for L1's guest agent, then its SSH; record the times."""
+    p = ctx.params
+    lv = PyLibvirt(p.host.libvirt_uri)
+    log = paths(p).l1_console
+    t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
+    t_ssh = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log)
+    started = ctx.state.get("l1", {}).get("started_at")
+    since = round(time.time() - started, 1) if started else None
+    times = {"agent_wait_s": round(t_agent, 1), "ssh_wait_s": round(t_ssh, 1), "since_start_s": since}
+    ctx.state.update("l1", boot=times)
+    return times
+
+
+def inspect(ctx: Stage) -> dict[str, str]:
+    """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log."""
+    l1 = ctx.l1()
+    cmds = ["lspci -nn | grep -i 'non-volatile'", "dmesg | grep -i -E 'DMAR|IOMMU' | head -20",
+            "cat /proc/cmdline"]
+    return {c: l1.run(c, timeout=60).out for c in cmds}
