@@ -27,6 +27,30 @@ class Stage:
     l0: Local = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
 
+    def form(self, *sections: str):
+        """Interactive runs: the parameters of ``sections`` as a form (Apply validates).
+        Batch runs: nothing (the parameter file is the input)."""
+        if not self.interactive:
+            return None
+        from .forms import ParamsForm
+        f = ParamsForm(self, list(sections))
+        ui._display(f.widget)
+        return f
+
+    def do(self, label: str, fn, *args, preview=None, show=None):
+        """One step. Batch runs call ``fn(*args)`` now and show the result.
+        Interactive runs show a button; a step with a ``preview`` (it changes
+        something) says what it will do and waits for Confirm."""
+        if self.interactive:
+            from .forms import StepButton
+            b = StepButton(label, fn, args, preview, show)
+            ui._display(b.widget)
+            return b
+        result = fn(*args)
+        if show is not None:
+            show(result)
+        return result
+
     def l1(self):
         """SSH into L1, as stage 02 recorded it."""
         from .access import l1_guest

@@ -46,8 +46,14 @@ class Progress:
         print(f"{self.what}: {message} after {self.elapsed():.1f} s", flush=True)
 
 
-def tail(path: str | Path | None, lines: int = 25) -> str:
-    """The last lines of a log file (a guest's serial console), or why not."""
+def tail(path, lines: int = 25) -> str:
+    """The last lines of a log file (a guest's serial console), or why not.
+    ``path`` may also be a function that returns the log's text (a log inside a guest)."""
+    if callable(path):
+        try:
+            return "\n".join(path().splitlines()[-lines:]) or "(empty)"
+        except Exception as e:  # the guest holding the log may be gone too
+            return f"(cannot read the log: {e})"
     if not path:
         return "(no log file)"
     try:
@@ -70,7 +76,8 @@ def wait_for(check: Callable[[], T], what: str, timeout: float, interval: float 
         if p.elapsed() > timeout:
             if p.bar is not None:
                 p.bar.close()
-            print(f"--- last lines of {log} ---\n{tail(log)}", file=sys.stderr, flush=True)
+            name = (log.__doc__ or "the console log") if callable(log) else log
+            print(f"--- last lines of {name} ---\n{tail(log)}", file=sys.stderr, flush=True)
             raise RunbookError(f"{what}: not ready after {timeout:.0f} s", hint=hint or
                                f"read the console log {log}; raise the timeout in the parameters if the machine is slow")
         p.tick(note() if note else "")

@@ -1,0 +1,139 @@
+"""Interactive runs: a form for a stage's parameters and a button per step.
+
+The buttons call the very helpers a batch run calls. A step that changes
+something shows what it will do first; a second click (Confirm) does it."""
+from __future__ import annotations
+
+import typing
+from typing import Any, Callable
+
+from pydantic import BaseModel, ValidationError
+
+from . import params as params_mod
+
+
+def _widget_for(name: str, value: Any, annotation):
+    import ipywidgets as w
+
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Literal:
+        return w.Dropdown(options=list(typing.get_args(annotation)), value=value, description=name)
+    if annotation is bool:
+        return w.Checkbox(value=bool(value), description=name, indent=False)
+    if annotation is int:
+        return w.IntText(value=value, description=name)
+    if annotation is float:
+        return w.FloatText(value=value, description=name)
+    if origin is list:
+        return w.Text(value=", ".join(map(str, value or [])), description=name)
+    if origin is typing.Union and args and typing.get_origin(args[0]) is typing.Literal:
+        return w.Dropdown(options=list(typing.get_args(args[0])), value=value, description=name)
+    return w.Text(value="" if value is None else str(value), description=name)
+
+
+def _value(widget, annotation):
+    v = widget.value
+    if typing.get_origin(annotation) is list:
+        return [x.strip() for x in v.split(",") if x.strip()]
+    if isinstance(v, str) and v == "" and type(None) in typing.get_args(annotation):
+        return None
+    return v
+
+
+class ParamsForm:
+    """Widgets for some sections of the parameters, pre-filled; Apply validates
+    with the same schema (and messages) as a batch run and updates the stage."""
+
+    def __init__(self, ctx, sections: list[str]):
+        import ipywidgets as w
+
+        self.ctx, self.sections = ctx, sections
+        self.fields: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        boxes = []
+        for sec in sections:
+            model = getattr(ctx.params, sec)
+            rows = self._rows(model, (sec,))
+            boxes.append(w.VBox([w.HTML(f"<b>{sec}</b>")] + rows))
+        self.message = w.HTML()
+        self.apply_button = w.Button(description="Apply", button_style="primary")
+        self.apply_button.on_click(lambda _: self.apply())
+        self.widget = w.VBox(boxes + [w.HBox([self.apply_button]), self.message])
+
+    def _rows(self, model: BaseModel, path: tuple[str, ...]) -> list:
+        import ipywidgets as w
+        rows = []
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                rows.append(w.VBox([w.HTML(f"<i>{'.'.join(path + (name,))}</i>")] + self._rows(value, path + (name,))))
+                continue
+            wd = _widget_for(name, value, info.annotation)
+            wd.description_tooltip = info.description or ""
+            self.fields[path + (name,)] = (wd, info.annotation)
+            rows.append(wd)
+        return rows
+
+    def values(self) -> dict:
+        data = self.ctx.params.model_dump(mode="json")
+        for path, (wd, ann) in self.fields.items():
+            d = data
+            for key in path[:-1]:
+                d = d[key]
+            d[path[-1]] = _value(wd, ann)
+        return data
+
+    def apply(self) -> bool:
+        """Validate the form; on success the stage uses these parameters."""
+        try:
+            self.ctx.params = params_mod.Params.model_validate(self.values())
+        except ValidationError as e:
+            lines = [f"{'.'.join(map(str, x['loc']))}: {params_mod._explain(x)}" for x in e.errors()]
+            self.message.value = "<span style='color:#b00'>" + "<br>".join(lines) + "</span>"
+            return False
+        self.message.value = "<span style='color:#070'>parameters valid and applied</span>"
+        return True
+
+
+class StepButton:
+    """A button running one step. ``preview`` (for steps that change something)
+    says what will happen; then Confirm runs it."""
+
+    def __init__(self, label: str, fn: Callable, args: tuple, preview: Callable[[], str] | None,
+                 show: Callable[[Any], None] | None):
+        import ipywidgets as w
+
+        self.fn, self.args, self.preview, self.show = fn, args, preview, show
+        self.result = None
+        self.calls = 0
+        self.button = w.Button(description=label, button_style="warning" if preview else "")
+        self.confirm = w.Button(description="Confirm", button_style="danger", layout=w.Layout(display="none"))
+        self.output = w.Output()
+        self.button.on_click(lambda _: self.click())
+        self.confirm.on_click(lambda _: self.run())
+        self.widget = w.VBox([w.HBox([self.button, self.confirm]), self.output])
+
+    def click(self) -> None:
+        if self.preview is None:
+            self.run()
+            return
+        with self.output:
+            self.output.clear_output()
+            print("This will: " + self.preview())
+            print("Press Confirm to go ahead.")
+        self.confirm.layout.display = ""
+
+    def run(self) -> None:
+        from .errors import RunbookError
+        self.confirm.layout.display = "none"
+        with self.output:
+            self.output.clear_output()
+            try:
+                self.result = self.fn(*self.args)
+                self.calls += 1
+                if self.show:
+                    self.show(self.result)
+                elif self.result is not None:
+                    print(self.result)
+            except RunbookError as e:
+                print(f"ERROR: {e}")

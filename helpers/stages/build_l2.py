@@ -1,0 +1,144 @@
+"""Stage 04: find the NVMe in L1, check it may go, measure it in L1, then
+define and start L2 with it as a PCI hostdev, and check L1 gave it up."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..bench import fio
+from ..errors import RunbookError
+from ..facts import pci
+from ..facts.pci import PciDevice
+from ..guest import Agent
+from ..libvirt_xml import CPU, OS, VCPU, Channel, Disk, Domain, Features, HostdevPCI, Memballoon, Serial
+from ..nb import Stage
+from ..ops import Change, did, domain, no_change
+from ..ops import passthrough
+from ..paths import paths
+from ..virt import Virsh
+from ..wait import wait_for
+
+
+def devices(ctx: Stage) -> list[PciDevice]:
+    """L1's PCI devices as libvirt in L1 lists them (virsh nodedev-list --cap pci)."""
+    return pci.pci_devices(ctx.l1())
+
+
+def device_rows(devs: list[PciDevice]) -> list[tuple]:
+    return [(d.name, d.bdf, f"{d.vendor} {d.product}".strip(), f"{d.pci_class:#08x}", d.driver or "-",
+             d.iommu_group if d.iommu_group is not None else "-", d.numa_node if d.numa_node is not None else "-")
+            for d in devs]
+
+
+DEVICE_COLUMNS = ["node device", "BDF", "vendor / product", "class", "driver", "IOMMU group", "NUMA node"]
+
+
+def select(ctx: Stage, devs: list[PciDevice]) -> PciDevice:
+    """The NVMe the parameters mean; refused with the reason when it may not be passed through."""
+    l1 = ctx.l1()
+    recorded = ctx.state.get("nvme") or {}
+    serials, models = {}, {}
+    for d in devs:
+        if d.is_nvme:
+            serials[d.bdf] = pci.nvme_serial(l1, d.bdf)
+            models[d.bdf] = pci.nvme_model(l1, d.bdf)
+            if serials[d.bdf] is None and d.bdf == recorded.get("bdf_in_l1") and d.driver == "vfio-pci":
+                serials[d.bdf] = recorded.get("serial")  # already passed through by an earlier run
+                models[d.bdf] = recorded.get("model")
+    dev = passthrough.select_nvme(devs, ctx.params.l2.select, serials, models)
+    ready = passthrough.check_passable(l1, dev)
+    ctx.state.set("nvme", {"bdf_in_l1": dev.bdf, "node_device": dev.name, "iommu_group": dev.iommu_group,
+                           "serial": serials.get(dev.bdf), "model": models.get(dev.bdf),
+                           "driver_before": dev.driver, "disks_in_l1": ready.disks,
+                           "group_members": {k: v[0] for k, v in ready.group_members.items()}})
+    return dev
+
+
+def baseline(ctx: Stage, dev: PciDevice) -> list[dict] | Change:
+    """fio on the NVMe in L1 before it goes to L2: the baseline for stage 05 (writes need consent)."""
+    p = ctx.params
+    if ctx.state.get("baseline"):
+        return no_change("L1 baseline", "already measured in this run")
+    if not p.l2.baseline_consent:
+        return no_change("L1 baseline", "skipped: l2.baseline_consent is false (fio writes to the disk)")
+    disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or []
+    if dev.driver != "nvme" or not disks:
+        return no_change("L1 baseline", f"skipped: {dev.bdf} is not on the nvme driver in L1 now ({dev.driver})")
+    b = p.bench
+    rows = fio.run_profiles(ctx.l1(), "L1", f"/dev/{disks[0]}", list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
+    ctx.state.set("baseline", rows)
+    return rows
+
+
+def prepare_disk(ctx: Stage) -> Change:
+    """The lab's L2 disk in L1: a qcow2 overlay on the L2 image baked into L1's image."""
+    p = ctx.params
+    disk = paths(p).l2_disk
+    l1 = ctx.l1()
+    if p.l2.image != "lab":
+        if not l1.exists(disk):
+            raise RunbookError(f"l2.image {disk} does not exist in L1", hint="copy your L2 image into L1 first")
+        return no_change(f"L2 disk {disk}", "the image given in the parameters")
+    if l1.exists(disk):
+        return no_change(f"L2 disk {disk}", "exists")
+    base = ctx.state["lab"]["l2_root_in_l1"]
+    l1.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, disk], check=True)
+    return did(f"L2 disk {disk}", f"qcow2 overlay on {base} (qemu-img, from stage 03's qemu-utils)")
+
+
+def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
+    """The seed's L2 (virt-install --hostdev pci_0000_00_02_0), with the lab's direct kernel boot."""
+    p = ctx.params
+    accel = ctx.state["l2"]["accel"]
+    ps = paths(p)
+    if p.l2.image == "lab":
+        lab = ctx.state["lab"]
+        os_ = OS(machine="q35", kernel=lab["l2_kernel_in_l1"], initrd=lab["l2_initrd_in_l1"], cmdline=lab["l2_cmdline"])
+    else:
+        os_ = OS(machine="q35", boot_dev="hd")
+    return Domain(
+        name=p.l2.name, type="kvm" if accel == "kvm" else "qemu", memory_mib=p.l2.memory_mib,
+        vcpu=VCPU(count=p.l2.vcpus), os=os_,
+        cpu=CPU(mode="host-passthrough" if accel == "kvm" else "maximum"),
+        features=Features(acpi=True, apic=True),
+        devices=[Disk(path=ps.l2_disk, format="qcow2", bus="virtio", cache="unsafe" if p.lab else "none"),
+                 HostdevPCI.from_bdf(dev.bdf, managed=True),
+                 Channel(), Serial(log_path=ps.l2_console), Memballoon()],
+        description="L2 of the nested NVMe runbook: the NVMe by VFIO")
+
+
+def define(ctx: Stage, dom: Domain) -> Change:
+    return domain.define(Virsh(ctx.l1()), ctx.params.l2.name, dom.to_xml(), replace=ctx.params.l2.replace)
+
+
+def start(ctx: Stage) -> Change:
+    ch = domain.start(Virsh(ctx.l1()), ctx.params.l2.name)
+    if ch.changed:
+        ctx.state.update("l2", started_at=time.time())
+    return ch
+
+
+def given_up(ctx: Stage, dev: PciDevice) -> dict:
+    """In L1: driver vfio-pci, /dev/vfio/<group>, and the disk gone from `nvme list`."""
+    res = passthrough.check_given_up(ctx.l1(), dev, ctx.state["nvme"].get("serial"))
+    ctx.state.update("nvme", **{"after": res})
+    return res
+
+
+def wait(ctx: Stage) -> float:
+    """Wait until L2's guest agent answers through L1's libvirt."""
+    p = ctx.params
+    l1 = ctx.l1()
+    agent: Agent = ctx.l2()
+    console = paths(p).l2_console
+
+    def console_tail() -> str:
+        """L2's console log in L1"""
+        return l1.run(["tail", "-n", "30", console]).out
+
+    t0 = time.monotonic()
+    wait_for(lambda: agent.ping(timeout=5), f"{p.l2.name}: guest agent through L1", p.l2.boot_timeout_s,
+             interval=2, log=console_tail, hint=f"read L2's console log in L1: {console}")
+    took = round(time.monotonic() - t0, 1)
+    ctx.state.update("l2", agent_wait_s=took)
+    return took

@@ -1,0 +1,96 @@
+"""Stage 03: the IOMMU on in L1 (kernel arguments, reboot, dmesg), the
+virtualization stack in L1, L1's own checks, and L2's accelerator."""
+from __future__ import annotations
+
+from .. import checks
+from ..errors import RunbookError
+from ..facts import iommu as iommu_facts
+from ..facts import system as system_facts
+from ..facts.kvm import kvm_smoke
+from ..nb import Stage
+from ..ops import Change
+from ..ops import kernel_args, l1_config
+from ..paths import paths
+
+
+def iommu_kind(ctx: Stage) -> str:
+    """intel or amd: the parameter, or what L1's firmware tables show (DMAR or IVRS), never the CPU vendor."""
+    if ctx.params.l1.iommu != "auto":
+        return ctx.params.l1.iommu
+    l1 = ctx.l1()
+    if l1.exists("/sys/firmware/acpi/tables/IVRS"):
+        return "amd"
+    if l1.exists("/sys/firmware/acpi/tables/DMAR"):
+        return "intel"
+    raise RunbookError("L1 shows no DMAR or IVRS ACPI table: it has no virtual IOMMU",
+                       hint="L1 needs <iommu model='intel'> in its definition: rerun stage 02")
+
+
+def wanted_args(ctx: Stage) -> list[str]:
+    return kernel_args.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt)
+
+
+def distro(ctx: Stage) -> dict:
+    osr = system_facts.os_release(ctx.l1())
+    way = kernel_args.bootloader(ctx.l1())
+    info = {"distro": osr.pretty_name or osr.id, "id": osr.id, "id_like": osr.id_like, "bootloader": way}
+    ctx.state.update("l1", distro=info)
+    return info
+
+
+def set_kernel_args(ctx: Stage) -> Change:
+    return kernel_args.ensure_kernel_args(ctx.l1(), wanted_args(ctx))
+
+
+def reboot(ctx: Stage) -> Change:
+    return l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
+                                      log=paths(ctx.params).l1_console)
+
+
+def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
+    """The kernel log of L1 must now say the IOMMU and IRQ remapping are on, and groups exist."""
+    f = iommu_facts.iommu(ctx.l1())
+    missing = []
+    if not f.enabled:
+        missing.append("the IOMMU enabled line (DMAR: IOMMU enabled / AMD-Vi)")
+    if not f.irq_remapping:
+        missing.append("interrupt remapping")
+    if not f.groups:
+        missing.append("IOMMU groups in /sys/kernel/iommu_groups")
+    if missing:
+        raise RunbookError("L1's kernel does not show " + ", ".join(missing),
+                           hint="check /proc/cmdline in L1 and that L1's domain has the intel IOMMU with intremap on")
+    ctx.state.update("l1", iommu={"groups": f.groups, "lines": f.lines[:10]})
+    return f
+
+
+def install_virt(ctx: Stage) -> Change:
+    return l1_config.ensure_packages(ctx.l1(), ctx.params.l1.virt_packages)
+
+
+def libvirtd(ctx: Stage) -> Change:
+    return l1_config.ensure_libvirtd(ctx.l1())
+
+
+def l1_checks(ctx: Stage) -> list[checks.Check]:
+    """Stage 01's checks, inside L1, through SSH."""
+    from .check_host import run_checks
+    return run_checks(ctx, role="l1", guest=ctx.l1())
+
+
+def l2_accel(ctx: Stage) -> tuple[str, str]:
+    """KVM for L2 when a kernel boots under KVM inside L1, TCG otherwise."""
+    forced = ctx.params.l2.accel
+    if forced == "tcg":
+        accel, why = "tcg", "forced: l2.accel is tcg"
+    else:
+        sm = kvm_smoke(ctx.l1(), timeout=max(ctx.params.host.kvm_smoke_timeout_s, 60))
+        if sm.usable:
+            accel, why = "kvm", f"a kernel boots under KVM inside L1 ({sm.reason})"
+        elif forced == "kvm":
+            raise RunbookError(f"l2.accel is kvm but KVM does not work inside L1: {sm.reason}",
+                               hint="enable nested KVM on the host (kvm_intel nested=1), or set l2.accel: auto")
+        else:
+            accel, why = "tcg", f"KVM does not work inside L1 ({sm.reason}): L2 runs under TCG"
+    ctx.state.update("l2", accel=accel, accel_reason=why)
+    return accel, why
