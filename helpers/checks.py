@@ -28,6 +28,7 @@ GIB = 1024 ** 3
 MIN_LIBVIRT = (4, 3)           # <iommu><driver iotlb='on'/> (caching_mode 3.9, intremap 3.4)
 MIN_LIBVIRT_TCG = (7, 1)       # <cpu mode='maximum'/> for an L1 under TCG
 MEMORY_HEADROOM_MIB = 512
+L1_SMOKE_MIN_S = 60            # in L1 (itself under TCG in the lab) a nested boot is slower
 
 # Check names, stable: notebooks and tests look checks up by them.
 CPU_VIRT = "CPU virtualization"
@@ -103,7 +104,8 @@ def _forced(params: Params, role: str) -> str:
 
 def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True) -> HostFacts:
     """Read every fact the checks need. The smoke boot runs only when /dev/kvm
-    is there, acceleration is not forced to TCG and ``smoke`` is true."""
+    is there, acceleration is not forced to TCG and ``smoke`` is true; its
+    timeout is host.kvm_smoke_timeout_s (at least 60 s in L1)."""
     if role not in ("l0", "l1"):
         raise ValueError("role must be 'l0' (the host) or 'l1'")
     c = cpu_facts.cpu(guest)
@@ -117,7 +119,8 @@ def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True) -
     elif not smoke:
         sm = kvm_facts.Smoke("not tested", "smoke test turned off")
     else:
-        sm = kvm_facts.kvm_smoke(guest, params.host.kvm_smoke_timeout_s)
+        timeout = params.host.kvm_smoke_timeout_s
+        sm = kvm_facts.kvm_smoke(guest, timeout if role == "l0" else max(timeout, L1_SMOKE_MIN_S))
     lv = libvirt_facts.libvirt(guest, params.host.libvirt_uri)
     binary = lv.emulator or kvm_facts.find_qemu(guest) or "qemu-system-x86_64"
     return HostFacts(
@@ -238,12 +241,15 @@ class _Judge:
         u = self.usability
         if u.usable:
             verdict = "pass" if u.tested else "warn"
-            fix = "" if u.tested else (f"install qemu-system-x86 and a kernel {self.where} to smoke-test KVM"
-                                       if "not installed" in f.smoke.reason or "no kernel" in f.smoke.reason
-                                       else "")
+            if u.tested:
+                fix = ""
+            elif "not installed" in f.smoke.reason or "no kernel" in f.smoke.reason:
+                fix = f"install qemu-system-x86 and a kernel {self.where} to smoke-test KVM"
+            else:
+                fix = "run the checks with the smoke test (smoke=True) to confirm a kernel boots under KVM"
             if self.forced == "tcg":
                 verdict, fix = "skip", ""
-            self.add(KVM_HW, u.why + (f"; accel forced to tcg" if self.forced == "tcg" else ""),
+            self.add(KVM_HW, u.why + ("; accel forced to tcg" if self.forced == "tcg" else ""),
                      verdict, fix, data=u)
         else:
             if self.forced == "kvm":
@@ -373,7 +379,7 @@ class _Judge:
                      "or dnf install qemu-kvm (RHEL)")
 
         iommu_dev = "amd-iommu" if self.p.l1.iommu == "amd" else "intel-iommu"
-        needed = {"l0": {iommu_dev: f"L1's emulated IOMMU", "nvme": "the NVMe drive given to L1"},
+        needed = {"l0": {iommu_dev: "L1's emulated IOMMU", "nvme": "the NVMe drive given to L1"},
                   "l1": {"vfio-pci": "passing the NVMe through to L2"}}[self.role]
         for dev in (iommu_dev, "nvme", "vfio-pci"):
             name = qemu_device_check(dev)

@@ -26,6 +26,7 @@ NOTEBOOKS = ROOT / "notebooks"
 OUTPUTS = ROOT / "outputs"
 DEFAULT_PARAMS = ROOT / "parameters" / "lab.yaml"
 MAIN_STAGES = ("01", "02", "03", "04", "05")
+STAGE_PARAMETERS = ("params_file", "state_file", "interactive")  # what every notebook's parameters cell takes
 
 
 def stages(notebooks: Path = NOTEBOOKS) -> dict[str, Path]:
@@ -95,12 +96,14 @@ def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
     """What failed, where, and what to do: from papermill's error or our own."""
     ename = getattr(err, "ename", type(err).__name__)
     evalue = str(getattr(err, "evalue", err))
-    cell = getattr(err, "cell_index", None)
-    source = ""
-    if cell is not None and nb_path.exists():
+    cell, source = getattr(err, "exec_count", None), ""
+    if nb_path.exists():  # the failing cell is the one with an error output
         try:
-            nb = json.loads(nb_path.read_text())
-            source = "".join(nb["cells"][cell]["source"]).strip().splitlines()[0][:120]
+            for c in json.loads(nb_path.read_text())["cells"]:
+                if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+                    cell = c.get("execution_count")
+                    source = "".join(c["source"]).strip().splitlines()[0][:120]
+                    break
         except (ValueError, KeyError, IndexError):
             pass
     hint = ""
@@ -153,7 +156,7 @@ def run(args) -> int:
         p = params_mod.load(params_file)
         cpus, mem = host_resources()
         params_mod.check_against_host(p, cpus, mem, params_file)
-        available = stages()
+        available = stages(Path(args.notebooks))
         chosen = pick_stages(available, args.stages, args.start)
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
@@ -190,7 +193,7 @@ def run(args) -> int:
     report = write_report(run_dir, summary)
     print(f"summary: {summary_path}\nreport:  {report}")
     if failed:
-        print(f"\nFAILED at stage {failed['stage']}, cell {failed['cell']}: {failed['cell_source']}\n"
+        print(f"\nFAILED at stage {failed['stage']}, cell In [{failed['cell']}]: {failed['cell_source']}\n"
               f"  {failed['error']}\nHINT: {failed['hint']}", file=sys.stderr)
         return 1
     return 0
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--from", dest="start", help="run from this stage on (resumes the latest run)")
     r.add_argument("--run-id", help="run folder name under outputs/ to create or resume")
     r.add_argument("--outputs", default=str(OUTPUTS), help="where run folders go")
+    r.add_argument("--notebooks", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
     r.add_argument("--cell-timeout", type=int, default=3600, help="seconds any one cell may take")
     r.add_argument("--teardown-on-failure", action="store_true", help="run stage 99 when a stage fails")
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebooks' cell output")

@@ -6,7 +6,6 @@ from .. import checks
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
-from ..facts.kvm import kvm_smoke
 from ..nb import Stage
 from ..ops import Change
 from ..ops import kernel_args, l1_config
@@ -79,18 +78,14 @@ def l1_checks(ctx: Stage) -> list[checks.Check]:
 
 
 def l2_accel(ctx: Stage) -> tuple[str, str]:
-    """KVM for L2 when a kernel boots under KVM inside L1, TCG otherwise."""
-    forced = ctx.params.l2.accel
-    if forced == "tcg":
-        accel, why = "tcg", "forced: l2.accel is tcg"
-    else:
-        sm = kvm_smoke(ctx.l1(), timeout=max(ctx.params.host.kvm_smoke_timeout_s, 60))
-        if sm.usable:
-            accel, why = "kvm", f"a kernel boots under KVM inside L1 ({sm.reason})"
-        elif forced == "kvm":
-            raise RunbookError(f"l2.accel is kvm but KVM does not work inside L1: {sm.reason}",
-                               hint="enable nested KVM on the host (kvm_intel nested=1), or set l2.accel: auto")
-        else:
-            accel, why = "tcg", f"KVM does not work inside L1 ({sm.reason}): L2 runs under TCG"
+    """KVM for L2 when a kernel booted under KVM inside L1 (step 5's smoke test), TCG otherwise."""
+    judged = ctx.state.get("l1_checks")
+    if not judged:
+        l1_checks(ctx)
+        judged = ctx.state["l1_checks"]
+    accel, why = judged["accel"], judged["accel_reason"]
+    if ctx.params.l2.accel == "kvm" and accel != "kvm":
+        raise RunbookError(f"l2.accel is kvm but KVM does not work inside L1: {why}",
+                           hint="enable nested KVM on the host (kvm_intel nested=1), or set l2.accel: auto")
     ctx.state.update("l2", accel=accel, accel_reason=why)
     return accel, why

@@ -1,0 +1,59 @@
+"""Every stage notebook: clean template, a tagged parameters cell that papermill documents,
+and calls into helpers only (no logic longer than a few lines)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import runner
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXPECTED = {"01_check_host", "02_build_l1", "03_configure_l1", "04_build_l2", "05_verify_benchmark", "99_teardown"}
+PARAMS = {"params_file": "str", "state_file": "str", "interactive": "bool"}
+
+
+def test_every_stage_has_its_notebook():
+    assert {p.stem for p in NOTEBOOKS} == EXPECTED
+    assert list(runner.stages()) == ["01", "02", "03", "04", "05", "99"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_template_is_saved_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_matches_the_runner(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    from papermill.translators import PythonTranslator
+    found = {p.name: p.inferred_type_name for p in PythonTranslator.inspect(tagged[0])}
+    assert found == PARAMS
+    # the runner passes exactly these names
+    assert set(runner.STAGE_PARAMETERS) == set(PARAMS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_help_lists_each_parameter_with_its_help(path):
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    for name in PARAMS:
+        assert name in out
+    assert "the parameter file (YAML)" in out and "the run state (JSON)" in out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_teaches_and_stays_thin(path):
+    nb = nbformat.read(path, as_version=4)
+    md = [c for c in nb.cells if c.cell_type == "markdown"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert md[0].source.startswith("# ") and "What this stage does" in md[0].source
+    assert len(md) >= 3
+    for c in code:
+        assert len(c.source.splitlines()) <= 12, f"cell too long, move logic to helpers:\n{c.source}"
+        assert "def " not in c.source and "class " not in c.source
