@@ -61,7 +61,7 @@ def test_a_failing_stage_stops_the_run_with_a_hint(tmp_path, stages_dir):
     summary = json.loads((run / "summary.json").read_text())
     assert [s["status"] for s in summary["stages"]] == ["passed", "failed"]
     failed = summary["stages"][1]
-    assert failed["cell"] == 3 and "raise RunbookError" in failed["cell_source"] and failed["hint"] == "unmount it and resume with --from 02"
+    assert failed["cell"] == 3 and "RunbookError" in failed["cell_source"] and failed["hint"] == "unmount it and resume with --from 02"
     assert not (run / "03_third.ipynb").exists()
     assert json.loads((run / "state.json").read_text())["first"] == 1
     html = (run / "report.html").read_text()
