@@ -100,10 +100,10 @@ class StepButton:
     says what will happen; then Confirm runs it."""
 
     def __init__(self, label: str, fn: Callable, args: tuple, preview: Callable[[], str] | None,
-                 show: Callable[[Any], None] | None):
+                 show: Callable[[Any], None] | None, on_result: Callable[[Any], None] | None = None):
         import ipywidgets as w
 
-        self.fn, self.args, self.preview, self.show = fn, args, preview, show
+        self.fn, self.args, self.preview, self.show, self.on_result = fn, args, preview, show, on_result
         self.result = None
         self.calls = 0
         self.button = w.Button(description=label, button_style="warning" if preview else "")
@@ -131,6 +131,8 @@ class StepButton:
             try:
                 self.result = self.fn(*self.args)
                 self.calls += 1
+                if self.on_result:
+                    self.on_result(self.result)
                 if self.show:
                     self.show(self.result)
                 elif self.result is not None:

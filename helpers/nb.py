@@ -43,13 +43,25 @@ class Stage:
         something) says what it will do and waits for Confirm."""
         if self.interactive:
             from .forms import StepButton
-            b = StepButton(label, fn, args, preview, show)
+            b = StepButton(label, fn, args, preview, show, on_result=lambda r: self.record(label, r))
             ui._display(b.widget)
             return b
         result = fn(*args)
+        self.record(label, result)
         if show is not None:
             show(result)
         return result
+
+    def record(self, label: str, result) -> None:
+        """Note in the run state what a step changed, so a rerun can be checked for "no change"."""
+        from .ops import Change
+        items = list(result) if isinstance(result, (list, tuple)) else [result]
+        changes = [c for c in items if isinstance(c, Change)]
+        if changes:
+            log = self.state.get("changes", {})
+            log.setdefault(self.number, {})[label] = [
+                {"what": c.what, "changed": c.changed, "detail": c.detail} for c in changes]
+            self.state.set("changes", log)
 
     def l1(self):
         """SSH into L1, as stage 02 recorded it."""

@@ -1,0 +1,184 @@
+"""The whole emulated lab, for real: a real libvirtd, L1 under TCG with an Intel
+vIOMMU and an emulated NVMe, intel_iommu=on set and rebooted, L2 under KVM in
+L1 with the NVMe bound to vfio-pci, verified, benchmarked, then torn down.
+
+Runs the runner exactly as `make run` does (parameters/lab.yaml), into a run
+folder of its own, and asserts on the recorded state and on the live guests.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import params as params_mod
+from helpers.access import l1_guest, l2_guest
+from helpers.state import State
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = "lab-e2e"
+# parameters/lab.yaml with its own names, port and folder, so the suite never touches
+# a lab the user brought up with `make run`
+LAB = Path("/var/lib/nested-nvme-ci/lab-ci.yaml")
+OVERRIDES = {"l1": {"name": "nested-kvm-ci", "network": {"ssh_port": 2223}},
+             "host": {"workdir": "/var/lib/nested-nvme-ci"},
+             "nvme": {"backing_file": "/var/lib/nested-nvme-ci/nvme.raw"}}
+
+
+def write_lab_params(path: Path = LAB, **l2_select) -> Path:
+    data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
+    for section, values in OVERRIDES.items():
+        for k, v in values.items():
+            if isinstance(v, dict):
+                data[section][k].update(v)
+            else:
+                data[section][k] = v
+    if l2_select:
+        data["l2"]["select"] = l2_select
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(3600)]
+
+
+def runner(outputs: Path, *args, params: Path = LAB):
+    cmd = [sys.executable, "-m", "helpers", "run", "--params", str(params), "--outputs", str(outputs), *args]
+    print("$", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=3000)
+
+
+def virsh_l0(*args):
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """Stages 01-05 on the lab's parameters, from nothing (a leftover lab is torn down first)."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    write_lab_params()
+    runner(outputs, "--stages", "99", "--run-id", "pre-clean")
+    r = runner(outputs, "--run-id", RUN_ID)
+    run = outputs / RUN_ID
+    print(r.stdout[-6000:], r.stderr[-3000:])
+    yield {"outputs": outputs, "run": run, "result": r}
+    t = runner(outputs, "--stages", "99", "--run-id", "final-clean")
+    print(t.stdout[-2000:], t.stderr[-2000:])
+
+
+def state(lab) -> dict:
+    return json.loads((lab["run"] / "state.json").read_text())
+
+
+def live(lab):
+    p = params_mod.load(LAB)
+    st = State(lab["run"] / "state.json")
+    l1 = l1_guest(p, st)
+    return p, st, l1, l2_guest(p, st, l1)
+
+
+def test_01_runs_stages_01_to_05(lab):
+    r = lab["result"]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    summary = json.loads((lab["run"] / "summary.json").read_text())
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [
+        ("01", "passed"), ("02", "passed"), ("03", "passed"), ("04", "passed"), ("05", "passed")]
+    for s in summary["stages"]:
+        assert (lab["run"] / s["notebook"]).exists()
+
+
+def test_02_host_chose_tcg_and_l1_runs_under_it(lab):
+    st = state(lab)
+    assert st["accel"] == "tcg" and "kvm_pvm" in st["host"]["accel_reason"]
+    xml = virsh_l0("dumpxml", "nested-kvm-ci").stdout
+    assert "type='qemu'" in xml and "<iommu model='intel'>" in xml and "intremap='on'" in xml
+    assert "caching_mode='on'" in xml and "iotlb='on'" in xml and "driver='qemu'" in xml
+
+
+def test_03_l1_kernel_has_the_iommu_on(lab):
+    _, _, l1, _ = live(lab)
+    assert "intel_iommu=on" in l1.run("cat /proc/cmdline", check=True).out
+    dmesg = l1.run("dmesg", check=True).out
+    assert "DMAR: IOMMU enabled" in dmesg and "DMAR-IR: Enabled IRQ remapping" in dmesg
+    assert int(l1.run("ls /sys/kernel/iommu_groups | wc -l").out) > 0
+    st = state(lab)
+    assert st["changes"]["03"]["Install the virtualization stack"][0]["changed"] is True  # qemu-utils, offline
+    assert l1.run("dpkg-query -W -f='${Status}' qemu-utils").out.endswith("install ok installed")
+
+
+def test_04_nvme_alone_in_its_group_and_bound_to_vfio_in_l1(lab):
+    st = state(lab)
+    bdf = st["nvme"]["bdf_in_l1"]
+    assert list(st["nvme"]["group_members"]) == [bdf]  # no other endpoint in the NVMe's IOMMU group
+    _, _, l1, _ = live(lab)
+    assert "Kernel driver in use: vfio-pci" in l1.run(["lspci", "-k", "-s", bdf], check=True).out
+    assert l1.exists(f"/dev/vfio/{st['nvme']['iommu_group']}")
+    assert "1234" not in l1.run("nvme list -o json").out  # the disk is gone from L1
+    assert st["l2"]["accel"] == "kvm"  # L2 under KVM inside L1 (TCG's CPU offers SVM)
+
+
+def test_05_l2_sees_the_controller_and_the_disk(lab):
+    _, _, _, l2 = live(lab)
+    assert "[1b36:0010]" in l2.run("lspci -nn", check=True).out
+    st = state(lab)["l2_verify"]
+    assert st["controller"]["ids"] == "1b36:0010"
+    assert st["nvme"]["model"] == "QEMU NVMe Ctrl" and st["nvme"]["serial"] == "1234"
+    assert st["nvme"]["size_bytes"] == 1024 ** 3
+    assert st["df"]["type"] == "xfs" and st["df"]["mounted_on"] == "/data"
+    assert "/dev/nvme0n1" in l2.run("findmnt -n -o SOURCE /data").out
+
+
+def test_06_benchmark_results_for_each_layer(lab):
+    data = json.loads((lab["run"] / "results.json").read_text())
+    layers = {(s["layer"], s["profile"]): s for s in data["summary"]}
+    for layer in ("L0", "L1", "L2"):
+        for profile in ("randread-4k", "seqread-128k", "randwrite-4k"):
+            s = layers[(layer, profile)]
+            assert s["runs"] == 3 and s["iops_mean"] > 0 and s["iops_stdev"] >= 0
+    assert {r["profile"] for r in data["l2_vs_l1"]} == {"randread-4k", "seqread-128k", "randwrite-4k"}
+    assert (lab["run"] / "results.csv").exists() and (lab["run"] / "bench.png").stat().st_size > 10_000
+    html = (lab["run"] / "report.html").read_text()
+    assert "stage-05" in html and "data:image/png;base64" in html
+
+
+def test_07_rerunning_02_03_04_changes_nothing(lab):
+    r = runner(lab["outputs"], "--stages", "02,03,04", "--run-id", RUN_ID)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    changes = state(lab)["changes"]
+    did = [(stage, c["what"]) for stage in ("02", "03", "04") for step in changes[stage].values()
+           for c in step if c["changed"]]
+    assert did == []
+
+
+def _with(tmp_path, **select):
+    return write_lab_params(tmp_path / "lab-wrong.yaml", **select)
+
+
+def test_08_wrong_bdf_and_non_nvme_are_refused_with_nothing_changed(lab, tmp_path):
+    before = state(lab)
+    r = runner(lab["outputs"], "--stages", "04", "--run-id", RUN_ID, params=_with(tmp_path, bdf="0000:00:09.0"))
+    assert r.returncode == 1 and "no PCI device at 0000:00:09.0" in r.stderr
+    p, st, l1, _ = live(lab)
+    virtio = l1.run("lspci -D -d 1af4: | head -1 | cut -d' ' -f1", check=True).out.strip()
+    r = runner(lab["outputs"], "--stages", "04", "--run-id", RUN_ID, params=_with(tmp_path, bdf=virtio))
+    assert r.returncode == 1 and "not an NVMe controller" in r.stderr
+    after = state(lab)
+    assert after["nvme"] == before["nvme"]
+    assert "vfio-pci" in l1.run(["lspci", "-k", "-s", before["nvme"]["bdf_in_l1"]]).out
+
+
+def test_09_teardown_gives_everything_back_and_twice_changes_nothing(lab):
+    p = params_mod.load(LAB)
+    r = runner(lab["outputs"], "--stages", "99", "--run-id", RUN_ID)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    st = state(lab)
+    assert st["teardown"]["nvme_driver_in_l1"] == "nvme" and st["teardown"]["nvme_listed_in_l1"] is True
+    assert virsh_l0("dominfo", p.l1.name).returncode != 0  # L1 is undefined
+    assert not Path(p.nvme.backing_file).exists() and not (Path(p.host.workdir) / f"{p.l1.name}.qcow2").exists()
+    assert st.get("created", {}).get("files", []) == []
+    again = runner(lab["outputs"], "--stages", "99", "--run-id", RUN_ID)
+    assert again.returncode == 0
+    changes = state(lab)["changes"]["99"]
+    assert not [c for step in changes.values() for c in step if c["changed"]]
