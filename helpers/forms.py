@@ -69,7 +69,7 @@ class ParamsForm:
                 rows.append(w.VBox([w.HTML(f"<i>{'.'.join(path + (name,))}</i>")] + self._rows(value, path + (name,))))
                 continue
             wd = _widget_for(name, value, info.annotation)
-            wd.description_tooltip = info.description or ""
+            wd.tooltip = info.description or ""
             self.fields[path + (name,)] = (wd, info.annotation)
             rows.append(wd)
         return rows
