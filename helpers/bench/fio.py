@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 from ..errors import RunbookError
@@ -64,14 +65,16 @@ def run(guest: Guest, target: str, profile: str, runtime_s: int, size_mib: int) 
 
 def run_profiles(guest: Guest, layer: str, target: str, profiles: list[str], repeats: int,
                  runtime_s: int, size_mib: int, say=print) -> list[dict]:
-    """Every profile ``repeats`` times on one layer; rows for results.json."""
+    """Every profile ``repeats`` times on one layer; rows for results.json (each with its seconds)."""
     rows = []
     for profile in profiles:
         for i in range(1, repeats + 1):
+            t0 = time.monotonic()
             res = run(guest, target, profile, runtime_s, size_mib)
+            took = time.monotonic() - t0
             say(f"  {layer} {profile} run {i}/{repeats}: {res.iops:,.0f} IOPS, {res.bw_mib_s:.1f} MiB/s, "
                 f"p99 {res.lat_p99_us:.0f} us")
-            rows.append({"layer": layer, "target": target, "run": i, **asdict(res)})
+            rows.append({"layer": layer, "target": target, "run": i, **asdict(res), "seconds": round(took, 1)})
     return rows
 
 

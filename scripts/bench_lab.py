@@ -1,0 +1,76 @@
+"""Benchmark the lab (not a test): prints figures, one per line.
+
+    .venv/bin/python scripts/bench_lab.py [--params parameters/lab.yaml] [--no-floor]
+
+1. the plain-QEMU floor: ../shared/tools/raw-chain.sh (kernel-only guests, no libvirt);
+2. a cold run of stages 01-05 (lab images already built, no guest running);
+3. a warm rerun of stages 01-04 with everything up: must change nothing;
+4. teardown.
+Goals (from the issue): cold 01-04 plus 05's verification within 3x the floor,
+the whole run with the short benchmark within 4x, the warm rerun within 20 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW_CHAIN = ROOT.parent / "shared" / "tools" / "raw-chain.sh"
+
+
+def sh(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, **kw)
+    return time.monotonic() - t0, r
+
+
+def runner(outputs: Path, params: str, *args) -> tuple[float, subprocess.CompletedProcess]:
+    return sh([sys.executable, "-m", "helpers", "run", "--params", params, "--outputs", str(outputs), "-q", *args])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="parameters/lab.yaml")
+    ap.add_argument("--no-floor", action="store_true", help="skip the raw-chain floor")
+    args = ap.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bench-lab-"))
+    sh([sys.executable, "-m", "helpers.lab.images"])  # built once, not timed
+    runner(out, args.params, "--stages", "99", "--run-id", "pre")
+    floor = None
+    if not args.no_floor:
+        if not RAW_CHAIN.exists():
+            print(f"floor: {RAW_CHAIN} not found", file=sys.stderr)
+        else:
+            _, r = sh(["bash", str(RAW_CHAIN), str(out / "raw-chain")], timeout=1200)
+            m = re.search(r"raw-chain-seconds (\d+)", r.stdout)
+            floor = int(m.group(1)) if m else None
+            print(f"floor-seconds {floor if floor else 'FAILED'}")
+    total, r = runner(out, args.params, "--run-id", "cold")
+    summary = json.loads((out / "cold" / "summary.json").read_text())
+    print(f"cold-total-seconds {total:.0f} status {summary.get('status')}")
+    for s in summary["stages"]:
+        print(f"cold-stage-{s['stage']}-seconds {s['seconds']}")
+    state = json.loads((out / "cold" / "state.json").read_text())
+    bench_s = sum(r.get("seconds", 0) for k in ("baseline", "bench_l2", "bench_l0") for r in state.get(k) or [])
+    through_verify = sum(s["seconds"] for s in summary["stages"]) - (bench_s or 0)
+    print(f"cold-through-verify-seconds {through_verify:.0f} (fio runs excluded: {bench_s:.0f} s)")
+    if floor:
+        print(f"ratio-cold-through-verify-to-floor {through_verify / floor:.2f} (goal 3)")
+        print(f"ratio-cold-total-to-floor {total / floor:.2f} (goal 4)")
+    warm, r = runner(out, args.params, "--stages", "01,02,03,04", "--run-id", "cold")
+    changes = json.loads((out / "cold" / "state.json").read_text()).get("changes", {})
+    did = sum(c["changed"] for st in ("01", "02", "03", "04") for step in changes.get(st, {}).values() for c in step)
+    print(f"warm-01-04-seconds {warm:.0f} changes {did} (goal: 20 s, 0 changes)")
+    td, r = runner(out, args.params, "--stages", "99", "--run-id", "cold")
+    print(f"teardown-seconds {td:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
