@@ -47,7 +47,8 @@ def combined_notebook(run_dir: Path, summary: dict) -> nbformat.NotebookNode:
         cells.append(nbformat.v4.new_markdown_cell(head))
         if path.exists():
             nb = nbformat.read(path, as_version=4)
-            for c in nb.cells:
+            for i, c in enumerate(nb.cells):
+                c["id"] = f"s{entry['stage']}-{i}"
                 if c.cell_type == "code" and "injected-parameters" in c.get("metadata", {}).get("tags", []):
                     continue
                 if c.cell_type == "markdown":  # stage titles become level-2 under the stage heading
