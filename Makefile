@@ -12,7 +12,8 @@ setup:
 run: setup
 	$(PY) -m helpers run --params $(PARAMS)
 
-test: setup
+test:
+	@bash scripts/setup.sh --test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 teardown: setup

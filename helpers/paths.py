@@ -14,6 +14,7 @@ class Paths:
     l1_disk: Path            # the lab's qcow2 overlay on the golden image (a real host: its own image)
     l1_console: Path         # L1's serial console log
     known_hosts: Path        # L1's pinned host key (lab)
+    lab_key: Path            # the run's copy of the lab's SSH key (the image cache may be rebuilt meanwhile)
     l0_bench: Path           # scratch file for fio on L0, beside the backing file
     l2_disk: str             # inside L1: L2's overlay on the lab's L2 image
     l2_console: str          # inside L1: L2's serial console log
@@ -27,6 +28,7 @@ def paths(p: Params) -> Paths:
         l1_disk=lab_disk if p.l1.image == "lab" else Path(p.l1.image).expanduser(),
         l1_console=w / f"{p.l1.name}-console.log",
         known_hosts=w / "known_hosts",
+        lab_key=w / "lab_key",
         l0_bench=Path(p.nvme.backing_file).parent / "l0-bench.raw",
         l2_disk=f"/var/lib/libvirt/images/{p.l2.name}.qcow2" if p.l2.image == "lab" else p.l2.image,
         l2_console=f"/var/log/libvirt/qemu/{p.l2.name}-console.log",

@@ -91,9 +91,9 @@ def picture(stage: str):
     ax.set_ylim(0, 5)
     ax.axis("off")
     mark = STAGE_BOXES.get(stage, "")
-    boxes = [("L0", "host: KVM or TCG, libvirt\nnvme.raw backing file", 0.2, 0.2, 9.6, 4.6),
-             ("L1", "L1 guest: q35 + Intel vIOMMU\nnested KVM, libvirt; NVMe -> vfio-pci", 1.2, 0.5, 8.3, 3.4),
-             ("L2", "L2 guest: NVMe by VFIO\nnvme list, mkfs.xfs, fio", 5.2, 0.8, 4.0, 1.9)]
+    boxes = [("L0", "the host: KVM or TCG, libvirt\nnvme.raw backing file", 0.2, 0.2, 9.6, 4.6),
+             ("L1", "guest: q35 + Intel vIOMMU\nnested KVM, libvirt; NVMe -> vfio-pci", 1.2, 0.5, 8.3, 3.4),
+             ("L2", "guest: NVMe by VFIO\nnvme list, mkfs.xfs, fio", 5.2, 0.8, 4.0, 1.9)]
     for name, text, x, y, w, h in boxes:
         hot = mark in (name, "all")
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05",

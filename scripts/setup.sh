@@ -11,6 +11,8 @@ DEB_PACKAGES=(
   parted e2fsprogs xfsprogs dosfstools grub-pc-bin kmod cpio zstd
   openssh-client openssh-server libxml2-utils apt-utils python3-venv
 )
+# what only the test suite needs: a headless browser for the report check
+[ "${1:-}" = "--test" ] && DEB_PACKAGES+=(chromium)
 say() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then

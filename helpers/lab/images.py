@@ -46,7 +46,8 @@ L1_MASKED = [
     "e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer",
     "apt-daily-upgrade.timer", "man-db.timer", "fstrim.timer", "logrotate.timer",
     "dpkg-db-backup.timer", "systemd-networkd-wait-online.service",
-    "libvirt-guests.service", "systemd-timesyncd.service",
+    "libvirt-guests.service", "systemd-timesyncd.service", "nvmf-autoconnect.service",
+    "nvmefc-boot-connections.service",
 ]
 L1_ENABLED = ["systemd-networkd.service"]
 L1_GRUB = {
@@ -63,12 +64,14 @@ L2_PACKAGES = [
     "pciutils", "nvme-cli", "xfsprogs", "fio", "util-linux", "mount", "kmod",
     "qemu-guest-agent", "busybox-static", "procps",
 ]
-L2_MODULES = ["virtio_console", "nvme", "xfs"]  # loaded by l2-init
-L2_INITRD_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
+# All loaded by the initramfs (from RAM: faster than from disk under nested virt).
+L2_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "virtio_console",
+              "nvme", "xfs"]
 L2_ROOT_IN_L1 = "/var/lib/libvirt/images/l2-root.raw"
 L2_KERNEL_IN_L1 = "/var/lib/libvirt/boot/l2-vmlinuz"
 L2_INITRD_IN_L1 = "/var/lib/libvirt/boot/l2-initrd.gz"
-L2_CMDLINE = "console=ttyS0 root=/dev/vda rw init=/sbin/l2-init quiet"
+# pci=noearly skips the early AGP/aperture scans of PCI config space (~4 s in L2)
+L2_CMDLINE = "console=ttyS0 root=/dev/vda rw init=/sbin/l2-init quiet pci=noearly"
 
 STRIP = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
          "/usr/share/locale/*", "/usr/share/lintian/*"]
@@ -154,8 +157,7 @@ def recipe_facts() -> dict:
         "suite": SUITE, "sources": debian_sources(), "disk_size": DISK_SIZE,
         "l1_packages": L1_PACKAGES, "l1_cached": L1_CACHED, "l1_masked": L1_MASKED,
         "l1_enabled": L1_ENABLED, "l1_grub": L1_GRUB, "l1_repo": L1_REPO,
-        "l2_packages": L2_PACKAGES, "l2_modules": L2_MODULES,
-        "l2_initrd_modules": L2_INITRD_MODULES, "l2_paths": [
+        "l2_packages": L2_PACKAGES, "l2_modules": L2_MODULES, "l2_paths": [
             L2_ROOT_IN_L1, L2_KERNEL_IN_L1, L2_INITRD_IN_L1], "l2_cmdline": L2_CMDLINE,
         "strip": STRIP,
     }
@@ -221,6 +223,7 @@ def _install(out: Path, cache_dir: Path, recipe: str) -> LabImages:
     final = cache_dir / recipe
     if final.exists():
         shutil.rmtree(final)
+    os.chmod(out, 0o755)
     out.rename(final)
     for old in cache_dir.iterdir():
         if old.is_dir() and old != final and re.fullmatch(r"[0-9a-f]{12}", old.name):
@@ -248,7 +251,7 @@ def preflight(cache_dir: Path) -> None:
         raise LabImageError(f"missing host tools: apt-get install {' '.join(missing)}")
     if not debian_sources():
         raise LabImageError(f"no 'deb ... {SUITE}' source in /etc/apt/sources.list(.d)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(cache_dir)
     free = shutil.disk_usage(cache_dir).free
     if free < MIN_FREE:
         raise LabImageError(f"not enough disk space in {cache_dir}: {free / 2**30:.1f} GiB free, "
@@ -343,6 +346,7 @@ class Build:
         self.say(f"creating {DISK_SIZE // 2**30} GiB raw disk")
         with open(disk, "wb") as f:
             f.truncate(DISK_SIZE)
+        os.chmod(disk, 0o644)
         self.sh("parted", "-s", disk, "mklabel", "msdos", "mkpart", "primary", "ext4",
                 "1MiB", "100%", "set", "1", "boot", "on")
         loop = self.sh("losetup", "-P", "--find", "--show", disk).strip()
@@ -368,9 +372,10 @@ class Build:
             'export APT_CONFIG="$MMDEBSTRAP_APT_CONFIG"; apt-get clean && '
             f'apt-get install --download-only -y -o APT::Install-Recommends=false {" ".join(L1_CACHED)} && '
             f'mkdir -p "$1{L1_REPO}" && mv "$1"/var/cache/apt/archives/*.deb "$1{L1_REPO}/"')
+        early_hook = f'cp -R "{FILES / "l1-early"}"/. "$1"/'  # before the kernel's initramfs
         jobs = {
             "l1": ["mmdebstrap", "--mode=root", "--variant=minbase",
-                   "--include=" + ",".join(L1_PACKAGES), *strip,
+                   "--include=" + ",".join(L1_PACKAGES), *strip, f"--essential-hook={early_hook}",
                    f"--customize-hook={repo_hook}", SUITE, l1root, *self.sources],
             "l2": ["mmdebstrap", "--mode=root", "--variant=minbase",
                    "--include=" + ",".join(L2_PACKAGES), *strip, SUITE, l2root, *self.sources],
@@ -382,22 +387,29 @@ class Build:
                 logf = open(self.work / f"mmdebstrap-{name}.log", "w")
                 procs[name] = (subprocess.Popen([str(c) for c in cmd], stdout=logf,
                                                 stderr=subprocess.STDOUT), logf)
-            for name, (proc, logf) in procs.items():
-                rc = proc.wait()
-                logf.close()
-                text = Path(logf.name).read_text()
-                self.log.write(f"$ mmdebstrap ({name})\n{text}")
-                if rc:
-                    last = (text.strip().splitlines() or ["no output"])[-1]
-                    raise LabImageError(f"mmdebstrap {name} failed (exit {rc}): {last} "
-                                        f"[log: {self.log.name}]")
-                self.say(f"mmdebstrap {name} done")
+            running = dict(procs)
+            while running:
+                time.sleep(0.5)
+                for name, (proc, logf) in list(running.items()):
+                    if proc.poll() is not None:
+                        del running[name]
+                        self.job_done(name, proc.returncode, logf)
         finally:
             for proc, logf in procs.values():
                 if proc.poll() is None:
                     proc.terminate()
                     proc.wait()
                 logf.close()
+
+    def job_done(self, name: str, rc: int, logf) -> None:
+        """Copy a finished mmdebstrap's log into the build log; raise if it failed."""
+        logf.close()
+        text = Path(logf.name).read_text()
+        self.log.write(f"$ mmdebstrap ({name})\n{text}")
+        if rc:
+            last = (text.strip().splitlines() or ["no output"])[-1]
+            raise LabImageError(f"mmdebstrap {name} failed (exit {rc}): {last} [log: {self.log.name}]")
+        self.say(f"mmdebstrap {name} done")
 
     # -- L2
 
@@ -406,7 +418,7 @@ class Build:
         self.say("L2: modules, init, ext4 image, initramfs")
         moddir = l1root / "lib/modules" / kver
         copy_modules(moddir, l2root / "lib/modules" / kver,
-                     module_closure(moddir, L2_MODULES + L2_INITRD_MODULES))
+                     module_closure(moddir, L2_MODULES))
         self.sh("depmod", "-b", l2root, kver)
         copy_tree(FILES / "l2", l2root)
         write(l2root / "etc/l2-modules", "\n".join(L2_MODULES) + "\n")
@@ -414,6 +426,8 @@ class Build:
         write(l2root / "etc/hosts", "127.0.0.1 localhost\n127.0.1.1 l2\n")
         write(l2root / "etc/fstab", "/dev/vda / ext4 defaults 0 0\n")
         write(l2root / "etc/resolv.conf", "")
+        (l2root / "etc/mtab").unlink(missing_ok=True)
+        os.symlink("../proc/self/mounts", l2root / "etc/mtab")
         for junk in ["var/lib/apt/lists", "var/cache/apt", "var/cache/debconf", "var/log"]:
             empty_dir(l2root / junk)
         image = l1root / L2_ROOT_IN_L1.lstrip("/")
@@ -430,9 +444,9 @@ class Build:
         self.say(f"l2 root image: {disk_usage(image)}")
 
     def make_initrd(self, l2root: Path, moddir: Path, dest: Path) -> None:
-        """busybox + the virtio/ext4 modules + image_files/l2-initrd/init, gzipped newc cpio."""
+        """busybox + L2_MODULES + image_files/l2-initrd/init, gzipped newc cpio."""
         tree = self.work / "l2initrd"
-        order = module_closure(moddir, L2_INITRD_MODULES)
+        order = module_closure(moddir, L2_MODULES)
         copy_modules(moddir, tree / "lib/modules", order)
         write(tree / "etc/modules", "\n".join(order) + "\n")
         (tree / "bin").mkdir()
@@ -597,6 +611,14 @@ def set_shell_vars(text: str, values: dict[str, str]) -> str:
         pattern = re.compile(rf"^#?\s*{name}=.*$", re.M)
         text = pattern.sub(line, text, count=1) if pattern.search(text) else text + line + "\n"
     return text
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p with mode 0755 whatever the umask (libvirt-qemu must reach the L1 disk)."""
+    if not path.exists():
+        make_dirs(path.parent)
+        path.mkdir()
+        os.chmod(path, 0o755)
 
 
 def write(path: Path, text: str, mode: int = 0o644) -> None:

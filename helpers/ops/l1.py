@@ -91,6 +91,20 @@ def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: Stat
     return did(f"known_hosts {path}", f"pins {key[:40]}...")
 
 
+def copy_key(key: Path, dest: Path, state: State) -> Change:
+    """The run keeps its own copy of the lab's SSH key (mode 0600), so a rebuilt
+    image cache never locks the runbook out of a running L1."""
+    data = key.read_bytes()
+    if dest.exists() and dest.read_bytes() == data:
+        return no_change(f"SSH key {dest}", "the lab key is in place")
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    dest.chmod(0o600)
+    state.remember_created("files", str(dest))
+    return did(f"SSH key {dest}", f"copied from {key.parent}")
+
+
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,
               native_nvme: bool) -> Domain:
     """The seed's L1: q35, host CPU model, pinned vCPUs, Intel vIOMMU with

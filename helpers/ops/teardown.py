@@ -58,7 +58,7 @@ def remove_l1(p: Params, lv: Libvirt) -> list[Change]:
 def remove_files(p: Params, state: State) -> list[Change]:
     """Files the runbook made; the backing file only with consent."""
     ps = paths(p)
-    candidates = [ps.l1_console, ps.known_hosts, ps.l0_bench] + ([ps.l1_disk] if p.l1.image == "lab" else [])
+    candidates = [ps.l1_console, ps.known_hosts, ps.lab_key, ps.l0_bench] + ([ps.l1_disk] if p.l1.image == "lab" else [])
     candidates += [Path(f) for f in state.created("files")]
     if p.nvme.remove_backing_file:
         candidates.append(Path(p.nvme.backing_file))

@@ -77,6 +77,7 @@ def prepare(ctx: Stage) -> list[Change]:
         spec = l1_ssh_spec(p)
         changes.append(l1_ops.write_known_hosts(ps.known_hosts, spec["host"], spec["port"],
                                                 lab["ssh_host_pubkey"], ctx.state))
+        changes.append(l1_ops.copy_key(Path(lab["ssh_key"]), ps.lab_key, ctx.state))
     return changes
 
 
@@ -87,7 +88,7 @@ def define(ctx: Stage, the_plan: Plan) -> Change:
     change = domain.define(lv, p.l1.name, the_plan.xml, replace=p.l1.replace)
     lab = ctx.state.get("lab") or {}
     ps = paths(p)
-    spec = l1_ssh_spec(p, lab_key=Path(lab["ssh_key"]) if lab else None,
+    spec = l1_ssh_spec(p, lab_key=ps.lab_key if lab else None,
                        known_hosts=ps.known_hosts if lab else None)
     ctx.state.update("l1", name=p.l1.name, accel=the_plan.accel, cpuset=the_plan.cpuset,
                      console_log=str(ps.l1_console), ssh=spec, native_nvme=the_plan.native_nvme)
