@@ -127,7 +127,7 @@ def smoke_command(kernel: str, timeout: int, accel: str = "kvm", qemu: str = "qe
     cpu = "host" if accel == "kvm" else "max"
     return (f"timeout -k 5 {int(timeout)} {shlex.quote(qemu)} -accel {accel} -cpu {cpu} -m 256 "
             f"-nographic -no-reboot -nodefaults -serial stdio -kernel {shlex.quote(kernel)} "
-            f"-append 'console=ttyS0 panic=-1' </dev/null")
+            f"-append 'console=ttyS0 panic=-1 quiet' </dev/null")
 
 
 @dataclass
