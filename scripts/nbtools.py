@@ -31,7 +31,7 @@ def notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     for i, c in enumerate(out):
         c["id"] = f"cell-{i:02d}"
     nb.cells = out
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "nested-nvme", "display_name": "Nested NVMe runbook", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
 
