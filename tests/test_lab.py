@@ -152,6 +152,19 @@ def test_07_rerunning_02_03_04_changes_nothing(lab):
     assert did == []
 
 
+def test_07b_nbval_reruns_each_executed_stage_and_checks_its_outputs(lab):
+    """nbval re-executes the run's notebooks (their injected parameters point at this run)
+    and compares the cells marked NBVAL_CHECK_OUTPUT, sanitized of times and addresses."""
+    nbs = [str(lab["run"] / n) for n in ("01_check_host.ipynb", "02_build_l1.ipynb", "03_configure_l1.ipynb",
+                                          "04_build_l2.ipynb", "05_verify_benchmark.ipynb")]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval-lax",
+                        "--nbval-kernel-name", "python3", "--nbval-cell-timeout", "1800",
+                        "--nbval-sanitize-with", str(ROOT / "tests" / "nbval-sanitize.cfg"), *nbs],
+                       cwd=ROOT / "notebooks", capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stdout[-5000:]
+    assert "passed" in r.stdout
+
+
 def _with(tmp_path, **select):
     return write_lab_params(tmp_path / "lab-wrong.yaml", **select)
 
