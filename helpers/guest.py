@@ -12,6 +12,7 @@ Every fact and operation reads or changes a machine through a ``Guest``:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shlex
@@ -165,6 +166,7 @@ class SSH(Guest):
     jump: "SSH | None" = None
     config: Path | None = None
     connect_timeout: int = 10
+    multiplex: bool = True
     name: str = "ssh"
 
     def target(self) -> str:
@@ -183,7 +185,17 @@ class SSH(Guest):
             opts += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
         if self.known_hosts:
             opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.multiplex:  # one TCP connection for the many short commands facts run
+            opts += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path()}",
+                     "-o", "ControlPersist=60"]
         return opts
+
+    def control_path(self) -> str:
+        """A shared connection per target AND credentials: a different key or
+        known_hosts file never rides on a connection checked with others."""
+        ident = "|".join(str(x) for x in (self.host, self.port, self.user, self.identity, self.known_hosts,
+                                          self.config, self.jump and self.jump.control_path()))
+        return f"/tmp/nested-nvme-ssh-{hashlib.sha1(ident.encode()).hexdigest()[:16]}"
 
     def argv(self, cmd: str) -> list[str]:
         argv = ["ssh", *self.options(), "-p", str(self.port)]

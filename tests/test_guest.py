@@ -166,3 +166,12 @@ def test_agent_timeout():
 def test_result_check_keeps_the_command():
     with pytest.raises(GuestError, match="`nvme list` failed with exit code 1: no device"):
         Result(1, "", "no device\n", "nvme list").check()
+
+
+def test_shared_connections_are_per_credentials(tmp_path):
+    a = SSH(host="127.0.0.1", port=2222, identity=tmp_path / "k1", known_hosts=tmp_path / "kh1")
+    b = SSH(host="127.0.0.1", port=2222, identity=tmp_path / "k1", known_hosts=tmp_path / "kh2")
+    assert a.control_path() != b.control_path()
+    assert a.control_path() == SSH(host="127.0.0.1", port=2222, identity=tmp_path / "k1",
+                                   known_hosts=tmp_path / "kh1").control_path()
+    assert "ControlMaster=auto" in " ".join(a.argv("true"))
