@@ -97,6 +97,14 @@ def test_02_host_chose_tcg_and_l1_runs_under_it(lab):
     assert "caching_mode='on'" in xml and "iotlb='on'" in xml and "driver='qemu'" in xml
 
 
+def test_02b_the_guest_agent_way_in_runs_commands_in_l1(lab):
+    from helpers.guest import Agent, libvirt_agent_call
+    from helpers.virt import PyLibvirt
+    agent = Agent(call=libvirt_agent_call(PyLibvirt().domain("nested-kvm-ci")), name="l1-agent")
+    r = agent.run("cat /etc/hostname; echo err >&2; exit 3")
+    assert (r.rc, r.out.strip(), r.err.strip()) == (3, "l1", "err")
+
+
 def test_03_l1_kernel_has_the_iommu_on(lab):
     _, _, l1, _ = live(lab)
     assert "intel_iommu=on" in l1.run("cat /proc/cmdline", check=True).out
