@@ -146,6 +146,7 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
             parameters={"params_file": str(params_file), "state_file": str(state_file), "interactive": False},
             cwd=str(template.parent), kernel_name="python3", progress_bar=False,
             log_output=True, stdout_file=log, stderr_file=_Quiet(log), execution_timeout=timeout,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no transport warning on the console
         )
         entry["status"] = "passed"
     except Exception as e:  # papermill's errors and the kernel's

@@ -108,7 +108,7 @@ def debian_sources() -> list[str]:
     apt = Path("/etc/apt")
     entries = []
     for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]:
-        if path.suffix == ".list" or path.name == "sources.list":
+        if path.suffix == ".list":
             entries += _one_line_sources(path)
         elif path.suffix == ".sources":
             entries += _deb822_sources(path)
@@ -177,16 +177,19 @@ def recipe_hash() -> str:
 def load_images(cache_dir: Path = CACHE_DIR) -> LabImages | None:
     """The cached images if they exist and their recipe is current, else None."""
     recipe = recipe_hash()
-    folder = Path(cache_dir) / recipe
+    images = _read_manifest(Path(cache_dir) / recipe)
+    return images if images and images.recipe == recipe else None
+
+
+def _read_manifest(folder: Path) -> LabImages | None:
+    """The LabImages saved in folder/images.json, if it and its files are there."""
     try:
         data = json.loads((folder / "images.json").read_text())
-    except (OSError, ValueError):
+        images = LabImages(**{**data, "l1_disk": folder / data["l1_disk"],
+                              "ssh_key": folder / data["ssh_key"]})
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    images = LabImages(**{**data, "l1_disk": folder / data["l1_disk"],
-                          "ssh_key": folder / data["ssh_key"]})
-    if images.recipe != recipe or not images.l1_disk.is_file() or not images.ssh_key.is_file():
-        return None
-    return images
+    return images if images.l1_disk.is_file() and images.ssh_key.is_file() else None
 
 
 def _save_manifest(folder: Path, images: LabImages) -> None:
@@ -219,16 +222,29 @@ def build_images(cache_dir: Path = CACHE_DIR, force: bool = False, progress=prin
 
 
 def _install(out: Path, cache_dir: Path, recipe: str) -> LabImages:
-    """Move a finished build into cache_dir/<recipe>; drop older recipes."""
+    """Move a finished build into cache_dir/<recipe>; drop older recipes no VM uses."""
     final = cache_dir / recipe
     if final.exists():
         shutil.rmtree(final)
     os.chmod(out, 0o755)
     out.rename(final)
     for old in cache_dir.iterdir():
-        if old.is_dir() and old != final and re.fullmatch(r"[0-9a-f]{12}", old.name):
+        if old.is_dir() and old != final and re.fullmatch(r"[0-9a-f]{12}", old.name) \
+                and not in_use(old):
             shutil.rmtree(old, ignore_errors=True)
-    return load_images(cache_dir)
+    return _read_manifest(final)
+
+
+def in_use(folder: Path) -> bool:
+    """Whether a running process (say a VM on an older golden disk) has a file in folder open."""
+    prefix = str(folder.resolve()) + "/"
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @contextlib.contextmanager
