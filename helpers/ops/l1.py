@@ -67,17 +67,33 @@ def ensure_backing_file(path: Path, size_gib: float, state: State) -> Change:
     return did(f"NVMe backing file {path}", f"created raw, sparse, {size_gib} GiB")
 
 
-def ensure_overlay(golden: Path, overlay: Path, state: State) -> Change:
-    """L1's system disk in the lab: a qcow2 overlay on the cached golden image."""
+def overlay_backing(overlay: Path) -> str | None:
+    """The backing file a qcow2 overlay points at (qemu-img info)."""
+    r = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], capture_output=True, text=True)
+    if r.returncode:
+        return None
+    import json
+    return json.loads(r.stdout).get("backing-filename")
+
+
+def ensure_overlay(golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
+    """L1's system disk in the lab: a qcow2 overlay on the cached golden image.
+    An overlay on an older image (the recipe changed) is made anew unless L1 runs on it."""
+    what = f"L1 disk {overlay}"
     if overlay.exists():
-        return no_change(f"L1 disk {overlay}", f"overlay on {golden.name} exists")
+        backing = overlay_backing(overlay)
+        if backing == str(golden):
+            return no_change(what, f"overlay on {golden.name} exists")
+        if running:
+            return no_change(what, f"L1 runs on an older image ({backing}); teardown and rerun to use the new one")
+        overlay.unlink()
     r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)],
                        capture_output=True, text=True)
     if r.returncode:
         raise RunbookError(f"qemu-img could not create {overlay}: {r.stderr.strip()}",
                            hint="check free space and that qemu-utils is installed")
     state.remember_created("files", str(overlay))
-    return did(f"L1 disk {overlay}", f"qcow2 overlay on {golden}")
+    return did(what, f"qcow2 overlay on {golden}")
 
 
 def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: State) -> Change:

@@ -73,7 +73,8 @@ def prepare(ctx: Stage) -> list[Change]:
                l1_ops.ensure_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib, ctx.state)]
     if p.l1.image == "lab":
         lab = ctx.state["lab"]
-        changes.append(l1_ops.ensure_overlay(Path(lab["l1_disk"]), ps.l1_disk, ctx.state))
+        running = PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name)
+        changes.append(l1_ops.ensure_overlay(Path(lab["l1_disk"]), ps.l1_disk, ctx.state, running))
         spec = l1_ssh_spec(p)
         changes.append(l1_ops.write_known_hosts(ps.known_hosts, spec["host"], spec["port"],
                                                 lab["ssh_host_pubkey"], ctx.state))

@@ -1,0 +1,46 @@
+"""Stage 02's file operations on real files: the backing file, the overlay, the pinned key."""
+import os
+from pathlib import Path
+
+from helpers.ops import l1 as l1_ops
+from helpers.state import State
+
+
+def test_backing_file_is_created_sparse_and_never_overwritten(tmp_path):
+    st = State(tmp_path / "s.json")
+    f = tmp_path / "nvme.raw"
+    ch = l1_ops.ensure_backing_file(f, 1, st)
+    assert ch.changed and f.stat().st_size == 1024 ** 3 and f.stat().st_blocks == 0
+    f.write_bytes(b"data")  # the user's data
+    again = l1_ops.ensure_backing_file(f, 1, st)
+    assert not again.changed and f.read_bytes() == b"data" and "not the 1 GiB asked" in again.detail
+    assert st.created("files") == [str(f)]
+
+
+def test_overlay_follows_the_golden_image(tmp_path):
+    g1, g2, ov = tmp_path / "g1.raw", tmp_path / "g2.raw", tmp_path / "l1.qcow2"
+    for g in (g1, g2):
+        g.write_bytes(b"\0" * 1024 * 1024)
+    st = State(tmp_path / "s.json")
+    assert l1_ops.ensure_overlay(g1, ov, st).changed
+    assert not l1_ops.ensure_overlay(g1, ov, st).changed
+    assert not l1_ops.ensure_overlay(g2, ov, st, running=True).changed  # L1 runs on it: kept
+    assert l1_ops.ensure_overlay(g2, ov, st).changed
+    assert l1_ops.overlay_backing(ov) == str(g2)
+
+
+def test_key_copy_is_private_and_idempotent(tmp_path):
+    st = State(tmp_path / "s.json")
+    src, dest = tmp_path / "k", tmp_path / "copy"
+    src.write_text("KEY")
+    assert l1_ops.copy_key(src, dest, st).changed
+    assert oct(dest.stat().st_mode & 0o777) == "0o600" and dest.read_text() == "KEY"
+    assert not l1_ops.copy_key(src, dest, st).changed
+
+
+def test_known_hosts_pins_the_forwarded_port(tmp_path):
+    st = State(tmp_path / "s.json")
+    kh = tmp_path / "known_hosts"
+    l1_ops.write_known_hosts(kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY root@l1", st)
+    assert kh.read_text() == "[127.0.0.1]:2222 ssh-ed25519 AAAAKEY\n"
+    assert not l1_ops.write_known_hosts(kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY", st).changed
