@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import RunbookError
-from .guest import SSH, Agent, Guest, virsh_agent_call
+from .guest import SSH, Agent, Guest, GuestError, virsh_agent_call
 from .params import Params
 from .state import State
 
@@ -35,6 +35,26 @@ def l1_guest(p: Params, state: State) -> SSH:
                config=_path(spec.get("config")), name="l1")
 
 
+def l2_crash(p: Params, l1: Guest) -> str | None:
+    """The panic line in L2's console log (in L1), if L2's kernel crashed."""
+    from .paths import paths
+    r = l1.run(["grep", "-m1", "-E", "Kernel panic|double fault|general protection fault", paths(p).l2_console])
+    return r.out.strip() or None if r.ok else None
+
+
 def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
-    """L2's guest agent, reached with `virsh qemu-agent-command` inside L1."""
-    return Agent(call=virsh_agent_call(l1, p.l2.name), name="l2")
+    """L2's guest agent, reached with `virsh qemu-agent-command` inside L1.
+    When the agent stops answering because L2's kernel crashed, say so."""
+    raw = virsh_agent_call(l1, p.l2.name)
+
+    def call(msg: dict, timeout: float) -> dict:
+        try:
+            return raw(msg, timeout)
+        except GuestError as e:
+            panic = None if msg.get("execute") == "guest-ping" else l2_crash(p, l1)
+            if panic:
+                raise RunbookError(f"L2 crashed: {panic}",
+                                   hint="nested KVM under TCG emulation crashes now and then; resume with "
+                                        "`python -m helpers run --from 04` (stage 04 restarts a crashed L2)") from None
+            raise e
+    return Agent(call=call, name="l2")

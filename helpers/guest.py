@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .errors import RunbookError
+
 Command = str | Sequence[str]
 
 
@@ -230,16 +232,26 @@ def libvirt_agent_call(dom) -> AgentCall:
     return call
 
 
-def virsh_agent_call(via: Guest, domain: str, uri: str = "qemu:///system") -> AgentCall:
+TRANSIENT_AGENT_ERRORS = ("not available for now", "is not connected", "not responding")
+
+
+def virsh_agent_call(via: Guest, domain: str, uri: str = "qemu:///system", retry_s: float = 20) -> AgentCall:
     """Send guest-agent JSON with ``virsh qemu-agent-command`` run on ``via``
-    (L1 reaching its own guest L2)."""
+    (L1 reaching its own guest L2). A briefly unavailable agent is retried for
+    ``retry_s`` seconds (libvirt sent nothing then, so a retry runs nothing twice)."""
 
     def call(msg: dict, timeout: float) -> dict:
-        r = via.run(["virsh", "-c", uri, "qemu-agent-command", domain, json.dumps(msg),
-                     "--timeout", str(max(int(timeout), 1))], timeout=timeout + 30)
-        if not r.ok:
-            raise GuestError(f"guest agent of {domain} did not answer: {r.err.strip() or r.out.strip()}")
-        return json.loads(r.out)
+        deadline = time.monotonic() + retry_s
+        while True:
+            r = via.run(["virsh", "-c", uri, "qemu-agent-command", domain, json.dumps(msg),
+                         "--timeout", str(max(int(timeout), 1))], timeout=timeout + 30)
+            if r.ok:
+                return json.loads(r.out)
+            said = (r.err.strip() or r.out.strip())
+            transient = any(t in said for t in TRANSIENT_AGENT_ERRORS) and msg.get("execute") != "guest-ping"
+            if not transient or time.monotonic() > deadline:
+                raise GuestError(f"guest agent of {domain} did not answer: {said}")
+            time.sleep(2)
     return call
 
 
@@ -264,7 +276,7 @@ class Agent(Guest):
             args["input-data"] = base64.b64encode(input.encode()).decode()
         try:
             pid = self.call({"execute": "guest-exec", "arguments": args}, 30)["return"]["pid"]
-        except GuestError:
+        except (GuestError, RunbookError):
             raise
         except Exception as e:  # libvirt errors carry a clear message
             raise GuestError(f"guest agent of {self.name}: {e}") from None

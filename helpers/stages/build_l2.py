@@ -112,7 +112,16 @@ def define(ctx: Stage, dom: Domain) -> Change:
 
 
 def start(ctx: Stage) -> Change:
-    ch = domain.start(Virsh(ctx.l1()), ctx.params.l2.name)
+    """Start L2 unless it runs; a running L2 whose kernel crashed is started again."""
+    from ..access import l2_crash
+    lv = Virsh(ctx.l1())
+    if lv.is_active(ctx.params.l2.name) and (panic := l2_crash(ctx.params, ctx.l1())):
+        lv.destroy(ctx.params.l2.name)
+        lv.wait_stopped(ctx.params.l2.name)
+        lv.start(ctx.params.l2.name)
+        ctx.state.update("l2", started_at=time.time(), restarted_after=panic)
+        return did(f"start {ctx.params.l2.name}", f"restarted: its kernel had crashed ({panic[:80]})")
+    ch = domain.start(lv, ctx.params.l2.name)
     if ch.changed:
         ctx.state.update("l2", started_at=time.time())
     return ch

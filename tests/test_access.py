@@ -1,0 +1,38 @@
+"""The way into L2: transient agent errors are retried; a crashed L2 is named as such."""
+import json
+
+import pytest
+
+from helpers import params
+from helpers.access import l2_guest
+from helpers.errors import RunbookError
+from helpers.guest import Result
+from machines import Machine
+
+P = params.load("parameters/lab.yaml")
+
+
+def test_a_crashed_l2_is_reported_with_its_panic_and_the_way_out():
+    l1 = Machine(answers={r"qemu-agent-command": Result(1, "", "error: internal error: unable to execute QEMU agent command"),
+                          r"^grep -m1": "[   30.6] Kernel panic - not syncing: Fatal exception in interrupt\n"})
+    with pytest.raises(RunbookError, match=r"L2 crashed: .*Kernel panic") as e:
+        l2_guest(P, None, l1).run("df -Th /data")
+    assert "--from 04" in e.value.hint
+
+
+def test_a_briefly_unavailable_agent_is_retried():
+    answers = iter([Result(1, "", "error: Guest agent is not responding: Guest agent not available for now"),
+                    Result(0, json.dumps({"return": {"pid": 7}}), ""),
+                    Result(0, json.dumps({"return": {"exited": True, "exitcode": 0, "out-data": "b2sK"}}), "")])
+    l1 = Machine(answers={r"qemu-agent-command": lambda cmd: next(answers)})
+    r = l2_guest(P, None, l1).run("echo ok")
+    assert r.ok and r.out == "ok\n"
+    assert len(l1.ran("qemu-agent-command")) == 3
+
+
+def test_an_agent_that_is_not_there_without_a_crash_is_a_guest_error():
+    from helpers.guest import GuestError
+    l1 = Machine(answers={r"qemu-agent-command": Result(1, "", "error: failed to get domain 'nvmetest'"),
+                          r"^grep -m1": Result(1, "", "")})
+    with pytest.raises(GuestError, match="failed to get domain"):
+        l2_guest(P, None, l1).run("true")
