@@ -43,7 +43,8 @@ def plot(summary: list[dict], out_dir: Path | None = None):
         axes[1].bar(xs, get("bw_mib_s_mean"), width, yerr=get("bw_mib_s_stdev"), capsize=3, label=layer)
     for ax, title in ((axes[0], "IOPS (mean, bars: stdev)"), (axes[1], "bandwidth MiB/s")):
         ax.set_xticks([p + width * (len(layers) - 1) / 2 for p in range(len(profiles))], profiles)
-        ax.set_title(title)
+        ax.set_title(title + " (log scale)")
+        ax.set_yscale("log")
         ax.legend()
     # latency percentiles: one group per layer/profile
     labels, p50, p99, p999 = [], [], [], []
@@ -57,7 +58,7 @@ def plot(summary: list[dict], out_dir: Path | None = None):
     axes[2].plot(xs, p50, "o-", label="p50")
     axes[2].plot(xs, p99, "s-", label="p99")
     axes[2].plot(xs, p999, "^-", label="p99.9")
-    axes[2].set_xticks(list(xs), labels, fontsize=7)
+    axes[2].set_xticks(list(xs), labels, fontsize=7, rotation=45, ha="right")
     axes[2].set_yscale("log")
     axes[2].set_title("completion latency (us)")
     axes[2].legend()
