@@ -46,7 +46,7 @@ def return_nvme(p: Params, l1: Guest | None, state: State, timeout: float = 60) 
     serial = p.nvme.serial
     listed = [d for d in pci.nvme_list(l1) if d.get("SerialNumber", "").strip() == serial]
     state.update("teardown", nvme_driver_in_l1=driver, nvme_listed_in_l1=bool(listed))
-    ok = driver == "nvme" and listed
+    ok = driver == "nvme" and bool(listed)
     return [Change("return the NVMe to L1", ok,
                    f"{bdf} driver {driver}; nvme list {'shows' if listed else 'does not show'} serial {serial}")]
 
