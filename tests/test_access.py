@@ -36,3 +36,17 @@ def test_an_agent_that_is_not_there_without_a_crash_is_a_guest_error():
                           r"^grep -m1": Result(1, "", "")})
     with pytest.raises(GuestError, match="failed to get domain"):
         l2_guest(P, None, l1).run("true")
+
+
+def test_the_kvm_smoke_verdict_is_kept_for_the_rest_of_the_boot():
+    from helpers.facts.kvm import kvm_smoke
+    m = Machine(files={"/proc/sys/kernel/random/boot_id": "boot-1\n"}, programs={"qemu-system-x86_64"},
+                answers={r"^ls -1A /boot$": "vmlinuz-6.1.0-56-amd64\n",
+                         r"-accel kvm": "Linux version 6.1\nKernel panic - not syncing: VFS: Unable to mount root fs\n"})
+    first = kvm_smoke(m, 20)
+    assert first.usable and len(m.ran("-accel kvm")) == 1
+    second = kvm_smoke(m, 20)
+    assert second.usable and "earlier in this boot" in second.reason and len(m.ran("-accel kvm")) == 1
+    m.files["/proc/sys/kernel/random/boot_id"] = "boot-2\n"  # after a reboot it is measured again
+    kvm_smoke(m, 20)
+    assert len(m.ran("-accel kvm")) == 2

@@ -2,6 +2,8 @@
 smoke boot that tells whether KVM really runs an ordinary kernel."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shlex
 import time
@@ -157,10 +159,40 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+SMOKE_CACHE = "/run/nested-nvme-kvm-smoke.json"
+
+
+def _cached_smoke(guest: Guest, key: dict) -> Smoke | None:
+    """The smoke result measured earlier in this same boot of ``guest``, if any."""
+    text = guest.read_text(SMOKE_CACHE)
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not data or data.get("key") != key:
+        return None
+    sm = Smoke(**data["smoke"])
+    sm.reason += " (measured earlier in this boot)"
+    return sm
+
+
 def kvm_smoke(guest: Guest, timeout: int = 20, accel: str = "kvm") -> Smoke:
     """Boot the newest /boot/vmlinuz-* under QEMU with ``-accel kvm`` and see
-    whether it reaches its panic within ``timeout`` seconds."""
+    whether it reaches its panic within ``timeout`` seconds. The verdict is kept
+    for the rest of this boot (keyed by boot id, kernel, QEMU and timeout)."""
     kernel = newest_kernel(guest)
+    key = {"boot_id": (guest.read_text("/proc/sys/kernel/random/boot_id") or "").strip(),
+           "kernel": kernel, "qemu": find_qemu(guest), "timeout": timeout, "accel": accel}
+    if key["boot_id"] and (cached := _cached_smoke(guest, key)):
+        return cached
+    sm = _smoke(guest, kernel, timeout, accel)
+    if key["boot_id"] and sm.tested:
+        guest.run(f"cat > {SMOKE_CACHE}", input=json.dumps({"key": key, "smoke": dataclasses.asdict(sm)}))
+    return sm
+
+
+def _smoke(guest: Guest, kernel: str | None, timeout: int, accel: str) -> Smoke:
+    """One smoke boot."""
     qemu = find_qemu(guest)
     if qemu is None:
         return Smoke("not tested", "QEMU is not installed (qemu-system-x86_64)", kernel=kernel, accel=accel)
