@@ -199,6 +199,15 @@ class SSH(Guest):
                                           self.config, self.jump and self.jump.control_path()))
         return f"/tmp/nested-nvme-ssh-{hashlib.sha1(ident.encode()).hexdigest()[:16]}"
 
+    def close(self) -> None:
+        """End the shared connection (after the machine behind it stopped or restarted)."""
+        if self.multiplex:
+            try:
+                subprocess.run(["ssh", "-o", f"ControlPath={self.control_path()}", "-O", "exit", self.target()],
+                               capture_output=True, timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
     def argv(self, cmd: str) -> list[str]:
         argv = ["ssh", *self.options(), "-p", str(self.port)]
         if self.jump:

@@ -101,6 +101,7 @@ def start(ctx: Stage) -> Change:
     ch = domain.start(lv, ctx.params.l1.name)
     if ch.changed:
         ctx.state.update("l1", started_at=time.time())
+        ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
     return ch
 
 

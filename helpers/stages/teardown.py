@@ -24,7 +24,11 @@ def l2(ctx: Stage) -> list[Change]:
 def l1(ctx: Stage) -> list[Change]:
     if not ctx.params.teardown.l1:
         return []
-    return teardown.remove_l1(ctx.params, PyLibvirt(ctx.params.host.libvirt_uri))
+    changes = teardown.remove_l1(ctx.params, PyLibvirt(ctx.params.host.libvirt_uri))
+    l1 = _l1_or_none(ctx)
+    if l1 is not None:
+        l1.close()
+    return changes
 
 
 def files(ctx: Stage) -> list[Change]:
