@@ -1,6 +1,5 @@
 """The command-running interface: local, real SSH to a local sshd, the guest agent protocol."""
 import base64
-import json
 import shutil
 import socket
 import subprocess

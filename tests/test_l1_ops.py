@@ -1,6 +1,4 @@
 """Stage 02's file operations on real files: the backing file, the overlay, the pinned key."""
-import os
-from pathlib import Path
 
 from helpers.ops import l1 as l1_ops
 from helpers.state import State

@@ -3,7 +3,6 @@ define and start L2 with it as a PCI hostdev, and check L1 gave it up."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from ..bench import fio
 from ..errors import RunbookError

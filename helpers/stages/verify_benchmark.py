@@ -5,7 +5,7 @@ from ..bench import fio, results
 from ..errors import RunbookError
 from ..guest import Local
 from ..nb import Stage
-from ..ops import Change, did, no_change
+from ..ops import Change, no_change
 from ..ops import verify
 from ..paths import paths
 
