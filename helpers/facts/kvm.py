@@ -142,6 +142,7 @@ class Smoke:
     last_line: str = ""
     kernel: str | None = None
     accel: str = "kvm"
+    cached: bool = False  # measured earlier in this boot, not again now
 
     @property
     def usable(self) -> bool:
@@ -172,7 +173,7 @@ def _cached_smoke(guest: Guest, key: dict) -> Smoke | None:
     if not data or data.get("key") != key:
         return None
     sm = Smoke(**data["smoke"])
-    sm.reason += " (measured earlier in this boot)"
+    sm.cached = True
     return sm
 
 
