@@ -6,6 +6,7 @@ import pytest
 
 from helpers.bench import fio, results
 from helpers.errors import RunbookError
+from helpers.guest import Result
 
 FIX = Path(__file__).parent / "fixtures" / "fio"
 
@@ -14,6 +15,97 @@ def test_command_is_direct_libaio_json():
     cmd = fio.fio_command("/dev/nvme0n1", "randread-4k", 3, 32)
     assert "--rw=randread" in cmd and "--bs=4k" in cmd and "--iodepth=32" in cmd
     assert "--direct=1" in cmd and "--output-format=json" in cmd and "--filename=/dev/nvme0n1" in cmd
+
+
+THREE = ["randread-4k", "seqread-128k", "randwrite-4k"]
+
+
+def _jobs(cmd):
+    """The command split at each --name: (global options, [(name, that job's options)])."""
+    first = next(i for i, a in enumerate(cmd) if a.startswith("--name="))
+    jobs, cur = [], None
+    for a in cmd[first:]:
+        if a.startswith("--name="):
+            cur = (a.split("=", 1)[1], [])
+            jobs.append(cur)
+        else:
+            cur[1].append(a)
+    return cmd[1:first], jobs
+
+
+def test_command_runs_profiles_one_after_another_in_one_fio():
+    cmd = fio.fio_command("/dev/nvme0n1", THREE, 1, 16)
+    assert cmd[0] == "fio" and cmd.count("fio") == 1
+    common, jobs = _jobs(cmd)
+    assert {"--filename=/dev/nvme0n1", "--ioengine=libaio", "--direct=1", "--size=16M", "--runtime=1",
+            "--time_based", "--output-format=json"} <= set(common)
+    assert "--stonewall" not in common and not any("group_reporting" in a for a in cmd)
+    assert [n for n, _ in jobs] == THREE
+    for k, (name, opts) in enumerate(jobs):
+        p = fio.PROFILES[name]
+        assert {f"--rw={p['rw']}", f"--bs={p['bs']}", f"--iodepth={p['iodepth']}"} <= set(opts)
+        # every job after the first waits for the one before: sequential, not parallel
+        assert ("--stonewall" in opts) == (k > 0)
+
+
+def test_parse_real_multi_job_output_one_result_per_profile():
+    text = (FIX / "three-profiles.json").read_text()
+    res = fio.parse_all(THREE, text)
+    assert [r.profile for r in res] == THREE
+    for r in res:
+        assert r.iops > 0 and r.bw_mib_s > 0
+        assert 0 < r.lat_p50_us <= r.lat_p99_us <= r.lat_p999_us
+    jobs = {j["jobname"]: j for j in json.loads(text)["jobs"]}
+    # the write profile reads fio's write side (its read side is empty), the reads their read side
+    assert jobs["randwrite-4k"]["read"]["iops"] == 0
+    assert res[2].iops == pytest.approx(jobs["randwrite-4k"]["write"]["iops"])
+    assert res[0].iops == pytest.approx(jobs["randread-4k"]["read"]["iops"])
+    # by job name, not by position: asking in another order gives the same figures
+    assert [r.iops for r in fio.parse_all(THREE[::-1], text)] == [r.iops for r in res[::-1]]
+    assert fio.parse("seqread-128k", text) == res[1]
+
+
+def test_parse_multi_job_missing_profile_is_a_clear_error():
+    with pytest.raises(RunbookError, match="no job for seqwrite-128k"):
+        fio.parse_all(["randread-4k", "seqwrite-128k"], (FIX / "three-profiles.json").read_text())
+
+
+class FakeGuest:
+    """Answers every command with a recorded fio output (or a failure)."""
+
+    name = "l2"
+
+    def __init__(self, out="", rc=0, err=""):
+        self.out, self.rc, self.err, self.calls = out, rc, err, []
+
+    def run(self, cmd, timeout=120):
+        self.calls.append((cmd, timeout))
+        return Result(self.rc, "fio: some note\n" + self.out, self.err, cmd)
+
+
+def test_run_profiles_one_fio_per_repeat_rows_per_profile():
+    g = FakeGuest((FIX / "three-profiles.json").read_text())
+    said = []
+    rows = fio.run_profiles(g, "L2", "/data/fio-bench.bin", THREE, 3, 1, 16, say=said.append)
+    assert len(g.calls) == 3
+    for cmd, timeout in g.calls:
+        assert cmd.startswith("fio ") and cmd.count("--name=") == 3 and cmd.count("--stonewall") == 2
+        assert timeout == 1 * 3 * 4 + 300
+    assert len(rows) == 9
+    assert [(r["profile"], r["run"]) for r in rows] == [(p, i) for p in THREE for i in (1, 2, 3)]
+    keys = {"layer", "target", "run", "profile", "iops", "bw_mib_s", "lat_p50_us", "lat_p99_us",
+            "lat_p999_us", "seconds"}
+    assert all(set(r) == keys and r["layer"] == "L2" and r["target"] == "/data/fio-bench.bin" for r in rows)
+    assert all(r["iops"] > 0 and r["seconds"] >= 0 for r in rows)
+    assert len(said) == 9 and said[0].startswith("  L2 randread-4k run 1/3: ") and "IOPS" in said[0]
+    assert said[1].startswith("  L2 seqread-128k run 1/3: ") and said[3].startswith("  L2 randread-4k run 2/3: ")
+
+
+def test_run_profiles_fio_failure_raises():
+    g = FakeGuest(rc=1, err="fio: failed to open /data/fio-bench.bin")
+    with pytest.raises(RunbookError, match="failed to open") as e:
+        fio.run_profiles(g, "L2", "/data/fio-bench.bin", THREE, 3, 1, 16, say=lambda _: None)
+    assert len(g.calls) == 1 and "fio is installed" in e.value.hint
 
 
 @pytest.mark.parametrize("name,profile", [("randread-4k.json", "randread-4k"), ("randwrite-4k.json", "randwrite-4k")])

@@ -6,6 +6,7 @@ import shlex
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 from ..errors import RunbookError
 from ..guest import Guest
@@ -19,12 +20,29 @@ PROFILES = {
 PERCENTILES = ("50.000000", "99.000000", "99.900000")
 
 
-def fio_command(target: str, profile: str, runtime_s: int, size_mib: int) -> list[str]:
-    """fio on ``target`` (a block device or a file), direct I/O, JSON out."""
-    p = PROFILES[profile]
-    return ["fio", f"--name={profile}", f"--filename={target}", f"--rw={p['rw']}", f"--bs={p['bs']}",
-            f"--iodepth={p['iodepth']}", "--ioengine=libaio", "--direct=1", f"--size={size_mib}M",
-            f"--runtime={runtime_s}", "--time_based", "--group_reporting", "--output-format=json"]
+def _as_list(profiles: str | Sequence[str]) -> list[str]:
+    return [profiles] if isinstance(profiles, str) else list(profiles)
+
+
+def fio_command(target: str, profiles: str | Sequence[str], runtime_s: int, size_mib: int) -> list[str]:
+    """One fio on ``target`` (a block device or a file) running ``profiles`` one after another.
+
+    Direct I/O, JSON out. The options before the first ``--name`` are global;
+    each profile is its own job named after it, with ``--stonewall`` on every
+    job after the first so it starts only when the one before has finished
+    (sequential, never in parallel). No ``--group_reporting``: each profile
+    comes back as its own entry in fio's JSON ``jobs`` list.
+    """
+    names = _as_list(profiles)
+    if not names:
+        raise RunbookError("fio: no profiles to run")
+    cmd = ["fio", f"--filename={target}", "--ioengine=libaio", "--direct=1", f"--size={size_mib}M",
+           f"--runtime={runtime_s}", "--time_based", "--output-format=json"]
+    for i, profile in enumerate(names):
+        p = PROFILES[profile]
+        cmd += [f"--name={profile}", *(["--stonewall"] if i else []),
+                f"--rw={p['rw']}", f"--bs={p['bs']}", f"--iodepth={p['iodepth']}"]
+    return cmd
 
 
 @dataclass
@@ -39,13 +57,19 @@ class FioResult:
     lat_p999_us: float
 
 
-def parse(profile: str, text: str) -> FioResult:
-    """Read fio's JSON (tolerating the notes fio may print before it)."""
+def _load(what: str, text: str) -> dict:
+    """fio's JSON document (tolerating the notes fio may print before or after it)."""
     start = text.find("{")
     if start < 0:
-        raise RunbookError(f"fio printed no JSON for {profile}: {text.strip()[:200]}")
-    data = json.loads(text[start:])
-    job = data["jobs"][0]
+        raise RunbookError(f"fio printed no JSON for {what}: {text.strip()[:200]}")
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[start:])
+    except ValueError as e:
+        raise RunbookError(f"fio printed unreadable JSON for {what}: {e}") from None
+    return data
+
+
+def _result(profile: str, job: dict) -> FioResult:
     side = job["write"] if "write" in PROFILES[profile]["rw"] else job["read"]
     clat = side.get("clat_ns", {}).get("percentile", {})
     us = lambda k: clat.get(k, 0) / 1000.0  # noqa: E731
@@ -53,29 +77,65 @@ def parse(profile: str, text: str) -> FioResult:
                      us(PERCENTILES[0]), us(PERCENTILES[1]), us(PERCENTILES[2]))
 
 
-def run(guest: Guest, target: str, profile: str, runtime_s: int, size_mib: int) -> FioResult:
-    """Run one profile once on ``guest``."""
-    cmd = fio_command(target, profile, runtime_s, size_mib)
-    r = guest.run(shlex.join(cmd), timeout=runtime_s * 4 + 300)
+def parse_all(profiles: Sequence[str], text: str) -> list[FioResult]:
+    """One FioResult per profile, in ``profiles`` order, each from the job named after it."""
+    names = _as_list(profiles)
+    data = _load(", ".join(names), text)
+    jobs: dict[str, list[dict]] = {}
+    for j in data.get("jobs", []):
+        jobs.setdefault(j.get("jobname"), []).append(j)
+    seen = ", ".join(map(str, jobs)) or "none"
+    out = []
+    for n in names:  # a profile named twice takes that name's jobs in order
+        if not jobs.get(n):
+            raise RunbookError(f"fio JSON has no job for {n} (jobs: {seen})")
+        out.append(_result(n, jobs[n].pop(0)))
+    return out
+
+
+def parse(profile: str, text: str) -> FioResult:
+    """One profile from fio's JSON: its own job, or the only job when it has another name."""
+    data = _load(profile, text)
+    jobs = data.get("jobs", [])
+    job = next((j for j in jobs if j.get("jobname") == profile), jobs[0] if len(jobs) == 1 else None)
+    if job is None:
+        raise RunbookError(f"fio JSON has no job for {profile}")
+    return _result(profile, job)
+
+
+def run(guest: Guest, target: str, profiles: str | Sequence[str], runtime_s: int, size_mib: int) -> list[FioResult]:
+    """Run ``profiles`` once on ``guest``, one after another in a single fio."""
+    names = _as_list(profiles)
+    cmd = fio_command(target, names, runtime_s, size_mib)
+    r = guest.run(shlex.join(cmd), timeout=runtime_s * len(names) * 4 + 300)
     if not r.ok:
-        raise RunbookError(f"fio {profile} on {guest.name}:{target} failed: {(r.err or r.out).strip()[-300:]}",
+        raise RunbookError(f"fio {','.join(names)} on {guest.name}:{target} failed: {(r.err or r.out).strip()[-300:]}",
                            hint="check that the target exists and fio is installed")
-    return parse(profile, r.out)
+    return parse_all(names, r.out)
 
 
 def run_profiles(guest: Guest, layer: str, target: str, profiles: list[str], repeats: int,
                  runtime_s: int, size_mib: int, say=print) -> list[dict]:
-    """Every profile ``repeats`` times on one layer; rows for results.json (each with its seconds)."""
-    rows = []
-    for profile in profiles:
-        for i in range(1, repeats + 1):
-            t0 = time.monotonic()
-            res = run(guest, target, profile, runtime_s, size_mib)
-            took = time.monotonic() - t0
-            say(f"  {layer} {profile} run {i}/{repeats}: {res.iops:,.0f} IOPS, {res.bw_mib_s:.1f} MiB/s, "
-                f"p99 {res.lat_p99_us:.0f} us")
-            rows.append({"layer": layer, "target": target, "run": i, **asdict(res), "seconds": round(took, 1)})
-    return rows
+    """Every profile ``repeats`` times on one layer; rows for results.json (each with its seconds).
+
+    Each repeat is one fio running all the profiles in turn (a process start
+    is costly in emulated guests); a row's ``seconds`` is its share of that
+    fio's time. Rows come profile by profile, runs 1..repeats within each.
+    """
+    names = list(profiles)
+    if not names:
+        return []
+    per_profile: list[list[dict]] = [[] for _ in names]
+    for i in range(1, repeats + 1):
+        t0 = time.monotonic()
+        res = run(guest, target, names, runtime_s, size_mib)
+        took = (time.monotonic() - t0) / max(len(names), 1)
+        for k, r in enumerate(res):
+            say(f"  {layer} {r.profile} run {i}/{repeats}: {r.iops:,.0f} IOPS, {r.bw_mib_s:.1f} MiB/s, "
+                f"p99 {r.lat_p99_us:.0f} us")
+            per_profile[k].append({"layer": layer, "target": target, "run": i, **asdict(r),
+                                   "seconds": round(took, 1)})
+    return [row for rows in per_profile for row in rows]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
