@@ -46,6 +46,12 @@ def test_select_by_serial_or_bdf_or_the_only_one():
     assert pt.select_nvme(devices(), Select(), SERIALS).bdf == "0000:00:02.0"
 
 
+def test_select_from_devices_read_off_sysfs():
+    devs = pci.parse_sysfs_listing((FIX.parent / "pci" / "sysfs-l1.txt").read_text())
+    dev = pt.select_nvme(devs, Select(serial="1234"), {"0000:00:10.0": "1234"})
+    assert dev.bdf == "0000:00:10.0" and dev.name == "pci_0000_00_10_0" and dev.iommu_group == 7
+
+
 def test_a_wrong_bdf_is_refused_with_what_exists():
     with pytest.raises(RunbookError, match=r"no PCI device at 0000:00:09.0 in L1 \(NVMe controllers there: 0000:00:02.0 \(serial 1234\)\)"):
         pt.select_nvme(devices(), Select(bdf="0000:00:09.0"), SERIALS)

@@ -1,8 +1,11 @@
-"""PCI devices as libvirt sees them (``virsh nodedev-dumpxml``), and the NVMe
-facts around them: serial, namespaces, mounts, IOMMU group members."""
+"""PCI devices with the fields libvirt gives them (``virsh nodedev-dumpxml``), read
+from sysfs and lspci in one round trip, and the NVMe facts around them: serial,
+namespaces, mounts, IOMMU group members."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -76,16 +79,84 @@ def parse_nodedev(xml: str) -> PciDevice | None:
         numa_node=int(numa.get("node")) if numa is not None else None)
 
 
-SEP = "----nodedev----"
+LSPCI_SEP = "----lspci----"
+
+# One POSIX sh script, one round trip: a line per /sys/bus/pci/devices/* entry, then
+# the separator, then `lspci -Dmmnn` for the names. Builtins only for the sysfs part
+# (read, cd -P, globs, printf): no process per device, which matters in an emulated L1.
+SYSFS_SCRIPT = r"""for p in /sys/bus/pci/devices/*; do
+  [ -r "$p/class" ] || continue
+  c=; v=; i=; n=; drv=; grp=; mem=
+  read -r c 2>/dev/null <"$p/class"
+  read -r v 2>/dev/null <"$p/vendor"
+  read -r i 2>/dev/null <"$p/device"
+  read -r n 2>/dev/null <"$p/numa_node"
+  if cd -P "$p/driver" 2>/dev/null; then drv=${PWD##*/}; fi
+  if cd -P "$p/iommu_group" 2>/dev/null; then grp=${PWD##*/}; fi
+  for m in "$p"/iommu_group/devices/*; do [ -e "$m" ] && mem=$mem${mem:+,}${m##*/}; done
+  printf '%s class=%s vendor=%s device=%s driver=%s iommu_group=%s numa_node=%s members=%s\n' \
+    "${p##*/}" "$c" "$v" "$i" "$drv" "$grp" "$n" "$mem"
+done
+echo '""" + LSPCI_SEP + r"""'
+lspci -Dmmnn 2>/dev/null || true
+"""
+
+_ID_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{4}\]$")
 
 
-def pci_devices(guest: Guest, uri: str = "qemu:///system") -> list[PciDevice]:
-    """Every PCI device libvirt knows on ``guest``, in one round trip."""
-    script = (f"for d in $(virsh -c {uri} nodedev-list --cap pci); do "
-              f"virsh -c {uri} nodedev-dumpxml $d; echo {SEP}; done")
-    out = guest.run(script, timeout=180, check=True).out
-    devs = [parse_nodedev(x) for x in out.split(SEP) if x.strip()]
-    return [d for d in devs if d]
+def node_device_name(bdf: str) -> str:
+    """libvirt's node device name for a BDF: 0000:00:02.0 -> pci_0000_00_02_0."""
+    return "pci_" + bdf.replace(":", "_").replace(".", "_")
+
+
+def _lspci_name(field: str, placeholder: str) -> str:
+    """'Red Hat, Inc. [1b36]' -> 'Red Hat, Inc.'. lspci prints 'Device [0d57]' (or
+    'Vendor [...]') when pci.ids has no name; libvirt leaves the name empty then."""
+    name = _ID_SUFFIX.sub("", field).strip()
+    return "" if name == placeholder else name
+
+
+def _lspci_names(text: str) -> dict[str, tuple[str, str]]:
+    """BDF -> (vendor, product) from ``lspci -Dmmnn``."""
+    names = {}
+    for line in text.splitlines():
+        try:
+            fields = shlex.split(line)
+        except ValueError:  # an unbalanced quote: take the quoted fields as they are
+            slot = line.split(None, 1)[0] if line.strip() else ""
+            fields = [slot, *re.findall(r'"([^"]*)"', line)]
+        if len(fields) >= 4:
+            names[fields[0]] = (_lspci_name(fields[2], "Vendor"), _lspci_name(fields[3], "Device"))
+    return names
+
+
+def parse_sysfs_listing(text: str) -> list[PciDevice]:
+    """PciDevices, ordered by BDF, from the output of ``SYSFS_SCRIPT``: the same values
+    ``parse_nodedev`` reads off libvirt's XML. Without the lspci part, names are empty."""
+    sysfs, _, lspci = text.partition(LSPCI_SEP)
+    names = _lspci_names(lspci)
+    devs = []
+    for line in sysfs.splitlines():
+        bdf, _, rest = line.strip().partition(" ")
+        if not bdf:
+            continue
+        f = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
+        numa = int(f["numa_node"]) if f.get("numa_node") else -1
+        vendor, product = names.get(bdf, ("", ""))
+        devs.append(PciDevice(
+            name=node_device_name(bdf), bdf=bdf, pci_class=int(f.get("class") or "0", 16),
+            vendor_id=f.get("vendor", ""), vendor=vendor, product_id=f.get("device", ""), product=product,
+            driver=f.get("driver") or None,
+            iommu_group=int(f["iommu_group"]) if f.get("iommu_group") else None,
+            group_members=sorted(m for m in f.get("members", "").split(",") if m),
+            numa_node=numa if numa >= 0 else None))  # libvirt omits <numa> for -1
+    return sorted(devs, key=lambda d: d.bdf)
+
+
+def pci_devices(guest: Guest) -> list[PciDevice]:
+    """Every PCI device on ``guest``, as libvirt would describe it, from sysfs and lspci
+    in one round trip (``virsh nodedev-dumpxml`` per device costs seconds in an emulated L1)."""
+    return parse_sysfs_listing(guest.run(SYSFS_SCRIPT, timeout=60, check=True).out)
 
 
 def nvme_serial(guest: Guest, bdf: str) -> str | None:
