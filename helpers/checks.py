@@ -108,6 +108,11 @@ def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True) -
     timeout is host.kvm_smoke_timeout_s (at least 60 s in L1)."""
     if role not in ("l0", "l1"):
         raise ValueError("role must be 'l0' (the host) or 'l1'")
+    with guest.snapshot(*cpu_facts.READS, *kvm_facts.READS, *iommu_facts.READS, *system_facts.READS):
+        return _gather(guest, params, role, smoke)
+
+
+def _gather(guest: Guest, params: Params, role: str, smoke: bool) -> HostFacts:
     c = cpu_facts.cpu(guest)
     cmd = kvm_facts.cmdline(guest)
     k = kvm_facts.kvm(guest)

@@ -12,6 +12,7 @@ Every fact and operation reads or changes a machine through a ``Guest``:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -62,6 +63,7 @@ class Guest:
     """A machine we can run commands on. Subclasses implement ``_run``."""
 
     name = "guest"
+    _snap: dict[str, tuple[str, str]] | None = None  # path -> (kind, body), inside snapshot()
 
     def _run(self, cmd: str, timeout: float, input: str | None) -> Result:
         raise NotImplementedError
@@ -73,17 +75,40 @@ class Guest:
         res.cmd = as_shell(cmd)
         return res.check() if check else res
 
+    @contextlib.contextmanager
+    def snapshot(self, *paths: str):
+        """Read many files and directories in one round trip: inside the block,
+        ``read_text``, ``exists`` and ``listdir`` of those paths answer from
+        that reading (a path with ``*`` is a shell glob). Local reads directly."""
+        if self._snap is not None or isinstance(self, Local) or not paths:
+            yield self
+            return
+        self._snap = read_many(self, paths)
+        try:
+            yield self
+        finally:
+            self._snap = None
+
+    def _snapped(self, path: str) -> tuple[str, str] | None:
+        return self._snap.get(path) if self._snap else None
+
     # File helpers, built on run(); Local overrides them with direct reads.
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it cannot be read."""
+        if snap := self._snapped(path):
+            return snap[1] if snap[0] == "F" else None
         r = self.run(["cat", path])
         return r.out if r.ok else None
 
     def exists(self, path: str) -> bool:
+        if snap := self._snapped(path):
+            return snap[0] != "N"
         return self.run(["test", "-e", path]).ok
 
     def listdir(self, path: str) -> list[str]:
         """Names in a directory, sorted; empty when it does not exist."""
+        if snap := self._snapped(path):
+            return sorted(snap[1].split()) if snap[0] == "D" else []
         r = self.run(["ls", "-1A", path])
         return sorted(r.out.split()) if r.ok else []
 
@@ -96,6 +121,40 @@ class Guest:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+# Shell builtins only (one process in all, however many files): a header line
+# "#<kind> <path>" per path, then its content, each line prefixed with "|", or
+# with "/" for a last line without newline. Kinds: F readable regular file,
+# D directory (content: its entries), E exists but is special or unreadable
+# (/dev/kvm), N does not exist.
+_READ_MANY = r"""for f in "$@"; do
+  if [ -d "$f" ]; then echo "#D $f"
+    for e in "$f"/* "$f"/.[!.]* "$f"/..?*; do if [ -e "$e" ] || [ -L "$e" ]; then echo "|${e##*/}"; fi; done
+  elif [ -f "$f" ] && [ -r "$f" ] && { : < "$f"; } 2>/dev/null; then echo "#F $f"
+    while IFS= read -r l; do printf '|%s\n' "$l"; done < "$f"; [ -z "$l" ] || printf '/%s\n' "$l"
+  elif [ -e "$f" ] || [ -L "$f" ]; then echo "#E $f"
+  else echo "#N $f"; fi
+done"""
+
+
+def read_many(guest: Guest, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Kind and text of each path (globs expanded by the guest's shell), in one command."""
+    args = " ".join(p if "*" in p else shlex.quote(p) for p in paths)
+    r = guest.run(f"set -- {args}; {_READ_MANY}", timeout=60)
+    found: dict[str, tuple[str, str]] = {}
+    kind, path, text = "", "", []
+    for line in r.out.split("\n") + ["#"]:
+        if line.startswith("#"):
+            if path:
+                found[path] = (kind, "".join(text))
+            kind, _, path = line[1:].partition(" ")
+            text = []
+        elif line.startswith("|"):
+            text.append(line[1:] + "\n")
+        elif line.startswith("/"):
+            text.append(line[1:])
+    return found
 
 
 @dataclass

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from helpers.guest import SSH, Agent, GuestError, Local, Result
+from pathlib import Path
+
+from helpers.guest import SSH, Agent, Guest, GuestError, Local, Result
 
 
 def test_local_runs_commands_and_reports_exit_codes():
@@ -174,3 +176,59 @@ def test_shared_connections_are_per_credentials(tmp_path):
     assert a.control_path() == SSH(host="127.0.0.1", port=2222, identity=tmp_path / "k1",
                                    known_hosts=tmp_path / "kh1").control_path()
     assert "ControlMaster=auto" in " ".join(a.argv("true"))
+
+
+class ShellGuest(Guest):
+    """The base class's file helpers over `sh -c`, counting round trips."""
+
+    name = "shell"
+
+    def __init__(self):
+        self.calls = 0
+
+    def _run(self, cmd, timeout, input):
+        self.calls += 1
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, input=input)
+        return Result(p.returncode, p.stdout, p.stderr)
+
+
+def test_snapshot_answers_reads_from_one_round_trip(tmp_path):
+    (tmp_path / "a.txt").write_text("line 1\nline 2 with ünicode\n")
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "d").mkdir()
+    for n in ("n1", "n2"):
+        (tmp_path / "d" / n).mkdir()
+        (tmp_path / "d" / n / "cpulist").write_text(f"{n}\n")
+    g = ShellGuest()
+    paths = [str(tmp_path / "a.txt"), str(tmp_path / "empty"), str(tmp_path / "d"), str(tmp_path / "nope"),
+             "/dev/null", str(tmp_path / "d" / "n*" / "cpulist")]
+    with g.snapshot(*paths):
+        assert g.calls == 1
+        assert g.read_text(str(tmp_path / "a.txt")) == "line 1\nline 2 with ünicode\n"
+        assert g.read_text(str(tmp_path / "empty")) == ""
+        assert g.listdir(str(tmp_path / "d")) == ["n1", "n2"]
+        assert g.read_text(str(tmp_path / "d" / "n2" / "cpulist")) == "n2\n"  # from the glob
+        assert g.exists(str(tmp_path / "d")) and g.exists("/dev/null")
+        assert g.read_text("/dev/null") is None  # a special file is not read
+        assert not g.exists(str(tmp_path / "nope")) and g.read_text(str(tmp_path / "nope")) is None
+        assert g.listdir(str(tmp_path / "nope")) == []
+        assert g.calls == 1
+        assert g.read_text("/etc/hostname") == Path("/etc/hostname").read_text()  # not snapped: asked
+        assert g.calls == 2
+    (tmp_path / "a.txt").write_text("changed\n")
+    assert g.read_text(str(tmp_path / "a.txt")) == "changed\n"  # outside the block: read again
+    assert g.calls == 3
+
+
+def test_snapshot_answers_like_direct_reads(tmp_path):
+    from helpers.facts import cpu, iommu, kvm, system
+    paths = [*cpu.READS, *kvm.READS, *iommu.READS, *system.READS]
+    g = ShellGuest()
+    def answers(p):
+        return g.read_text(p), g.exists(p), g.listdir(p) if Path(p).is_dir() else None
+    paths = [p for p in paths if "*" not in p and p != "/proc/meminfo"]  # meminfo changes between reads
+    direct = {p: answers(p) for p in paths}
+    g.calls = 0
+    with g.snapshot(*paths):
+        snapped = {p: answers(p) for p in paths}
+    assert g.calls == 1 and snapped == direct

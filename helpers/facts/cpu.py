@@ -9,6 +9,9 @@ from helpers.guest import Guest
 CPUINFO = "/proc/cpuinfo"
 ONLINE = "/sys/devices/system/cpu/online"
 NODES = "/sys/devices/system/node"
+# What these facts read, for Guest.snapshot (one round trip instead of one per file)
+READS = (CPUINFO, ONLINE, NODES, f"{NODES}/node*/cpulist", f"{NODES}/node*/meminfo",
+         "/sys/devices/system/cpu/cpu[0-9]*/topology/thread_siblings_list")
 
 
 def parse_cpulist(text: str | None) -> list[int]:

@@ -11,6 +11,7 @@ from helpers.guest import Guest
 DMESG = "dmesg"
 JOURNAL = "journalctl -k -b --no-pager"
 TABLES = {"DMAR": "intel", "IVRS": "amd"}
+READS = (*(f"/sys/firmware/acpi/tables/{t}" for t in TABLES), "/sys/class/iommu", "/sys/kernel/iommu_groups")
 # Lines that show DMA remapping at work ("iommu: Default domain type" is not
 # one: every kernel prints it, with or without an IOMMU).
 ENABLED = re.compile(r"DMAR: IOMMU enabled|Intel\(R\) Virtualization Technology for Directed I/O"

@@ -15,6 +15,9 @@ class Memory:
     available_mib: int
 
 
+READS = ("/proc/meminfo", "/etc/os-release", "/usr/lib/os-release")
+
+
 def memory(guest: Guest) -> Memory:
     """MemTotal and MemAvailable from /proc/meminfo, in MiB (0 when unreadable)."""
     text = guest.read_text("/proc/meminfo") or ""
