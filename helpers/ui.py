@@ -81,34 +81,42 @@ STAGE_NAMES = {"01": "check host", "02": "build L1", "03": "configure L1", "04":
                "05": "verify and benchmark", "99": "teardown"}
 
 
-def picture(stage: str):
-    """L0 / L1 / L2 nested boxes with the NVMe's path, the current stage marked."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, 5)
-    ax.axis("off")
+def picture_svg(stage: str) -> str:
+    """L0 / L1 / L2 nested boxes with the NVMe's path, the current stage marked (SVG)."""
     mark = STAGE_BOXES.get(stage, "")
-    boxes = [("L0", "the host: KVM or TCG, libvirt\nnvme.raw backing file", 0.2, 0.2, 9.6, 4.6),
-             ("L1", "guest: q35 + Intel vIOMMU\nnested KVM, libvirt; NVMe -> vfio-pci", 1.2, 0.5, 8.3, 3.4),
-             ("L2", "guest: NVMe by VFIO\nnvme list, mkfs.xfs, fio", 5.2, 0.8, 4.0, 1.9)]
-    for name, text, x, y, w, h in boxes:
+    boxes = [("L0", ["the host: KVM or TCG, libvirt", "nvme.raw backing file"], 10, 36, 780, 284),
+             ("L1", ["guest: q35 + Intel vIOMMU", "nested KVM, libvirt; NVMe -> vfio-pci"], 90, 92, 660, 212),
+             ("L2", ["guest: NVMe by VFIO", "nvme list, mkfs.xfs, fio"], 420, 150, 310, 136)]
+    parts = [f'<text x="400" y="22" text-anchor="middle" font-size="16">'
+             f'Stage {html.escape(stage)}: {html.escape(STAGE_NAMES.get(stage, ""))}</text>']
+    for name, lines, x, y, w, h in boxes:
         hot = mark in (name, "all")
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05",
-                                    fc="#ffe8a8" if hot else "#f4f4f4", ec="#c0392b" if hot else "#555",
-                                    lw=2.5 if hot else 1))
-        ax.text(x + 0.15, y + h - 0.15, f"{name}  {text}", va="top", fontsize=9,
-                fontweight="bold" if hot else "normal")
-    ax.add_patch(FancyBboxPatch((2.0, 0.9), 2.2, 0.9, boxstyle="round,pad=0.05", fc="#d6eaf8", ec="#1f618d"))
-    ax.text(3.1, 1.35, "emulated NVMe\n1b36:0010", ha="center", va="center", fontsize=8)
-    ax.annotate("", xy=(5.2, 1.35), xytext=(4.25, 1.35), arrowprops=dict(arrowstyle="->", lw=1.5, color="#1f618d"))
-    ax.text(4.7, 1.5, "VFIO", ha="center", fontsize=8, color="#1f618d")
-    ax.set_title(f"Stage {stage}: {STAGE_NAMES.get(stage, '')}", fontsize=11)
-    fig.tight_layout()
-    plt.show()
-    return fig
+        parts.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="10" fill="{"#ffe8a8" if hot else "#f4f4f4"}" '
+                     f'stroke="{"#c0392b" if hot else "#555"}" stroke-width="{3 if hot else 1}"/>')
+        weight = "bold" if hot else "normal"
+        for k, line in enumerate([f"{name}  {lines[0]}", lines[1]]):
+            parts.append(f'<text x="{x + 12}" y="{y + 22 + 18 * k}" font-size="13" font-weight="{weight}">'
+                         f'{html.escape(line)}</text>')
+    parts += ['<rect x="170" y="200" width="170" height="64" rx="8" fill="#d6eaf8" stroke="#1f618d"/>',
+              '<text x="255" y="228" text-anchor="middle" font-size="12">emulated NVMe</text>',
+              '<text x="255" y="246" text-anchor="middle" font-size="12">1b36:0010</text>',
+              '<line x1="342" y1="232" x2="414" y2="232" stroke="#1f618d" stroke-width="2" marker-end="url(#arrow)"/>',
+              '<text x="378" y="224" text-anchor="middle" font-size="12" fill="#1f618d">VFIO</text>']
+    return ('<svg xmlns="http://www.w3.org/2000/svg" class="runbook-picture" width="800" height="330" '
+            'viewBox="0 0 800 330" font-family="sans-serif">'
+            '<defs><marker id="arrow" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto">'
+            '<path d="M0,0 L10,4 L0,8 z" fill="#1f618d"/></marker></defs>' + "".join(parts) + "</svg>")
+
+
+def picture(stage: str) -> str:
+    """Show the L0/L1/L2 picture for ``stage`` (plain SVG: no plotting library to load)."""
+    svg = picture_svg(stage)
+    try:
+        from IPython.display import SVG
+        _display(SVG(svg))
+    except ImportError:
+        print(f"[picture: stage {stage}, {STAGE_NAMES.get(stage, '')}]")
+    return svg
 
 
 def install_error_handler() -> None:

@@ -1,5 +1,6 @@
 """report.html of a real stage-01 run, opened in headless Chromium: it loads, with its
 table of contents and its images. The screenshot is kept under outputs/test-artifacts/."""
+import base64
 import re
 import shutil
 import subprocess
@@ -28,7 +29,9 @@ def test_report_has_contents_verdicts_durations_and_the_picture(report):
     html = report.read_text()
     assert "runbook-toc" in html and re.search(r"href=[\"']#stage-01", html) and "passed" in html
     assert re.search(r"<td>\d+(\.\d+)? s</td>", html)
-    assert "data:image/png;base64" in html  # the L0/L1/L2 picture
+    svgs = [base64.b64decode(b).decode(errors="replace")
+            for b in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", html)]
+    assert any("runbook-picture" in s and "Stage 01: check host" in s for s in svgs)  # the L0/L1/L2 picture
     assert "toggleCode" in html  # code can be hidden
 
 
