@@ -50,6 +50,8 @@ L1_MASKED = [
     "nvmefc-boot-connections.service",
 ]
 L1_ENABLED = ["systemd-networkd.service"]
+# /etc/grub.d scripts with nothing to find in L1 (each adds to every update-grub)
+L1_GRUB_D_OFF = ["05_debian_theme", "20_linux_xen", "30_os-prober", "30_uefi-firmware", "41_custom"]
 L1_GRUB = {
     "GRUB_TIMEOUT": "0",
     "GRUB_TIMEOUT_STYLE": "hidden",
@@ -156,7 +158,8 @@ def recipe_facts() -> dict:
     return {
         "suite": SUITE, "sources": debian_sources(), "disk_size": DISK_SIZE,
         "l1_packages": L1_PACKAGES, "l1_cached": L1_CACHED, "l1_masked": L1_MASKED,
-        "l1_enabled": L1_ENABLED, "l1_grub": L1_GRUB, "l1_repo": L1_REPO,
+        "l1_enabled": L1_ENABLED, "l1_grub_d_off": L1_GRUB_D_OFF,
+        "l1_grub": L1_GRUB, "l1_repo": L1_REPO,
         "l2_packages": L2_PACKAGES, "l2_modules": L2_MODULES, "l2_paths": [
             L2_ROOT_IN_L1, L2_KERNEL_IN_L1, L2_INITRD_IN_L1], "l2_cmdline": L2_CMDLINE,
         "strip": STRIP,
@@ -530,6 +533,8 @@ class Build:
         self.say("L1: systemd units, apt index, grub")
         self.chroot(root, "systemctl", "mask", *L1_MASKED)
         self.chroot(root, "systemctl", "enable", *L1_ENABLED)
+        for script in L1_GRUB_D_OFF:
+            (root / "etc/grub.d" / script).chmod(0o644)
         # libvirtd starts on its socket when first used; not at boot
         (root / "etc/systemd/system/multi-user.target.wants/libvirtd.service").unlink(missing_ok=True)
         self.chroot(root, "apt-get", "update")
