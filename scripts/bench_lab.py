@@ -66,7 +66,9 @@ def main() -> int:
     warm, r = runner(out, args.params, "--stages", "01,02,03,04", "--run-id", "cold")
     changes = json.loads((out / "cold" / "state.json").read_text()).get("changes", {})
     did = sum(c["changed"] for st in ("01", "02", "03", "04") for step in changes.get(st, {}).values() for c in step)
-    print(f"warm-01-04-seconds {warm:.0f} changes {did} (goal: 20 s, 0 changes)")
+    print(f"warm-01-04-seconds {warm:.1f} changes {did} (goal: 20 s, 0 changes)")
+    for st in [s for s in json.loads((out / "cold" / "summary.json").read_text())["stages"] if s["stage"] < "05"]:
+        print(f"warm-stage-{st['stage']}-seconds {st['seconds']}")
     td, r = runner(out, args.params, "--stages", "99", "--run-id", "cold")
     print(f"teardown-seconds {td:.0f}")
     return 0

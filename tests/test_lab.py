@@ -184,6 +184,7 @@ def test_07_rerunning_02_03_04_changes_nothing(lab):
 def test_07b_nbval_reruns_each_executed_stage_and_checks_its_outputs(lab):
     """nbval re-executes the run's notebooks (their injected parameters point at this run)
     and compares the cells marked NBVAL_CHECK_OUTPUT, sanitized of times and addresses."""
+    before = state(lab)
     nbs = [str(lab["run"] / n) for n in ("01_check_host.ipynb", "02_build_l1.ipynb", "03_configure_l1.ipynb",
                                           "04_build_l2.ipynb", "05_verify_benchmark.ipynb")]
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--nbval-lax",
@@ -192,6 +193,8 @@ def test_07b_nbval_reruns_each_executed_stage_and_checks_its_outputs(lab):
                        cwd=ROOT / "notebooks", capture_output=True, text=True, timeout=3000)
     assert r.returncode == 0, r.stdout[-5000:]
     assert "passed" in r.stdout
+    after = state(lab)
+    assert after["bench_l2"] == before["bench_l2"] and after["bench_l0"] == before["bench_l0"]  # once per run
 
 
 def _with(tmp_path, **select):

@@ -43,17 +43,19 @@ def package_manager(guest: Guest) -> str:
     raise RunbookError(f"{guest.name}: no apt-get, dnf or yum", hint="install libvirt and QEMU by hand")
 
 
-def installed(guest: Guest, pm: str, package: str) -> bool:
+def missing_packages(guest: Guest, pm: str, packages: list[str]) -> list[str]:
+    """Those of ``packages`` not installed (apt: one dpkg-query for all of them)."""
     if pm == "apt-get":
-        r = guest.run(["dpkg-query", "-W", "-f=${Status}", package])
-        return r.ok and "install ok installed" in r.out
-    return guest.run(["rpm", "-q", "--whatprovides", package]).ok
+        r = guest.run(["dpkg-query", "-W", "-f=${Package} ${Status}\\n", *packages])
+        ok = {line.split()[0] for line in r.out.splitlines() if line.endswith(" install ok installed")}
+        return [p for p in packages if p not in ok]
+    return [p for p in packages if not guest.run(["rpm", "-q", "--whatprovides", p]).ok]
 
 
 def ensure_packages(guest: Guest, packages: list[str], timeout: float = 1800) -> Change:
     """Install what is missing of ``packages`` with the guest's package manager."""
     pm = package_manager(guest)
-    missing = [p for p in packages if not installed(guest, pm, p)]
+    missing = missing_packages(guest, pm, packages)
     what = f"packages in {guest.name} ({pm})"
     if not missing:
         return no_change(what, "found installed: " + ", ".join(packages))
