@@ -507,3 +507,44 @@ def test_real_host_lab_checks():
     if not f.libvirt.reachable:   # libvirtd not started on this machine: a real, fixable failure
         fails -= {C.LIBVIRT}
     assert fails == set(), format_table(checks)
+
+
+def test_a_smoke_boot_started_in_the_background_is_collected_with_its_verdict(tmp_path, monkeypatch):
+    """start_smoke runs the boot detached; kvm_smoke with the same key waits for it, judges it like a
+    foreground boot, caches the verdict and forgets the background files."""
+    import subprocess as sp
+
+    from helpers.guest import Guest, Result
+
+    class Shell(Guest):
+        name = "shell"
+        cmds: list = []
+
+        def _run(self, cmd, timeout, input):
+            self.cmds.append(cmd)
+            p = sp.run(["sh", "-c", cmd], capture_output=True, text=True, input=input, timeout=timeout)
+            return Result(p.returncode, p.stdout, p.stderr)
+
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "vmlinuz-6.1.0-9-amd64").write_text("")
+    (tmp_path / "boot_id").write_text("b-1\n")
+    real_read = Guest.read_text
+    monkeypatch.setattr(Guest, "read_text", lambda self, path: real_read(
+        self, str(tmp_path / "boot_id") if path == "/proc/sys/kernel/random/boot_id" else path))
+    monkeypatch.setattr(kvm, "newest_kernel", lambda g: str(boot / "vmlinuz-6.1.0-9-amd64"))
+    monkeypatch.setattr(kvm, "find_qemu", lambda g: "qemu-system-x86_64")
+    monkeypatch.setattr(kvm, "SMOKE_BG", str(tmp_path / "bg"))
+    monkeypatch.setattr(kvm, "SMOKE_CACHE", str(tmp_path / "cache.json"))
+    monkeypatch.setattr(kvm, "smoke_command", lambda k, t, a, q: "sleep 1; echo 'Linux version 6.1'; "
+                        "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'")
+    g = Shell()
+    assert kvm.start_smoke(g, 60)
+    assert not (tmp_path / "bg.done").exists()  # detached: start_smoke did not wait for the boot
+    sm = kvm.kvm_smoke(g, 60)
+    assert sm.usable and not sm.cached and 0.9 <= sm.seconds < 30 and "expected panic" in sm.reason
+    assert not any("Linux version" in c for c in g.cmds[-4:])  # collected, not booted again
+    assert not (tmp_path / "bg.key").exists()
+    assert kvm.kvm_smoke(g, 60).cached  # the verdict is kept for the rest of the boot
+    assert not kvm.start_smoke(g, 60)  # nothing to start once measured
+    assert kvm.start_smoke(g, 30) and kvm.kvm_smoke(g, 90).seconds is not None  # another key: booted here
