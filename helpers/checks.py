@@ -102,12 +102,6 @@ def _forced(params: Params, role: str) -> str:
     return params.host.accel if role == "l0" else params.l2.accel
 
 
-def smoke_timeout(params: Params, role: str) -> int:
-    """host.kvm_smoke_timeout_s; at least L1_SMOKE_MIN_S in L1."""
-    timeout = params.host.kvm_smoke_timeout_s
-    return timeout if role == "l0" else max(timeout, L1_SMOKE_MIN_S)
-
-
 def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True) -> HostFacts:
     """Read every fact the checks need. The smoke boot runs only when /dev/kvm
     is there, acceleration is not forced to TCG and ``smoke`` is true; its
@@ -130,7 +124,8 @@ def _gather(guest: Guest, params: Params, role: str, smoke: bool) -> HostFacts:
     elif not smoke:
         sm = kvm_facts.Smoke("not tested", "smoke test turned off")
     else:
-        sm = kvm_facts.kvm_smoke(guest, smoke_timeout(params, role))
+        timeout = params.host.kvm_smoke_timeout_s
+        sm = kvm_facts.kvm_smoke(guest, timeout if role == "l0" else max(timeout, L1_SMOKE_MIN_S))
     lv = libvirt_facts.libvirt(guest, params.host.libvirt_uri)
     binary = lv.emulator or kvm_facts.find_qemu(guest) or "qemu-system-x86_64"
     return HostFacts(

@@ -17,9 +17,7 @@ KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 HW_MODULES = ("kvm_intel", "kvm_amd")
 QEMU_BINARIES = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm")
 SMOKE_CACHE = "/run/nested-nvme-kvm-smoke.json"
-SMOKE_BG = "/run/nested-nvme-kvm-smoke-bg"  # .key, .out, .err, .done of a smoke boot started in the background
 READS = ("/proc/cmdline", DEV_KVM, "/proc/modules", "/boot", "/proc/sys/kernel/random/boot_id", SMOKE_CACHE,
-         f"{SMOKE_BG}.key",
          *(f"/sys/module/{m}/parameters" for m in KVM_MODULES),
          *(f"/sys/module/{m}/parameters/nested" for m in KVM_MODULES),
          *(q for q in QEMU_BINARIES if q.startswith("/")))
@@ -185,58 +183,19 @@ def _cached_smoke(guest: Guest, key: dict) -> Smoke | None:
     return sm
 
 
-def _smoke_key(guest: Guest, timeout: int, accel: str) -> dict:
-    return {"boot_id": (guest.read_text("/proc/sys/kernel/random/boot_id") or "").strip(),
-            "kernel": newest_kernel(guest), "qemu": find_qemu(guest), "timeout": timeout, "accel": accel}
-
-
 def kvm_smoke(guest: Guest, timeout: int = 20, accel: str = "kvm") -> Smoke:
     """Boot the newest /boot/vmlinuz-* under QEMU with ``-accel kvm`` and see
     whether it reaches its panic within ``timeout`` seconds. The verdict is kept
-    for the rest of this boot (keyed by boot id, kernel, QEMU and timeout); a
-    boot started earlier by ``start_smoke`` with the same key is waited for."""
-    key = _smoke_key(guest, timeout, accel)
+    for the rest of this boot (keyed by boot id, kernel, QEMU and timeout)."""
+    kernel = newest_kernel(guest)
+    key = {"boot_id": (guest.read_text("/proc/sys/kernel/random/boot_id") or "").strip(),
+           "kernel": kernel, "qemu": find_qemu(guest), "timeout": timeout, "accel": accel}
     if key["boot_id"] and (cached := _cached_smoke(guest, key)):
         return cached
-    sm = _background_smoke(guest, key) or _smoke(guest, key["kernel"], timeout, accel)
+    sm = _smoke(guest, kernel, timeout, accel)
     if key["boot_id"] and sm.tested:
         guest.run(f"cat > {SMOKE_CACHE}", input=json.dumps({"key": key, "smoke": dataclasses.asdict(sm)}))
     return sm
-
-
-
-def start_smoke(guest: Guest, timeout: int = 20, accel: str = "kvm") -> bool:
-    """Start the smoke boot in the background (e.g. right after a reboot, so it
-    overlaps other steps); ``kvm_smoke`` with the same arguments collects it.
-    False when there is nothing to start (no QEMU or kernel, already measured)."""
-    key = _smoke_key(guest, timeout, accel)
-    if not (key["boot_id"] and key["kernel"] and key["qemu"]) or _cached_smoke(guest, key):
-        return False
-    cmd = smoke_command(key["kernel"], timeout, accel, key["qemu"])
-    script = (f"rm -f {SMOKE_BG}.done; s=$(date +%s.%N); {cmd} >{SMOKE_BG}.out 2>{SMOKE_BG}.err; "
-              f"echo $? $s $(date +%s.%N) >{SMOKE_BG}.tmp && mv {SMOKE_BG}.tmp {SMOKE_BG}.done")
-    guest.run(f"cat > {SMOKE_BG}.key", input=json.dumps(key), check=True)
-    guest.run(f"(setsid nohup sh -c {shlex.quote(script)} >/dev/null 2>&1 </dev/null &)", timeout=30, check=True)
-    return True
-
-
-def _background_smoke(guest: Guest, key: dict) -> Smoke | None:
-    """The verdict of the background smoke boot with this key, once it has ended; None if there is none."""
-    text = guest.read_text(f"{SMOKE_BG}.key")
-    try:
-        if not text or json.loads(text) != key:
-            return None
-    except ValueError:
-        return None
-    deadline = time.monotonic() + key["timeout"] + 40
-    while (done := guest.read_text(f"{SMOKE_BG}.done")) is None:
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(1)
-    rc, start, end = done.split()
-    out, err = guest.read_text(f"{SMOKE_BG}.out") or "", guest.read_text(f"{SMOKE_BG}.err") or ""
-    guest.run(f"rm -f {SMOKE_BG}.key")
-    return _verdict(out, err, int(rc), round(float(end) - float(start), 1), key["kernel"], key["timeout"], key["accel"])
 
 
 def _smoke(guest: Guest, kernel: str | None, timeout: int, accel: str) -> Smoke:
@@ -248,20 +207,16 @@ def _smoke(guest: Guest, kernel: str | None, timeout: int, accel: str) -> Smoke:
         return Smoke("not tested", "no kernel /boot/vmlinuz-* to boot", accel=accel)
     start = time.monotonic()
     r = guest.run(smoke_command(kernel, timeout, accel, qemu), timeout=timeout + 30)
-    return _verdict(r.out, r.err, r.rc, round(time.monotonic() - start, 1), kernel, timeout, accel)
-
-
-def _verdict(out: str, err: str, rc: int, seconds: float, kernel: str, timeout: int, accel: str) -> Smoke:
-    """Judge a smoke boot by its console output and exit code."""
-    seen = last_line(out)
-    out = ANSI.sub("", out)
+    seconds = round(time.monotonic() - start, 1)
+    out = ANSI.sub("", r.out)
+    seen = last_line(r.out)
     if "Kernel panic" in out or ("Linux version" in out and "panic" in out):
         return Smoke("usable", f"the kernel booted to its expected panic in {seconds:.1f} s",
                      seconds, seen, kernel, accel)
-    if rc == 124:
+    if r.rc == 124:
         return Smoke("not usable", f"hung: no kernel panic within {timeout} s "
                      f"(last line: {seen or 'nothing'!r})", seconds, seen, kernel, accel)
-    why = last_line(err) or f"exit code {rc}"
-    if re.search(r"could not load kernel|No such file|Permission denied.*vmlinuz", err, re.I):
-        return Smoke("not tested", f"QEMU could not load {kernel}: {why}", seconds, seen, kernel, accel)
-    return Smoke("not usable", f"QEMU failed: {why}", seconds, seen or why, kernel, accel)
+    err = last_line(r.err) or f"exit code {r.rc}"
+    if re.search(r"could not load kernel|No such file|Permission denied.*vmlinuz", r.err, re.I):
+        return Smoke("not tested", f"QEMU could not load {kernel}: {err}", seconds, seen, kernel, accel)
+    return Smoke("not usable", f"QEMU failed: {err}", seconds, seen or err, kernel, accel)

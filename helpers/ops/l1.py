@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
 import subprocess
 import time
 from pathlib import Path
 
 from ..errors import RunbookError
-from ..guest import SSH, Agent, Guest, libvirt_agent_call
+from ..guest import SSH, Agent, libvirt_agent_call
 from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Disk, Domain, Features, Interface,
                            QemuCommandline, Serial, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
@@ -161,14 +160,6 @@ def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
     wait_for(lambda: agent.ping(timeout=3), f"{name}: guest agent", timeout, interval=3, log=log,
              hint=f"L1 did not finish booting: read {log}")
     return time.monotonic() - t0
-
-
-def warm_libvirt(guest: Guest, uri: str = "qemu:///system") -> None:
-    """Start, in the background, libvirt's one-time probe of QEMU in a guest that
-    has libvirt (seconds under emulation; it caches the result on disk, valid
-    across reboots), so that it overlaps other work instead of the first virsh."""
-    guest.run(f"command -v virsh >/dev/null && (setsid nohup virsh -c {shlex.quote(uri)} capabilities "
-              f">/dev/null 2>&1 </dev/null &)", timeout=30)
 
 
 def wait_for_ssh(guest: SSH, timeout: float, log: Path) -> float:

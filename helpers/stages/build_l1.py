@@ -112,8 +112,6 @@ def wait(ctx: Stage) -> dict:
     log = paths(p).l1_console
     t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
     t_ssh = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log)
-    if t_agent + t_ssh > 1:  # L1 has just booted: libvirt's probe of QEMU overlaps stage 03's first steps
-        l1_ops.warm_libvirt(ctx.l1())
     started = ctx.state.get("l1", {}).get("started_at")
     since = round(time.time() - started, 1) if started else None
     times = {"agent_wait_s": round(t_agent, 1), "ssh_wait_s": round(t_ssh, 1), "since_start_s": since}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from .. import checks
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
-from ..facts import kvm as kvm_facts
 from ..facts import system as system_facts
 from ..nb import Stage
 from ..ops import Change
@@ -43,13 +42,8 @@ def set_kernel_args(ctx: Stage) -> Change:
 
 
 def reboot(ctx: Stage) -> Change:
-    """Reboot L1 if its kernel lacks the arguments; then start step 5's KVM smoke
-    boot in the background, so that it overlaps the steps in between."""
-    ch = l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
-                                    log=paths(ctx.params).l1_console)
-    if ctx.params.l2.accel != "tcg" and ctx.l1().exists(kvm_facts.DEV_KVM):
-        kvm_facts.start_smoke(ctx.l1(), checks.smoke_timeout(ctx.params, "l1"))
-    return ch
+    return l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
+                                      log=paths(ctx.params).l1_console)
 
 
 def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
