@@ -1,6 +1,8 @@
 """The ways into L1 and L2, from the parameters and what stage 02 recorded."""
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 from .errors import RunbookError
@@ -40,6 +42,25 @@ def l2_crash(p: Params, l1: Guest) -> str | None:
     from .paths import paths
     r = l1.run(["grep", "-m1", "-E", "Kernel panic|double fault|general protection fault", paths(p).l2_console])
     return r.out.strip() or None if r.ok else None
+
+
+STALL = re.compile(r"watchdog: BUG: soft lockup[^\r\n]*|rcu: INFO: rcu_\w+ detected stalls[^\r\n]*")
+
+
+def l1_stall(p: Params) -> str | None:
+    """The first soft-lockup or RCU-stall line of L1's current boot in its console
+    log (on this host), if any: L1's vCPUs stopped making progress."""
+    from .paths import paths
+    try:
+        with open(paths(p).l1_console, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 512 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    text = text[text.rfind("Booting `") + 1:]  # GRUB's line that starts each boot
+    m = STALL.search(text)
+    return m.group(0).strip() if m else None
 
 
 def l2_guest(p: Params, state: State, l1: Guest) -> Agent:

@@ -115,6 +115,20 @@ def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
     return {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
 
 
+def explain_l1_stall(failed: dict, params_file: Path) -> None:
+    """When L1's console shows its vCPUs stalled, say so: the failing command was its victim."""
+    from .access import l1_stall
+    try:
+        stall = l1_stall(params_mod.load(params_file))
+    except Exception:  # the summary must be written whatever the parameters hold
+        return
+    if stall:
+        failed["l1_stall"] = stall
+        failed["error"] = f"L1 stalled (its console: {stall!r}); {failed['error']}"
+        failed["hint"] = ("L1's vCPUs stopped making progress (under TCG emulation a known hazard of the lab); "
+                          "tear down with `--stages 99` and run again")
+
+
 class _Quiet:
     """A stream that drops the kernel's transport warning, passing the rest on."""
 
@@ -199,6 +213,8 @@ def run(args) -> int:
         if entry["status"] == "failed":
             failed = entry
             break
+    if failed and failed["stage"] not in ("01", "99"):
+        explain_l1_stall(failed, params_file)
     if failed and args.teardown_on_failure and "99" in available and "99" not in chosen:
         print("== teardown after the failure ...", flush=True)
         results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,

@@ -2,11 +2,13 @@
 import json
 
 import pytest
+import yaml
 
 from helpers import params
-from helpers.access import l2_guest
+from helpers.access import l1_stall, l2_guest
 from helpers.errors import RunbookError
 from helpers.guest import Result
+from helpers.runner import explain_l1_stall
 from machines import Machine
 
 P = params.load("parameters/lab.yaml")
@@ -51,3 +53,39 @@ def test_the_kvm_smoke_verdict_is_kept_for_the_rest_of_the_boot():
     m.files["/proc/sys/kernel/random/boot_id"] = "boot-2\n"  # after a reboot it is measured again
     kvm_smoke(m, 20)
     assert len(m.ran("-accel kvm")) == 2
+
+
+def _lab_in(tmp_path):
+    data = yaml.safe_load(open("parameters/lab.yaml"))
+    data["host"]["workdir"] = str(tmp_path)
+    data["nvme"]["backing_file"] = str(tmp_path / "nvme.raw")
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, params.load(path)
+
+
+STALLED = ("[   47.908160] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+           "[   72.679046] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [kworker/u4:4:152]\n")
+
+
+def test_an_l1_stall_is_read_off_the_current_boot_of_its_console(tmp_path):
+    path, p = _lab_in(tmp_path)
+    console = tmp_path / f"{p.l1.name}-console.log"
+    assert l1_stall(p) is None  # no log yet
+    console.write_text("  Booting `Debian GNU/Linux'\r\n\r\nl1 login: " + STALLED)
+    assert l1_stall(p) == "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"
+    console.write_text(console.read_text() + "  Booting `Debian GNU/Linux'\r\nl1 login: \r\n")
+    assert l1_stall(p) is None  # that stall was in an earlier boot
+
+
+def test_the_runner_names_an_l1_stall_as_the_cause(tmp_path):
+    path, p = _lab_in(tmp_path)
+    (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login: " + STALLED)
+    failed = {"stage": "03", "error": "GuestError: `update-grub` failed with exit code 124: timed out", "hint": "x"}
+    explain_l1_stall(failed, path)
+    assert failed["error"].startswith("L1 stalled (its console: 'rcu: INFO: rcu_preempt detected stalls")
+    assert "update-grub" in failed["error"] and "--stages 99" in failed["hint"]
+    calm = {"stage": "03", "error": "GuestError: boom", "hint": "x"}
+    (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login:\n")
+    explain_l1_stall(calm, path)
+    assert calm == {"stage": "03", "error": "GuestError: boom", "hint": "x"}

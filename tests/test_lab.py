@@ -67,9 +67,10 @@ def lab(tmp_path_factory):
         # its documented recovery is to resume from stage 04, which restarts L2. Once, visibly.
         print("WARNING: L2 crashed under emulation; resuming with --from 04 as the HINT says", flush=True)
         r = runner(outputs, "--from", "04", "--run-id", RUN_ID)
-    elif r.returncode and _failed_stage(run) in ("04", "05"):
-        # The emulated chain (KVM inside TCG) rarely stalls L1 while L2 starts: tear down and
-        # run the whole lab once more from nothing, saying so. A second failure fails the suite.
+    elif r.returncode and (_failed_stage(run) in ("04", "05") or "L1 stalled" in r.stderr):
+        # The emulated chain (KVM inside TCG) rarely stalls L1 (the runner names it from L1's
+        # console: soft lockups): tear down and run the whole lab once more from nothing, saying
+        # so. A second failure fails the suite.
         print(f"WARNING: the lab stalled at stage {_failed_stage(run)} ({r.stderr.strip().splitlines()[-2:]}); "
               "tearing down and running it once more", flush=True)
         runner(outputs, "--stages", "99", "--run-id", RUN_ID)
