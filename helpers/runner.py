@@ -115,14 +115,10 @@ def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
     return {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
 
 
-def explain_l1_stall(failed: dict, params_file: Path) -> None:
+def explain_l1_stall(failed: dict, p: params_mod.Params) -> None:
     """When L1's console shows its vCPUs stalled, say so: the failing command was its victim."""
     from .access import l1_stall
-    try:
-        stall = l1_stall(params_mod.load(params_file))
-    except Exception:  # the summary must be written whatever the parameters hold
-        return
-    if stall:
+    if stall := l1_stall(p):
         failed["l1_stall"] = stall
         failed["error"] = f"L1 stalled (its console: {stall!r}); {failed['error']}"
         failed["hint"] = ("L1's vCPUs stopped making progress (under TCG emulation a known hazard of the lab); "
@@ -214,7 +210,7 @@ def run(args) -> int:
             failed = entry
             break
     if failed and failed["stage"] not in ("01", "99"):
-        explain_l1_stall(failed, params_file)
+        explain_l1_stall(failed, p)
     if failed and args.teardown_on_failure and "99" in available and "99" not in chosen:
         print("== teardown after the failure ...", flush=True)
         results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,

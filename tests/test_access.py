@@ -82,10 +82,10 @@ def test_the_runner_names_an_l1_stall_as_the_cause(tmp_path):
     path, p = _lab_in(tmp_path)
     (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login: " + STALLED)
     failed = {"stage": "03", "error": "GuestError: `update-grub` failed with exit code 124: timed out", "hint": "x"}
-    explain_l1_stall(failed, path)
+    explain_l1_stall(failed, p)
     assert failed["error"].startswith("L1 stalled (its console: 'rcu: INFO: rcu_preempt detected stalls")
     assert "update-grub" in failed["error"] and "--stages 99" in failed["hint"]
     calm = {"stage": "03", "error": "GuestError: boom", "hint": "x"}
     (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login:\n")
-    explain_l1_stall(calm, path)
+    explain_l1_stall(calm, p)
     assert calm == {"stage": "03", "error": "GuestError: boom", "hint": "x"}

@@ -12,7 +12,7 @@ FIX = Path(__file__).parent / "fixtures" / "fio"
 
 
 def test_command_is_direct_libaio_json():
-    cmd = fio.fio_command("/dev/nvme0n1", "randread-4k", 3, 32)
+    cmd = fio.fio_command("/dev/nvme0n1", ["randread-4k"], 3, 32)
     assert "--rw=randread" in cmd and "--bs=4k" in cmd and "--iodepth=32" in cmd
     assert "--direct=1" in cmd and "--output-format=json" in cmd and "--filename=/dev/nvme0n1" in cmd
 

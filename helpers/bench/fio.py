@@ -20,11 +20,7 @@ PROFILES = {
 PERCENTILES = ("50.000000", "99.000000", "99.900000")
 
 
-def _as_list(profiles: str | Sequence[str]) -> list[str]:
-    return [profiles] if isinstance(profiles, str) else list(profiles)
-
-
-def fio_command(target: str, profiles: str | Sequence[str], runtime_s: int, size_mib: int) -> list[str]:
+def fio_command(target: str, profiles: Sequence[str], runtime_s: int, size_mib: int) -> list[str]:
     """One fio on ``target`` (a block device or a file) running ``profiles`` one after another.
 
     Direct I/O, JSON out. The options before the first ``--name`` are global;
@@ -33,7 +29,7 @@ def fio_command(target: str, profiles: str | Sequence[str], runtime_s: int, size
     (sequential, never in parallel). No ``--group_reporting``: each profile
     comes back as its own entry in fio's JSON ``jobs`` list.
     """
-    names = _as_list(profiles)
+    names = list(profiles)
     if not names:
         raise RunbookError("fio: no profiles to run")
     cmd = ["fio", f"--filename={target}", "--ioengine=libaio", "--direct=1", f"--size={size_mib}M",
@@ -79,33 +75,22 @@ def _result(profile: str, job: dict) -> FioResult:
 
 def parse_all(profiles: Sequence[str], text: str) -> list[FioResult]:
     """One FioResult per profile, in ``profiles`` order, each from the job named after it."""
-    names = _as_list(profiles)
-    data = _load(", ".join(names), text)
-    jobs: dict[str, list[dict]] = {}
-    for j in data.get("jobs", []):
-        jobs.setdefault(j.get("jobname"), []).append(j)
-    seen = ", ".join(map(str, jobs)) or "none"
-    out = []
-    for n in names:  # a profile named twice takes that name's jobs in order
-        if not jobs.get(n):
-            raise RunbookError(f"fio JSON has no job for {n} (jobs: {seen})")
-        out.append(_result(n, jobs[n].pop(0)))
-    return out
+    data = _load(", ".join(profiles), text)
+    jobs = {j.get("jobname"): j for j in data.get("jobs", [])}
+    missing = [n for n in profiles if n not in jobs]
+    if missing:
+        raise RunbookError(f"fio JSON has no job for {', '.join(missing)} (jobs: {', '.join(map(str, jobs)) or 'none'})")
+    return [_result(n, jobs[n]) for n in profiles]
 
 
 def parse(profile: str, text: str) -> FioResult:
-    """One profile from fio's JSON: its own job, or the only job when it has another name."""
-    data = _load(profile, text)
-    jobs = data.get("jobs", [])
-    job = next((j for j in jobs if j.get("jobname") == profile), jobs[0] if len(jobs) == 1 else None)
-    if job is None:
-        raise RunbookError(f"fio JSON has no job for {profile}")
-    return _result(profile, job)
+    """One profile's figures from fio's JSON."""
+    return parse_all([profile], text)[0]
 
 
-def run(guest: Guest, target: str, profiles: str | Sequence[str], runtime_s: int, size_mib: int) -> list[FioResult]:
+def run(guest: Guest, target: str, profiles: Sequence[str], runtime_s: int, size_mib: int) -> list[FioResult]:
     """Run ``profiles`` once on ``guest``, one after another in a single fio."""
-    names = _as_list(profiles)
+    names = list(profiles)
     cmd = fio_command(target, names, runtime_s, size_mib)
     r = guest.run(shlex.join(cmd), timeout=runtime_s * len(names) * 4 + 300)
     if not r.ok:
@@ -129,7 +114,7 @@ def run_profiles(guest: Guest, layer: str, target: str, profiles: list[str], rep
     for i in range(1, repeats + 1):
         t0 = time.monotonic()
         res = run(guest, target, names, runtime_s, size_mib)
-        took = (time.monotonic() - t0) / max(len(names), 1)
+        took = (time.monotonic() - t0) / len(names)
         for k, r in enumerate(res):
             say(f"  {layer} {r.profile} run {i}/{repeats}: {r.iops:,.0f} IOPS, {r.bw_mib_s:.1f} MiB/s, "
                 f"p99 {r.lat_p99_us:.0f} us")

@@ -167,8 +167,6 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-
-
 def _cached_smoke(guest: Guest, key: dict) -> Smoke | None:
     """The smoke result measured earlier in this same boot of ``guest``, if any."""
     text = guest.read_text(SMOKE_CACHE)
