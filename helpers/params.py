@@ -154,7 +154,7 @@ class Bench(Section):
 
     profiles: list[Literal["randread-4k", "seqread-128k", "randwrite-4k", "seqwrite-128k"]] = [
         "randread-4k", "seqread-128k", "randwrite-4k"]
-    runtime_s: int = Field(5, ge=1, le=3600)
+    runtime_s: float = Field(5, ge=0.1, le=3600)  # per profile and repeat; 0.5 is 500 ms
     size_mib: int = Field(64, ge=1)
     repeats: int = Field(3, ge=1, le=20)
     on_l0: bool = False

@@ -33,6 +33,12 @@ def _jobs(cmd):
     return cmd[1:first], jobs
 
 
+def test_runtime_below_a_second_is_given_to_fio_in_milliseconds():
+    assert "--runtime=500ms" in fio.fio_command("/dev/nvme0n1", THREE, 0.5, 16)
+    assert "--runtime=30" in fio.fio_command("/dev/nvme0n1", THREE, 30.0, 16)
+    assert fio.fio_time(1.25) == "1250ms"
+
+
 def test_command_runs_profiles_one_after_another_in_one_fio():
     cmd = fio.fio_command("/dev/nvme0n1", THREE, 1, 16)
     assert cmd[0] == "fio" and cmd.count("fio") == 1

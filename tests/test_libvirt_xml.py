@@ -311,7 +311,7 @@ def test_serial_forms_log_to_a_file():
 def test_lab_l1_user_net_is_ssh_only_on_loopback():
     assert user_net_qemu_args(2222) == [
         "-netdev", "user,id=labnet,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
-        "-device", "virtio-net-pci,netdev=labnet,bus=pcie.0,addr=0x11"]
+        "-device", "virtio-net-pci,netdev=labnet,bus=pcie.0,addr=0x11,romfile="]
     root = ET.fromstring(lab_l1().to_xml())
     assert root.find("devices/interface") is None  # no libvirt NIC: the only door is the forward
     assert root.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
@@ -509,3 +509,19 @@ def test_virt_install_command_l2():
     assert "--cpu=maximum" in virt_install_command(lab_l1())
     assert "bus=nvme" in virt_install_command(native_nvme())
     virt_install_command(every_option())  # every part has a flag
+
+
+def test_runbook_l1_has_no_usb_and_its_nic_no_option_rom():
+    """Nothing for SeaBIOS and L1's kernel to probe at each boot that the runbook never uses."""
+    from pathlib import Path
+
+    from helpers import params
+    from helpers.ops.l1 import l1_domain
+    p = params.load(Path(__file__).parent.parent / "parameters" / "lab.yaml")
+    root = ET.fromstring(l1_domain(p, "tcg", "0-1", Path("/x/l1.qcow2"), Path("/x/console.log"),
+                                   native_nvme=False).to_xml())
+    usb = root.findall("devices/controller[@type='usb']")
+    assert [c.get("model") for c in usb] == ["none"]
+    args = [a.get("value") for a in root.iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")]
+    nic = next(a for a in args if a.startswith("virtio-net-pci,"))
+    assert nic.endswith(",romfile=")

@@ -20,7 +20,14 @@ PROFILES = {
 PERCENTILES = ("50.000000", "99.000000", "99.900000")
 
 
-def fio_command(target: str, profiles: Sequence[str], runtime_s: int, size_mib: int) -> list[str]:
+def fio_time(seconds: float) -> str:
+    """fio's spelling of a duration: whole seconds as ``5``, anything finer in ms (``500ms``)."""
+    if float(seconds).is_integer():
+        return str(int(seconds))
+    return f"{round(seconds * 1000)}ms"
+
+
+def fio_command(target: str, profiles: Sequence[str], runtime_s: float, size_mib: int) -> list[str]:
     """One fio on ``target`` (a block device or a file) running ``profiles`` one after another.
 
     Direct I/O, JSON out. The options before the first ``--name`` are global;
@@ -33,7 +40,7 @@ def fio_command(target: str, profiles: Sequence[str], runtime_s: int, size_mib: 
     if not names:
         raise RunbookError("fio: no profiles to run")
     cmd = ["fio", f"--filename={target}", "--ioengine=libaio", "--direct=1", f"--size={size_mib}M",
-           f"--runtime={runtime_s}", "--time_based", "--output-format=json"]
+           f"--runtime={fio_time(runtime_s)}", "--time_based", "--output-format=json"]
     for i, profile in enumerate(names):
         p = PROFILES[profile]
         cmd += [f"--name={profile}", *(["--stonewall"] if i else []),
@@ -88,7 +95,7 @@ def parse(profile: str, text: str) -> FioResult:
     return parse_all([profile], text)[0]
 
 
-def run(guest: Guest, target: str, profiles: Sequence[str], runtime_s: int, size_mib: int) -> list[FioResult]:
+def run(guest: Guest, target: str, profiles: Sequence[str], runtime_s: float, size_mib: int) -> list[FioResult]:
     """Run ``profiles`` once on ``guest``, one after another in a single fio."""
     names = list(profiles)
     cmd = fio_command(target, names, runtime_s, size_mib)
@@ -100,7 +107,7 @@ def run(guest: Guest, target: str, profiles: Sequence[str], runtime_s: int, size
 
 
 def run_profiles(guest: Guest, layer: str, target: str, profiles: list[str], repeats: int,
-                 runtime_s: int, size_mib: int, say=print) -> list[dict]:
+                 runtime_s: float, size_mib: int, say=print) -> list[dict]:
     """Every profile ``repeats`` times on one layer; rows for results.json (each with its seconds).
 
     Each repeat is one fio running all the profiles in turn (a process start

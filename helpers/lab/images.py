@@ -77,6 +77,9 @@ L2_CMDLINE = "console=ttyS0 root=/dev/vda rw init=/sbin/l2-init quiet pci=noearl
 
 STRIP = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
          "/usr/share/locale/*", "/usr/share/lintian/*"]
+# libvirt probes every qemu-system-<arch> it finds on its first call (seconds each
+# under TCG); the lab's L1 only ever runs x86_64 guests.
+L1_STRIP = ["/usr/bin/qemu-system-i386"]
 HOST_TOOLS = {
     "mmdebstrap": "mmdebstrap", "parted": "parted", "partprobe": "parted",
     "losetup": "mount", "mkfs.ext4": "e2fsprogs", "mke2fs": "e2fsprogs",
@@ -162,7 +165,7 @@ def recipe_facts() -> dict:
         "l1_grub": L1_GRUB, "l1_repo": L1_REPO,
         "l2_packages": L2_PACKAGES, "l2_modules": L2_MODULES, "l2_paths": [
             L2_ROOT_IN_L1, L2_KERNEL_IN_L1, L2_INITRD_IN_L1], "l2_cmdline": L2_CMDLINE,
-        "strip": STRIP,
+        "strip": STRIP, "l1_strip": L1_STRIP,
     }
 
 
@@ -394,7 +397,8 @@ class Build:
         early_hook = f'cp -R "{FILES / "l1-early"}"/. "$1"/'  # before the kernel's initramfs
         jobs = {
             "l1": ["mmdebstrap", "--mode=root", "--variant=minbase",
-                   "--include=" + ",".join(L1_PACKAGES), *strip, f"--essential-hook={early_hook}",
+                   "--include=" + ",".join(L1_PACKAGES), *strip,
+                   *(f"--dpkgopt=path-exclude={p}" for p in L1_STRIP), f"--essential-hook={early_hook}",
                    f"--customize-hook={repo_hook}", SUITE, l1root, *self.sources],
             "l2": ["mmdebstrap", "--mode=root", "--variant=minbase",
                    "--include=" + ",".join(L2_PACKAGES), *strip, SUITE, l2root, *self.sources],

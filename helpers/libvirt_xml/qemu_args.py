@@ -64,11 +64,12 @@ def user_net_qemu_args(ssh_port: int, bind: str = "127.0.0.1", addr: str = "0x11
     """User-mode networking whose only door is the guest's SSH, forwarded on ``bind:ssh_port``.
 
     ``restrict=on`` cuts the guest off from the outside; ``hostfwd`` still works.
+    ``romfile=`` leaves out the NIC's iPXE option ROM: the guest boots from disk.
     """
     if not 0 < int(ssh_port) < 65536:
         raise ValueError(f"ssh_port must be 1..65535, got {ssh_port!r}")
     _check_addr(addr)
     return [
         "-netdev", f"user,id={netdev_id},restrict=on,hostfwd=tcp:{bind}:{int(ssh_port)}-:22",
-        "-device", f"virtio-net-pci,netdev={netdev_id},bus={bus},addr={addr}",
+        "-device", f"virtio-net-pci,netdev={netdev_id},bus={bus},addr={addr},romfile=",
     ]

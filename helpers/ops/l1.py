@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import RunbookError
 from ..guest import SSH, Agent, libvirt_agent_call
-from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Disk, Domain, Features, Interface,
+from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk, Domain, Features, Interface,
                            QemuCommandline, Serial, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
 from ..state import State
@@ -130,7 +130,8 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
                     target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none"),
                IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True),
                Channel(),
-               Serial(log_path=str(console_log)), RNG()]
+               Serial(log_path=str(console_log)), RNG(),
+               Controller(type="usb", model="none")]  # headless: no USB for firmware and kernel to probe
     qemu_args: list[str] = []
     if native_nvme:
         devices.append(Disk(path=str(p.nvme.backing_file), format="raw", target_dev="nvme0n1", bus="nvme",
@@ -157,7 +158,7 @@ def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
     """Wait until L1's guest agent answers; return the seconds it took."""
     t0 = time.monotonic()
     agent = Agent(call=libvirt_agent_call(lv.domain(name)), name=name)
-    wait_for(lambda: agent.ping(timeout=3), f"{name}: guest agent", timeout, interval=3, log=log,
+    wait_for(lambda: agent.ping(timeout=3), f"{name}: guest agent", timeout, interval=1, log=log,
              hint=f"L1 did not finish booting: read {log}")
     return time.monotonic() - t0
 
@@ -175,7 +176,7 @@ def wait_for_ssh(guest: SSH, timeout: float, log: Path) -> float:
                                hint="the lab pins the key of the image it built: rebuild L1 (teardown, then run stage 02)")
         return r.ok
 
-    wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=3, log=log,
+    wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=1, log=log,
              note=lambda: last["err"][:60],
              hint=f"read {log}; check the forwarded port and that the key and known_hosts match (last error: {last['err']})")
     return time.monotonic() - t0

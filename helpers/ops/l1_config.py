@@ -26,7 +26,7 @@ def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None) 
     guest.run("nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &", timeout=20)
     t0 = time.monotonic()
     wait_for(lambda: (b := boot_id(guest)) is not None and b != before,
-             f"{guest.name}: reboot", timeout, interval=3, log=log,
+             f"{guest.name}: reboot", timeout, interval=1, log=log,
              hint=f"{guest.name} did not come back: read its console log {log}")
     after = guest.run("cat /proc/cmdline", check=True).out
     still = missing_args(after, wanted)
@@ -81,5 +81,5 @@ def ensure_libvirtd(guest: Guest, uri: str = "qemu:///system", timeout: float = 
     unit = "libvirtd" if guest.run("systemctl cat libvirtd.service").ok else "virtqemud"
     guest.run(f"systemctl enable --now {unit}", timeout=120, check=True)
     wait_for(lambda: guest.run(["virsh", "-c", uri, "version"], timeout=60).ok,
-             f"{guest.name}: {uri}", timeout, interval=2)
+             f"{guest.name}: {uri}", timeout, interval=1)
     return did(what, f"systemctl enable --now {unit}; {uri} answers")

@@ -9,7 +9,7 @@ from ..errors import RunbookError
 from ..facts import pci
 from ..facts.pci import PciDevice
 from ..guest import Agent
-from ..libvirt_xml import CPU, OS, VCPU, Channel, Disk, Domain, Features, HostdevPCI, Memballoon, Serial
+from ..libvirt_xml import CPU, OS, VCPU, Channel, Controller, Disk, Domain, Features, HostdevPCI, Memballoon, Serial
 from ..nb import Stage
 from ..ops import Change, did, domain, no_change
 from ..ops import passthrough
@@ -103,7 +103,8 @@ def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
         features=Features(acpi=True, apic=True),
         devices=[Disk(path=ps.l2_disk, format="qcow2", bus="virtio", cache="unsafe" if p.lab else "none"),
                  HostdevPCI.from_bdf(dev.bdf, managed=True),
-                 Channel(), Serial(log_path=ps.l2_console), Memballoon()],
+                 Channel(), Serial(log_path=ps.l2_console), Memballoon(),
+                 Controller(type="usb", model="none")],  # headless: no USB to probe at boot
         description="L2 of the nested NVMe runbook: the NVMe by VFIO")
 
 
@@ -147,7 +148,7 @@ def wait(ctx: Stage) -> float:
 
     t0 = time.monotonic()
     wait_for(lambda: agent.ping(timeout=5), f"{p.l2.name}: guest agent through L1", p.l2.boot_timeout_s,
-             interval=2, log=console_tail, hint=f"read L2's console log in L1: {console}")
+             interval=1, log=console_tail, hint=f"read L2's console log in L1: {console}")
     took = round(time.monotonic() - t0, 1)
     ctx.state.update("l2", agent_wait_s=took)
     return took
