@@ -216,7 +216,8 @@ def run(args) -> int:
         results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,
                                   open(os.devnull, "w"))
     summary["stages"] = [results[k] for k in sorted(results)]
-    summary["status"] = "failed" if failed else "passed"
+    # the run's status covers every stage it has recorded, not only this invocation's
+    summary["status"] = "failed" if any(s["status"] == "failed" for s in summary["stages"]) else "passed"
     summary["finished"] = datetime.now().isoformat(timespec="seconds")
     write_summary(run_dir, summary)
     from .report import write_report

@@ -34,6 +34,15 @@ def runner(outputs: Path, params: str, *args) -> tuple[float, subprocess.Complet
     return sh([sys.executable, "-m", "helpers", "run", "--params", params, "--outputs", str(outputs), "-q", *args])
 
 
+def failed(out: Path, params: str, which: str, r: subprocess.CompletedProcess) -> int:
+    """A failed run's times measure nothing: say why, tear down, and stop."""
+    reason = r.stderr.strip().splitlines()[-3:]
+    print(f"{which}-run FAILED, figures above are not a measurement: {' / '.join(reason)}")
+    td, _ = runner(out, params, "--stages", "99", "--run-id", "cold")
+    print(f"teardown-seconds {td:.0f}")
+    return 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="parameters/lab.yaml")
@@ -56,6 +65,8 @@ def main() -> int:
     print(f"cold-total-seconds {total:.0f} status {summary.get('status')}")
     for s in summary["stages"]:
         print(f"cold-stage-{s['stage']}-seconds {s['seconds']}")
+    if r.returncode != 0:
+        return failed(out, args.params, "cold", r)
     state = json.loads((out / "cold" / "state.json").read_text())
     bench_s = sum(r.get("seconds", 0) for k in ("baseline", "bench_l2", "bench_l0") for r in state.get(k) or [])
     through_verify = sum(s["seconds"] for s in summary["stages"]) - (bench_s or 0)
@@ -67,6 +78,8 @@ def main() -> int:
     changes = json.loads((out / "cold" / "state.json").read_text()).get("changes", {})
     did = sum(c["changed"] for st in ("01", "02", "03", "04") for step in changes.get(st, {}).values() for c in step)
     print(f"warm-01-04-seconds {warm:.1f} changes {did} (goal: 20 s, 0 changes)")
+    if r.returncode != 0:
+        return failed(out, args.params, "warm", r)
     for st in [s for s in json.loads((out / "cold" / "summary.json").read_text())["stages"] if s["stage"] < "05"]:
         print(f"warm-stage-{st['stage']}-seconds {st['seconds']}")
     td, r = runner(out, args.params, "--stages", "99", "--run-id", "cold")

@@ -79,6 +79,15 @@ def test_resume_from_a_stage_reuses_the_run(tmp_path, stages_dir):
     assert [s["stage"] for s in summary["stages"]] == ["01", "02", "03"] and summary["status"] == "passed"
 
 
+def test_a_later_invocation_does_not_hide_an_earlier_failure(tmp_path, stages_dir):
+    _run(tmp_path, "--run-id", "r3")
+    r = _run(tmp_path, "--run-id", "r3", "--stages", "03")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "r3" / "summary.json").read_text())
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("01", "passed"), ("02", "failed"), ("03", "passed")]
+    assert summary["status"] == "failed"
+
+
 def test_bad_parameters_are_refused_before_anything_runs(tmp_path, stages_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("l1:\n  cores: many\n")
