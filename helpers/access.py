@@ -63,6 +63,16 @@ def l1_stall(p: Params) -> str | None:
     return m.group(0).strip() if m else None
 
 
+def l1_silent(l1: Guest, timeout: float = 20) -> str | None:
+    """Why L1 does not run a trivial command within ``timeout`` seconds, or None
+    when it does: a stall that left no line in its console still shows here."""
+    try:
+        r = l1.run(["true"], timeout=timeout)
+    except GuestError as e:
+        return str(e)
+    return None if r.ok else (r.err.strip().splitlines() or [f"exit code {r.rc}"])[-1]
+
+
 def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
     """L2's guest agent, reached with `virsh qemu-agent-command` inside L1.
     When the agent stops answering because L2's kernel crashed, say so."""

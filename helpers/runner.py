@@ -115,14 +115,29 @@ def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
     return {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
 
 
-def explain_l1_stall(failed: dict, p: params_mod.Params) -> None:
-    """When L1's console shows its vCPUs stalled, say so: the failing command was its victim."""
-    from .access import l1_stall
+def explain_l1_stall(failed: dict, p: params_mod.Params, state_file: Path | None = None) -> None:
+    """When L1's vCPUs stalled, say so: the failing command was its victim. Read
+    off L1's console, or, for a stage after 03 (L1 was up), from L1 no longer
+    answering at all."""
+    from .access import l1_guest, l1_silent, l1_stall
+    from .state import State
+    hint = ("L1's vCPUs stopped making progress (under TCG emulation a known hazard of the lab); "
+            "tear down with `--stages 99` and run again")
     if stall := l1_stall(p):
         failed["l1_stall"] = stall
         failed["error"] = f"L1 stalled (its console: {stall!r}); {failed['error']}"
-        failed["hint"] = ("L1's vCPUs stopped making progress (under TCG emulation a known hazard of the lab); "
-                          "tear down with `--stages 99` and run again")
+        failed["hint"] = hint
+        return
+    if failed["stage"] < "04" or state_file is None or not state_file.exists():
+        return
+    try:
+        l1 = l1_guest(p, State(state_file))
+    except RunbookError:
+        return
+    if silent := l1_silent(l1):
+        failed["l1_stall"] = silent
+        failed["error"] = f"L1 stalled (it no longer answers: {silent}); {failed['error']}"
+        failed["hint"] = hint
 
 
 class _Quiet:
@@ -210,7 +225,7 @@ def run(args) -> int:
             failed = entry
             break
     if failed and failed["stage"] not in ("01", "99"):
-        explain_l1_stall(failed, p)
+        explain_l1_stall(failed, p, state_file)
     if failed and args.teardown_on_failure and "99" in available and "99" not in chosen:
         print("== teardown after the failure ...", flush=True)
         results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,

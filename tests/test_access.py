@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from helpers import params
-from helpers.access import l1_stall, l2_guest
+from helpers.access import l1_silent, l1_stall, l2_guest
 from helpers.errors import RunbookError
 from helpers.guest import Result
 from helpers.runner import explain_l1_stall
@@ -89,3 +89,32 @@ def test_the_runner_names_an_l1_stall_as_the_cause(tmp_path):
     (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login:\n")
     explain_l1_stall(calm, p)
     assert calm == {"stage": "03", "error": "GuestError: boom", "hint": "x"}
+
+
+def test_an_l1_that_no_longer_runs_a_command_is_called_silent():
+    answering = Machine(answers={r"^true$": ""})
+    assert l1_silent(answering) is None
+    hung = Machine(answers={r"^true$": Result(124, "", "timed out after 20 s over SSH to root@127.0.0.1")})
+    assert l1_silent(hung) == "timed out after 20 s over SSH to root@127.0.0.1"
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends
+
+
+def test_the_runner_names_a_silent_l1_after_stage_03_as_a_stall(tmp_path):
+    path, p = _lab_in(tmp_path)
+    (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login:\n")  # no stall line
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"l1": {"ssh": {"host": "127.0.0.1", "port": _closed_port(), "user": "root",
+                                                 "known_hosts": str(tmp_path / "kh")}}}))
+    failed = {"stage": "04", "error": "RunbookError: nvmetest: guest agent through L1: not ready after 300 s", "hint": "x"}
+    explain_l1_stall(failed, p, state)
+    assert failed["error"].startswith("L1 stalled (it no longer answers: ") and "not ready after 300 s" in failed["error"]
+    assert "--stages 99" in failed["hint"]
+    early = {"stage": "02", "error": "RunbookError: nested-kvm: guest agent: not ready after 600 s", "hint": "x"}
+    explain_l1_stall(early, p, state)  # before stage 04 a silent L1 is that stage's own failure
+    assert early == {"stage": "02", "error": "RunbookError: nested-kvm: guest agent: not ready after 600 s", "hint": "x"}
