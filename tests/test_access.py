@@ -118,3 +118,28 @@ def test_the_runner_names_a_silent_l1_after_stage_03_as_a_stall(tmp_path):
     early = {"stage": "02", "error": "RunbookError: nested-kvm: guest agent: not ready after 600 s", "hint": "x"}
     explain_l1_stall(early, p, state)  # before stage 04 a silent L1 is that stage's own failure
     assert early == {"stage": "02", "error": "RunbookError: nested-kvm: guest agent: not ready after 600 s", "hint": "x"}
+
+
+def test_a_guest_that_stops_answering_during_the_smoke_boot_is_a_stall_not_a_kvm_verdict(monkeypatch):
+    from helpers.facts import kvm
+    clock = [1000.0]
+    monkeypatch.setattr(kvm.time, "monotonic", lambda: clock[0])
+
+    def ssh_gave_up(cmd):
+        clock[0] += 20 + 30  # the SSH timeout (smoke timeout + 30 s) went by
+        return Result(124, "", "timed out after 50 s over SSH to root@127.0.0.1")
+
+    m = Machine(files={"/proc/sys/kernel/random/boot_id": "boot-1\n"}, programs={"qemu-system-x86_64"},
+                answers={r"^ls -1A /boot$": "vmlinuz-6.1.0-56-amd64\n", r"-accel kvm": ssh_gave_up}, name="l1")
+    with pytest.raises(RunbookError, match=r"l1 stalled during the KVM smoke boot: no answer within 50 s") as e:
+        kvm.kvm_smoke(m, 20)
+    assert "--stages 99" in e.value.hint
+    assert not m.ran("cat > /run/nested-nvme-kvm-smoke.json")  # no verdict kept for this boot
+
+    def qemu_hung(cmd):  # `timeout` ended QEMU: KVM itself hangs, the guest answered
+        clock[0] += 25
+        return Result(124, "Probing EDD (edd=off to disable)... ok\n", "")
+
+    m.answers[r"-accel kvm"] = qemu_hung
+    sm = kvm.kvm_smoke(m, 20)
+    assert sm.status == "not usable" and "hung" in sm.reason

@@ -67,14 +67,16 @@ def lab(tmp_path_factory):
         # its documented recovery is to resume from stage 04, which restarts L2. Once, visibly.
         print("WARNING: L2 crashed under emulation; resuming with --from 04 as the HINT says", flush=True)
         r = runner(outputs, "--from", "04", "--run-id", RUN_ID)
-    elif r.returncode and (_failed_stage(run) in ("04", "05") or "L1 stalled" in r.stderr):
-        # The emulated chain (KVM inside TCG) rarely stalls L1 (the runner names it from L1's
-        # console: soft lockups): tear down and run the whole lab once more from nothing, saying
-        # so. A second failure fails the suite.
+    attempt = 0
+    while r.returncode and attempt < 2 and (_failed_stage(run) in ("04", "05") or "stalled" in r.stderr):
+        # The emulated chain (KVM inside TCG) now and then stalls L1: the runner names it (L1's
+        # console, L1 no longer answering, a stall during the smoke boot). Tear down and run the
+        # whole lab again from nothing, saying so; at most twice. A third failure fails the suite.
+        attempt += 1
         print(f"WARNING: the lab stalled at stage {_failed_stage(run)} ({r.stderr.strip().splitlines()[-2:]}); "
-              "tearing down and running it once more", flush=True)
-        runner(outputs, "--stages", "99", "--run-id", RUN_ID)
-        run = outputs / (RUN_ID + "-retry")
+              f"tearing down and running it again (recovery {attempt} of 2)", flush=True)
+        runner(outputs, "--stages", "99", "--run-id", run.name)
+        run = outputs / f"{RUN_ID}-retry{attempt}"
         r = runner(outputs, "--run-id", run.name)
     print(r.stdout[-6000:], r.stderr[-3000:])
     yield {"outputs": outputs, "run": run, "result": r}

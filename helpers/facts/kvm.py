@@ -9,6 +9,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
+from helpers.errors import RunbookError
 from helpers.guest import Guest
 
 DEV_KVM = "/dev/kvm"
@@ -206,6 +207,13 @@ def _smoke(guest: Guest, kernel: str | None, timeout: int, accel: str) -> Smoke:
     start = time.monotonic()
     r = guest.run(smoke_command(kernel, timeout, accel, qemu), timeout=timeout + 30)
     seconds = round(time.monotonic() - start, 1)
+    if r.rc == 124 and seconds >= timeout + 25:
+        # `timeout -k 5` ends QEMU by timeout + 5 s: no answer by timeout + 30 s means the
+        # guest running the smoke boot stopped answering, not that KVM failed in it
+        raise RunbookError(f"{guest.name} stalled during the KVM smoke boot: no answer within {seconds:.0f} s "
+                           f"({last_line(r.err) or 'no output'})",
+                           hint="the guest itself stopped answering (in the lab: L1's vCPUs stalled under TCG "
+                                "emulation); tear down with `--stages 99` and run again")
     out = ANSI.sub("", r.out)
     seen = last_line(r.out)
     if "Kernel panic" in out or ("Linux version" in out and "panic" in out):
