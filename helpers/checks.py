@@ -43,6 +43,8 @@ CMDLINE = "kernel command line"
 LIBVIRT = "libvirt reachable"
 LIBVIRT_VERSION = "libvirt version"
 QEMU_VERSION = "QEMU version"
+TCG_RACE = "TCG with several vCPUs"
+TCG_RACE_FIXED_IN = (8, 1)  # "accel/tcg: Always lock pages before translation" (deba78709ae8)
 MACHINE_Q35 = "machine q35"
 DOMAIN_TYPES = "domain types"
 MEMORY = "memory"
@@ -383,6 +385,9 @@ class _Judge:
                      f"install QEMU {self.where}: apt-get install qemu-system-x86 (Debian) "
                      "or dnf install qemu-kvm (RHEL)")
 
+        if self.role == "l0":
+            self.tcg_race(qv)
+
         iommu_dev = "amd-iommu" if self.p.l1.iommu == "amd" else "intel-iommu"
         needed = {"l0": {iommu_dev: "L1's emulated IOMMU", "nvme": "the NVMe drive given to L1"},
                   "l1": {"vfio-pci": "passing the NVMe through to L2"}}[self.role]
@@ -420,6 +425,33 @@ class _Judge:
             self.add(DOMAIN_TYPES, f"{offered}: no '{want}' for x86_64 hvm", "fail",
                      f"install qemu-system-x86 {self.where} and restart libvirtd"
                      + ("; for 'kvm' /dev/kvm must be usable by libvirt" if want == "kvm" else ""))
+
+    def tcg_race(self, qemu_version: str | None):
+        """QEMU < 8.1's multi-threaded TCG can keep a translation block built from a page
+        another vCPU is live-patching (int3-based text_poke, which KVM in L1 triggers at
+        every VM start and stop): L1's kernel then stalls for good."""
+        p = self.p
+        vcpus = p.l1.sockets * p.l1.cores * p.l1.threads
+        have = _version(qemu_version)
+        if self.accel != "tcg" or vcpus < 2:
+            why = "L1 runs under KVM" if self.accel != "tcg" else "L1 has one vCPU"
+            self.add(TCG_RACE, f"not at risk: {why}", "pass")
+            return
+        if not have:
+            self.add(TCG_RACE, "QEMU version unknown", "warn", "check `qemu-system-x86_64 --version`: 8.1 or newer")
+            return
+        observed = f"L1 under TCG with {vcpus} vCPUs, QEMU {qemu_version}"
+        if have >= TCG_RACE_FIXED_IN:
+            self.add(TCG_RACE, observed + " (the multi-threaded TCG race is fixed since 8.1)", "pass")
+            return
+        fix = ("QEMU before 8.1 has a multi-threaded TCG race (fixed upstream by \"accel/tcg: Always lock pages "
+               "before translation\") that stalls L1 once KVM runs in it: on Debian 12 run `make setup`, "
+               "which installs QEMU and libvirt from bookworm-backports, then restart libvirtd; or give L1 one "
+               "vCPU (l1.cores: 1, l1.sockets: 1, l1.threads: 1), or set host.accept_tcg_stall_risk: true")
+        if p.host.accept_tcg_stall_risk:
+            self.add(TCG_RACE, observed + ": stall risk accepted (host.accept_tcg_stall_risk)", "warn", fix)
+        else:
+            self.add(TCG_RACE, observed + ": L1 may stall", "fail", fix)
 
     # --- resources -----------------------------------------------------------
     def resources(self):

@@ -42,6 +42,9 @@ class Host(Section):
     require_iommu: bool = True
     workdir: Path = Path("/var/lib/nested-nvme")
     kvm_smoke_timeout_s: int = Field(20, ge=5, le=600)
+    # QEMU before 8.1 has a multi-threaded TCG race that stalls an L1 with several vCPUs
+    # once KVM runs in it; stage 01 refuses that combination unless this is true.
+    accept_tcg_stall_risk: bool = False
 
 
 class Network(Section):

@@ -197,7 +197,8 @@ EXPECTED = {
         C.IOMMU_TABLE: "skip", C.IOMMU_ON: "skip", C.IRQ_REMAP: "skip", C.IOMMU_GROUPS: "skip", C.CMDLINE: "skip",
         C.LIBVIRT: "pass", C.LIBVIRT_VERSION: "pass", C.QEMU_VERSION: "pass", "QEMU device intel-iommu": "pass",
         "QEMU device nvme": "pass", C.MACHINE_Q35: "pass", C.DOMAIN_TYPES: "pass", C.MEMORY: "pass",
-        C.CPUS: "pass", C.NUMA: "pass", C.DISK: "pass"},
+        C.CPUS: "pass", C.NUMA: "pass", C.DISK: "pass",
+        C.TCG_RACE: "fail"},  # recorded with Debian 12's QEMU 7.2 and a 2-vCPU L1
     ("intel-no-iommu", "l0"): {
         C.CPU_VIRT: "pass", C.KVM_HW: "pass", C.NESTED: "warn", C.IOMMU_TABLE: "fail", C.IOMMU_ON: "fail",
         C.IRQ_REMAP: "fail", C.IOMMU_GROUPS: "fail", C.CMDLINE: "fail", C.LIBVIRT: "fail",
@@ -507,3 +508,34 @@ def test_real_host_lab_checks():
     if not f.libvirt.reachable:   # libvirtd not started on this machine: a real, fixable failure
         fails -= {C.LIBVIRT}
     assert fails == set(), format_table(checks)
+
+
+# ---------------------------------------------------------------- the TCG race
+
+QEMU10 = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"
+
+
+def test_tcg_with_several_vcpus_on_qemu_before_8_1_fails_with_the_way_out():
+    got, checks = run("lab-pvm", lab_params(l1={"cores": 2}))
+    c = got[C.TCG_RACE]
+    assert c.verdict == "fail" and c.observed == "L1 under TCG with 2 vCPUs, QEMU 7.2.22: L1 may stall"
+    assert "bookworm-backports" in c.fix and "l1.cores: 1" in c.fix and "host.accept_tcg_stall_risk: true" in c.fix
+
+
+def test_tcg_race_accepted_one_vcpu_or_qemu_8_1_passes(tmp_path):
+    got, _ = run("lab-pvm", lab_params(l1={"cores": 2}, host={"accept_tcg_stall_risk": True}))
+    assert got[C.TCG_RACE].verdict == "warn" and "risk accepted" in got[C.TCG_RACE].observed
+    got, _ = run("lab-pvm", lab_params(l1={"cores": 1}))
+    assert (got[C.TCG_RACE].verdict, got[C.TCG_RACE].observed) == ("pass", "not at risk: L1 has one vCPU")
+    new = variant("lab-pvm", tmp_path, write={"cmd/qemu-version.out": QEMU10,
+                                               "cmd/virsh-version.out": "Running hypervisor: QEMU 10.0.2\n"})
+    checks = host_checks(new, lab_params(l1={"cores": 2}), "l0")
+    c = {c.name: c for c in checks}[C.TCG_RACE]
+    assert c.verdict == "pass" and "QEMU 10.0.2" in c.observed
+
+
+def test_tcg_race_does_not_apply_under_kvm_or_in_l1():
+    got, _ = run("seed-xeon4214", seed_params())
+    assert got[C.TCG_RACE].verdict == "pass" and "L1 runs under KVM" in got[C.TCG_RACE].observed
+    got, _ = run("lab-l1", params(), "l1")
+    assert C.TCG_RACE not in got

@@ -88,7 +88,7 @@ def test_group_viability():
 
 def _l1(mounted: str | None = None, root: str = "vda", companion: str | None = None):
     files = {"/sys/bus/pci/devices/0000:00:02.0/class": "0x010802\n"}
-    answers = {r"ls -1 /sys/bus/pci/devices/0000:00:02.0/nvme": "nvme0n1\n",
+    answers = {r"/sys/bus/pci/devices/0000:00:02.0/nvme/nvme\*": "nvme0n1\n",
                r"^lsblk -J": '{"blockdevices": [{"name": "nvme0n1", "mountpoint": %s}]}' % (
                    f'"{mounted}"' if mounted else "null"),
                r"^lsblk -no PKNAME": root + "\n",

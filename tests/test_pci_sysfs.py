@@ -162,3 +162,33 @@ def test_this_machine_through_a_local_guest():
         assert d.pci_class == int(cls, 16)
     if shutil.which("lspci"):
         assert any(d.vendor for d in devs)
+
+
+def _controller_tree(root: Path, multipath: bool) -> None:
+    """The sysfs shape of one NVMe controller at 0000:00:10.0 with one namespace, as
+    QEMU 7.2 (no multipath: nvme0/nvme0n1) and QEMU 10 (native multipath: nvme0/nvme0c0n1,
+    the block device nvme0n1 in nvme-subsys0) present it to Debian 12's kernel."""
+    ctrl = root / "bus/pci/devices/0000:00:10.0/nvme/nvme0"
+    ctrl.mkdir(parents=True)
+    (ctrl / "serial").write_text("1234\n")
+    if multipath:
+        (ctrl / "nvme0c0n1").mkdir()
+        subsys = root / "class/nvme-subsystem/nvme-subsys0"
+        (subsys / "nvme0n1").mkdir(parents=True)
+        (subsys / "nvme0").symlink_to(ctrl)
+        other = root / "class/nvme-subsystem/nvme-subsys1"  # another controller's subsystem
+        (other / "nvme1n1").mkdir(parents=True)
+    else:
+        (ctrl / "nvme0n1").mkdir()
+
+
+@pytest.mark.parametrize("multipath", [False, True], ids=["qemu7-no-multipath", "qemu10-native-multipath"])
+def test_namespaces_of_a_controller_are_found_with_and_without_native_multipath(tmp_path, multipath):
+    _controller_tree(tmp_path, multipath)
+    assert pci.block_devices(Local(), "0000:00:10.0", sysfs=str(tmp_path)) == ["nvme0n1"]
+
+
+def test_no_namespace_and_no_controller_give_no_block_device(tmp_path):
+    (tmp_path / "bus/pci/devices/0000:00:10.0/nvme/nvme0").mkdir(parents=True)
+    assert pci.block_devices(Local(), "0000:00:10.0", sysfs=str(tmp_path)) == []
+    assert pci.block_devices(Local(), "0000:00:11.0", sysfs=str(tmp_path)) == []

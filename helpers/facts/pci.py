@@ -170,10 +170,29 @@ def nvme_model(guest: Guest, bdf: str) -> str | None:
     return r.out.strip() or None
 
 
-def block_devices(guest: Guest, bdf: str) -> list[str]:
+# The namespaces' block devices of the controller(s) at one BDF. Without native NVMe
+# multipath they sit in the controller's folder (nvme0/nvme0n1). With it (the kernel's
+# nvme_core.multipath=Y, which QEMU >= 8's NVMe subsystem model brings out), the
+# controller's folder holds only the hidden path device nvme0c0n1 and the block device
+# nvme0n1 belongs to the subsystem (/sys/class/nvme-subsystem/nvme-subsys0/), which
+# links the controller: look in both places.
+BLOCK_SCRIPT = r"""for c in {sys}/bus/pci/devices/{bdf}/nvme/nvme*; do
+  [ -d "$c" ] || continue
+  ls -1 "$c"
+  for s in {sys}/class/nvme-subsystem/*; do [ -e "$s/${{c##*/}}" ] && ls -1 "$s"; done
+done 2>/dev/null"""
+NAMESPACE_BLOCK = re.compile(r"^nvme\d+n\d+$")
+
+
+def parse_block_listing(text: str) -> list[str]:
+    """nvme0n1, ... from the folder listings of BLOCK_SCRIPT (path devices nvme0c0n1 are
+    not block devices one can open)."""
+    return sorted({name for name in text.split() if NAMESPACE_BLOCK.match(name)})
+
+
+def block_devices(guest: Guest, bdf: str, sysfs: str = "/sys") -> list[str]:
     """Block devices (namespaces) of the NVMe controller at ``bdf``: nvme0n1, ..."""
-    r = guest.run(f"ls -1 /sys/bus/pci/devices/{bdf}/nvme/*/ 2>/dev/null | grep -E '^nvme[0-9]+n[0-9]+$'")
-    return sorted(set(r.out.split()))
+    return parse_block_listing(guest.run(BLOCK_SCRIPT.format(sys=sysfs, bdf=bdf)).out)
 
 
 def mounts_on(guest: Guest, disks: list[str]) -> list[str]:

@@ -15,6 +15,19 @@ def running(name: str) -> bool:
     return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
 
 
+def stale(name: str) -> bool:
+    """Does a running daemon of that name run a binary that has since been
+    replaced on disk (an upgrade, e.g. QEMU and libvirt from backports)?"""
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+    for pid in out:
+        try:
+            if os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def systemd_is_init() -> bool:
     try:
         return os.readlink("/proc/1/exe").endswith("systemd")
@@ -33,6 +46,17 @@ def ensure_daemons(uri: str = "qemu:///system", timeout: float = 30, say=print) 
         raise RuntimeError("libvirtd is not installed: run `make setup` (installs libvirt-daemon-system)")
     started = []
     for name in DAEMONS:
+        if running(name) and stale(name):
+            say(f"[setup] {name} runs a binary replaced since it started (an upgrade): restarting it")
+            if systemd_is_init():
+                subprocess.run(["systemctl", "restart", name], check=True)
+                started.append(name)
+                continue
+            subprocess.run(["pkill", "-x", name])
+            for _ in range(50):
+                if not running(name):
+                    break
+                time.sleep(0.2)
         if running(name):
             continue
         cmd = ["systemctl", "start", name] if systemd_is_init() else [name, "-d"]

@@ -62,8 +62,18 @@ def baseline(ctx: Stage, dev: PciDevice) -> list[dict] | Change:
     if not p.l2.baseline_consent:
         return no_change("L1 baseline", "skipped: l2.baseline_consent is false (fio writes to the disk)")
     disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or []
-    if dev.driver != "nvme" or not disks:
-        return no_change("L1 baseline", f"skipped: {dev.bdf} is not on the nvme driver in L1 now ({dev.driver})")
+    how = ("or set `l2.baseline_consent: false` in the parameters to go on without an L1 baseline "
+           "(stage 05 then has no L2-versus-L1 table)")
+    if dev.driver != "nvme":
+        raise RunbookError(
+            f"the L1 baseline cannot be measured: {dev.bdf} is on the {dev.driver or 'no'} driver in L1 now, "
+            "not nvme (passed through by an earlier run that has no baseline recorded)",
+            hint=f"resume the run that passed it through (`--from 04`), or tear down (`--stages 99`) and run again, {how}")
+    if not disks:
+        raise RunbookError(
+            f"the L1 baseline cannot be measured: {dev.bdf} is on the nvme driver in L1 but no namespace "
+            "block device of it was found (looked in its controller folder and its NVMe subsystem in sysfs)",
+            hint=f"look at `nvme list` and `ls /sys/bus/pci/devices/{dev.bdf}/nvme/*/` in L1, {how}")
     b = p.bench
     rows = fio.run_profiles(ctx.l1(), "L1", f"/dev/{disks[0]}", list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
     ctx.state.set("baseline", rows)
