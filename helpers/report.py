@@ -30,33 +30,47 @@ def _stage_title(nb_name: str) -> str:
     return f"{stem[:2]} {stem[3:].replace('_', ' ')}"
 
 
+def _attempt_cells(run_dir: Path, entry: dict, anchor: str, title: str) -> list:
+    """The heading and the executed cells of one attempt at a stage."""
+    verdict = entry.get("status", "?")
+    head = f"<a id='{anchor}'></a>\n\n# Stage {html.escape(title)}: {verdict} ({entry.get('seconds', '?')} s)"
+    if verdict != "passed" and entry.get("error"):
+        head += f"\n\n**{html.escape(entry.get('error', ''))}**\n\nHINT: {html.escape(entry.get('hint', ''))}"
+    cells = [nbformat.v4.new_markdown_cell(head)]
+    path = run_dir / entry["notebook"]
+    if not path.exists():
+        return cells + [nbformat.v4.new_markdown_cell("_The stage did not produce a notebook._")]
+    nb = nbformat.read(path, as_version=4)
+    for i, c in enumerate(nb.cells):
+        c["id"] = f"{anchor}-{i}"
+        if c.cell_type == "code" and "injected-parameters" in c.get("metadata", {}).get("tags", []):
+            continue
+        if c.cell_type == "markdown":  # stage titles become level-2 under the stage heading
+            c.source = "\n".join(("#" + line) if line.startswith("#") else line for line in c.source.splitlines())
+        cells.append(c)
+    return cells
+
+
+def _toc_row(anchor: str, title: str, entry: dict) -> str:
+    return (f"<tr><td><a href='#{anchor}'>{html.escape(title)}</a></td><td>{entry.get('status', '?')}</td>"
+            f"<td>{entry.get('seconds', '')} s</td></tr>")
+
+
 def combined_notebook(run_dir: Path, summary: dict) -> nbformat.NotebookNode:
-    """All executed stage notebooks of the run, in order, behind a contents table."""
+    """All executed stage notebooks of the run, in order, behind a contents table.
+    Earlier attempts at a stage (a failure, then a rerun) come first, each kept whole."""
     rows = []
     cells = []
     for entry in summary.get("stages", []):
-        path = run_dir / entry["notebook"]
         title = _stage_title(entry["notebook"])
+        for k, earlier in enumerate(entry.get("earlier", []), 1):
+            anchor = f"stage-{entry['stage']}-attempt-{k}"
+            rows.append(_toc_row(anchor, f"{title} (attempt {k})", earlier))
+            cells += _attempt_cells(run_dir, earlier, anchor, f"{title}, attempt {k}")
         anchor = f"stage-{entry['stage']}"
-        verdict = entry.get("status", "?")
-        rows.append(f"<tr><td><a href='#{anchor}'>{html.escape(title)}</a></td><td>{verdict}</td>"
-                    f"<td>{entry.get('seconds', '')} s</td></tr>")
-        head = f"<a id='{anchor}'></a>\n\n# Stage {html.escape(title)}: {verdict} ({entry.get('seconds', '?')} s)"
-        if verdict == "failed":
-            head += f"\n\n**{html.escape(entry.get('error', ''))}**\n\nHINT: {html.escape(entry.get('hint', ''))}"
-        cells.append(nbformat.v4.new_markdown_cell(head))
-        if path.exists():
-            nb = nbformat.read(path, as_version=4)
-            for i, c in enumerate(nb.cells):
-                c["id"] = f"s{entry['stage']}-{i}"
-                if c.cell_type == "code" and "injected-parameters" in c.get("metadata", {}).get("tags", []):
-                    continue
-                if c.cell_type == "markdown":  # stage titles become level-2 under the stage heading
-                    c.source = "\n".join(("#" + line) if line.startswith("#") else line
-                                         for line in c.source.splitlines())
-                cells.append(c)
-        else:
-            cells.append(nbformat.v4.new_markdown_cell("_The stage did not produce a notebook._"))
+        label = f"{title} (attempt {len(entry['earlier']) + 1})" if entry.get("earlier") else title
+        rows.append(_toc_row(anchor, label, entry))
+        cells += _attempt_cells(run_dir, entry, anchor, label)
     toc = (f"# Run {html.escape(summary.get('run_id', ''))}: {summary.get('status', 'running')}\n\n"
            f"Parameters: `{summary.get('params', '')}`; started {summary.get('started', '')}, "
            f"finished {summary.get('finished', '')}.\n\n"

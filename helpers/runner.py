@@ -10,9 +10,11 @@ stops the run with a short summary and a HINT; ``summary.json`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from datetime import datetime
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from . import params as params_mod
 from .errors import RunbookError
+from .records import keep_earlier
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -159,7 +162,8 @@ class _Quiet:
 
 def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, state_file: Path,
               timeout: int, log) -> dict:
-    """Execute one stage notebook with papermill; return its summary entry."""
+    """Execute one stage notebook with papermill; return its summary entry. A
+    KeyboardInterrupt (Ctrl-C) propagates: the caller records where it stopped."""
     import papermill as pm
 
     out = run_dir / template.name
@@ -176,8 +180,39 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
         entry["status"] = "passed"
     except Exception as e:  # papermill's errors and the kernel's
         entry.update(status="failed", **failure_summary(stage, out, e))
+        if entry["error"].startswith("KeyboardInterrupt"):  # Ctrl-C reached the kernel too
+            raise KeyboardInterrupt from e
     entry["seconds"] = round(time.monotonic() - t0, 1)
     return entry
+
+
+def begin_attempt(run_dir: Path, stage: str, template: Path, earlier: dict | None) -> dict:
+    """A stage about to run: keep the earlier attempt's notebook (renamed) and entry,
+    and mark this one running with the runner's pid (a later run can tell it was killed)."""
+    entry = {"stage": stage, "notebook": template.name, "status": "running", "pid": os.getpid(),
+             "started": datetime.now().isoformat(timespec="seconds")}
+    if earlier:
+        attempts = earlier.pop("earlier", [])
+        kept = keep_earlier(run_dir / template.name)
+        if kept:
+            earlier["notebook"] = kept.name
+            attempts.append(earlier)
+        entry["earlier"] = attempts
+    return entry
+
+
+def settle_dead_attempts(entries: dict[str, dict]) -> list[str]:
+    """Entries left 'running' by a runner that is gone (SIGKILL, a crash, a reboot of
+    L0) become 'killed', so the record says what happened. Returns the stages."""
+    from .runlock import alive
+    settled = []
+    for stage, e in entries.items():
+        if e.get("status") == "running" and not (e.get("pid") != os.getpid() and alive(e.get("pid", 0))):
+            e.update(status="killed", error=f"the runner (pid {e.get('pid')}) stopped during this stage "
+                                            "and did not record its end (killed, or its machine stopped)",
+                     hint=f"resume with --from {stage}")
+            settled.append(stage)
+    return settled
 
 
 def host_resources() -> tuple[list[int], int]:
@@ -204,45 +239,113 @@ def run(args) -> int:
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    outputs = Path(args.outputs)
-    run_dir = run_dir_for(outputs, args.run_id, resume=bool(args.stages or args.start))
+    from .runlock import L1Lock
+    try:  # before the run folder exists: a refused run leaves nothing behind
+        lock = L1Lock(p.l1.name, args.run_id or "(starting)", str(params_file)).acquire()
+    except RunbookError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = run_dir_for(Path(args.outputs), args.run_id, resume=bool(args.stages or args.start))
+        lock.name_run(run_dir.name)
+        return run_locked(args, p, params_file, available, chosen, run_dir, lock)
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def stop_kernels_on_sigint(owner: str):
+    """Ctrl-C (SIGINT) stops the stage at once: the stage's kernel is killed first,
+    so it neither goes on acting on L1 nor prints its own traceback, then the runner
+    records where it stopped (KeyboardInterrupt)."""
+    from .runlock import owned_processes, stop_processes
+
+    def on_sigint(signum, frame):
+        stop_processes(owned_processes(owner), grace=0)
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def resume_command(params_file: Path, run_dir: Path, stage: str) -> str:
+    return (f"python -m helpers run --params {params_file} --outputs {run_dir.parent} "
+            f"--run-id {run_dir.name} --from {stage}")
+
+
+def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: list[str],
+               run_dir: Path, lock) -> int:
     state_file = run_dir / "state.json"
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update(run_id=run_dir.name, params=str(params_file), started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
     results = {s["stage"]: s for s in summary.get("stages", [])}
     print(f"run {run_dir.name}: stages {', '.join(chosen)} with {params_file.name} -> {run_dir}", flush=True)
-    failed = None
+    for note in lock.notes:
+        print(f"NOTE: {note}", flush=True)
+    for stage in settle_dead_attempts(results):
+        print(f"NOTE: stage {stage}'s earlier attempt was killed before it ended; its notebook is kept", flush=True)
+    failed = interrupted = None
     for stage in chosen:
         print(f"== stage {stage} ({available[stage].stem}) ...", flush=True)
-        entry = run_stage(stage, available[stage], run_dir, params_file, state_file, args.cell_timeout,
-                          open(os.devnull, "w") if args.quiet else sys.stdout)
+        results[stage] = begin_attempt(run_dir, stage, available[stage], results.get(stage))
+        summary["stages"] = [results[k] for k in sorted(results)]
+        write_summary(run_dir, summary)
+        try:
+            with stop_kernels_on_sigint(lock.owner):
+                entry = run_stage(stage, available[stage], run_dir, params_file, state_file, args.cell_timeout,
+                                  open(os.devnull, "w") if args.quiet else sys.stdout)
+        except KeyboardInterrupt:
+            entry = {"stage": stage, "notebook": available[stage].name, "status": "interrupted",
+                     "error": "interrupted (Ctrl-C / SIGINT) while the stage ran",
+                     "hint": f"resume with `{resume_command(params_file, run_dir, stage)}`",
+                     "seconds": round(time.monotonic() - _started(results[stage]), 1)}
+            interrupted = entry
+        entry["earlier"] = results[stage].get("earlier", [])
+        if not entry["earlier"]:
+            entry.pop("earlier")
         results[stage] = entry
         summary["stages"] = [results[k] for k in sorted(results)]
         write_summary(run_dir, summary)
         print(f"== stage {stage} {entry['status']} in {entry['seconds']} s", flush=True)
-        if entry["status"] == "failed":
+        if entry["status"] != "passed":
             failed = entry
             break
-    if failed and failed["stage"] not in ("01", "99"):
+    if failed and not interrupted and failed["stage"] not in ("01", "99"):
         explain_l1_stall(failed, p, state_file)
-    if failed and args.teardown_on_failure and "99" in available and "99" not in chosen:
+    if failed and not interrupted and args.teardown_on_failure and "99" in available and "99" not in chosen:
         print("== teardown after the failure ...", flush=True)
         results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,
                                   open(os.devnull, "w"))
     summary["stages"] = [results[k] for k in sorted(results)]
     # the run's status covers every stage it has recorded, not only this invocation's
-    summary["status"] = "failed" if any(s["status"] == "failed" for s in summary["stages"]) else "passed"
+    summary["status"] = "failed" if any(s["status"] != "passed" for s in summary["stages"]) else "passed"
     summary["finished"] = datetime.now().isoformat(timespec="seconds")
     write_summary(run_dir, summary)
     from .report import write_report
     report = write_report(run_dir, summary)
     print(f"summary: {summary_path}\nreport:  {report}")
+    if interrupted:
+        print(f"\nINTERRUPTED at stage {interrupted['stage']}: nothing more was run; the run state "
+              f"({state_file}) keeps what the stages learned.\nHINT: {interrupted['hint']}", file=sys.stderr)
+        return 130
     if failed:
         print(f"\nFAILED at stage {failed['stage']}, cell In [{failed['cell']}]: {failed['cell_source']}\n"
               f"  {failed['error']}\nHINT: {failed['hint']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _started(entry: dict) -> float:
+    """monotonic() at the entry's start, from its wall-clock start time."""
+    try:
+        begun = datetime.fromisoformat(entry["started"]).timestamp()
+    except (KeyError, ValueError):
+        return time.monotonic()
+    return time.monotonic() - max(0.0, time.time() - begun)
 
 
 def check_params(args) -> int:

@@ -1,6 +1,9 @@
 """The runner: stage choice, failure summary with a HINT, summary.json and report.html always written."""
 import json
+import os
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -34,10 +37,19 @@ def _nb(path: Path, code: str):
     nbformat.write(nb, path)
 
 
+def _cmd(tmp_path, *args):
+    return [sys.executable, "-m", "helpers", "run", "--outputs", str(tmp_path / "out"),
+            "--notebooks", str(tmp_path / "nbs"), *args]
+
+
+def _env(tmp_path):
+    """The runner's lock in the test's own folder: a lab running meanwhile is not disturbed."""
+    return {**os.environ, "NESTED_NVME_LOCK_DIR": str(tmp_path / "locks")}
+
+
 def _run(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "helpers", "run", "--outputs", str(tmp_path / "out"),
-                           "--notebooks", str(tmp_path / "nbs"), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(_cmd(tmp_path, *args), capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env=_env(tmp_path))
 
 
 @pytest.fixture
@@ -107,3 +119,124 @@ def test_stage_01_runs_for_real_through_the_runner(tmp_path):
     nb = nbformat.read(run / "01_check_host.ipynb", as_version=4)
     text = json.dumps(nb)
     assert "KVM usable" in text or "KVM" in text
+
+
+# ---------------------------------------------------------------- faults: a killed, an interrupted, a second run
+
+SLOW = ("import os, time\nfrom helpers.state import State\nState(state_file).set('slow_pid', os.getpid())\n"
+        "print('waiting', flush=True)\ntime.sleep(60)\nState(state_file).set('slow_done', True)")
+
+
+def _slow_stages(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir(exist_ok=True)
+    _nb(d / "01_first.ipynb", "print('first ran')")
+    _nb(d / "02_slow.ipynb", SLOW)
+    _nb(d / "03_third.ipynb", "print('third ran')")
+    return d
+
+
+def _start(tmp_path, *args):
+    return subprocess.Popen(_cmd(tmp_path, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=_env(tmp_path))
+
+
+def _wait_for_kernel(run: Path, timeout=120) -> int:
+    """The pid of the slow stage's kernel, once it is in its long cell."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return json.loads((run / "state.json").read_text())["slow_pid"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.3)
+    raise AssertionError("the slow stage never started")
+
+
+def _gone(pid: int, timeout=15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_second_run_on_the_same_l1_is_refused_naming_the_one_that_runs(tmp_path):
+    _slow_stages(tmp_path)
+    first = _start(tmp_path, "--run-id", "busy")
+    try:
+        _wait_for_kernel(tmp_path / "out" / "busy")
+        r = _run(tmp_path, "--run-id", "second")
+        assert r.returncode == 2
+        assert f"another run is using L1 'nested-kvm': run busy (pid {first.pid}," in r.stderr
+        assert f"kill -INT {first.pid}" in r.stderr and "Traceback" not in r.stderr
+        assert not (tmp_path / "out" / "second").exists()  # refused before anything was made
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_killed_run_is_taken_over_its_kernel_stopped_and_its_notebook_kept(tmp_path):
+    _slow_stages(tmp_path)
+    first = _start(tmp_path, "--run-id", "k")
+    run = tmp_path / "out" / "k"
+    kernel = _wait_for_kernel(run)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    _nb(tmp_path / "nbs" / "02_slow.ipynb", "print('fixed')")
+    r = _run(tmp_path, "--run-id", "k", "--from", "02")
+    assert r.returncode == 0, r.stderr
+    assert f"NOTE: took over the lock of run k (pid {first.pid}, no longer running)" in r.stdout
+    # the kernel of the killed run is gone: it ends itself when its parent dies (ipykernel's
+    # parent poller), and whatever is left is stopped by whoever takes the lock over
+    assert _gone(kernel)
+    assert "NOTE: stage 02's earlier attempt was killed before it ended" in r.stdout
+    assert "slow_done" not in json.loads((run / "state.json").read_text())  # the orphan never went on
+    s02 = next(s for s in json.loads((run / "summary.json").read_text())["stages"] if s["stage"] == "02")
+    assert s02["status"] == "passed" and s02["earlier"][0]["status"] == "killed"
+    assert s02["earlier"][0]["notebook"] == "02_slow.attempt-1.ipynb"
+    assert "waiting" in (run / "02_slow.attempt-1.ipynb").read_text()  # the killed attempt's output is kept
+    html = (run / "report.html").read_text()
+    assert "stage-02-attempt-1" in html and "fixed" in html and "waiting" in html
+
+
+def test_ctrl_c_stops_the_run_within_seconds_says_how_to_resume_and_resume_completes(tmp_path):
+    _slow_stages(tmp_path)
+    first = _start(tmp_path, "--run-id", "i")
+    run = tmp_path / "out" / "i"
+    kernel = _wait_for_kernel(run)
+    t0 = time.monotonic()
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=30)
+    assert time.monotonic() - t0 < 15
+    assert first.returncode == 130 and "Traceback" not in err
+    assert "INTERRUPTED at stage 02" in err and f"--run-id i --from 02" in err
+    assert _gone(kernel)
+    summary = json.loads((run / "summary.json").read_text())
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("01", "passed"), ("02", "interrupted")]
+    assert json.loads((run / "state.json").read_text())["slow_pid"] == kernel  # the state is intact
+    _nb(tmp_path / "nbs" / "02_slow.ipynb", "print('fixed')")
+    r = _run(tmp_path, "--run-id", "i", "--from", "02")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("01", "passed"), ("02", "passed"), ("03", "passed")]
+    assert summary["status"] == "passed"
+
+
+def test_a_rerun_keeps_the_earlier_attempts_notebook_and_results(tmp_path, stages_dir):
+    _run(tmp_path, "--run-id", "again")
+    _nb(stages_dir / "02_second.ipynb", "print('fixed')")
+    _run(tmp_path, "--run-id", "again", "--from", "02")
+    run = tmp_path / "out" / "again"
+    assert "the disk is busy" in (run / "02_second.attempt-1.ipynb").read_text()
+    assert "fixed" in (run / "02_second.ipynb").read_text()
+    from helpers.bench import results
+    results.write(run, [{"layer": "L2", "iops": 1}], [], [])
+    results.write(run, [{"layer": "L2", "iops": 1}], [], [])  # the same record: nothing to keep aside
+    assert not (run / "results.attempt-1.json").exists()
+    results.write(run, [{"layer": "L2", "iops": 2}], [], [])
+    assert '"iops": 1' in (run / "results.attempt-1.json").read_text()
+    assert '"iops": 2' in (run / "results.json").read_text()
+    assert (run / "results.attempt-1.csv").exists()

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from ..records import keep_earlier
 
 LAYER_ORDER = ("L0", "L1", "L2")
 
@@ -12,13 +15,17 @@ def write(run_dir: Path, rows: list[dict], summary: list[dict], relative: list[d
     """``results.json`` (everything) and ``results.csv`` (one line per fio run)."""
     run_dir = Path(run_dir)
     j = run_dir / "results.json"
-    j.write_text(json.dumps({"runs": rows, "summary": summary, "l2_vs_l1": relative}, indent=2))
+    text = json.dumps({"runs": rows, "summary": summary, "l2_vs_l1": relative}, indent=2)
+    keep_earlier(j, text.encode())  # a rerun never writes over what an earlier attempt recorded
+    j.write_text(text)
     c = run_dir / "results.csv"
     if rows:
-        with c.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        keep_earlier(c, buf.getvalue().encode())
+        c.write_text(buf.getvalue())
     return {"json": j, "csv": c}
 
 
