@@ -73,6 +73,66 @@ def l1_silent(l1: Guest, timeout: float = 20) -> str | None:
     return None if r.ok else (r.err.strip().splitlines() or [f"exit code {r.rc}"])[-1]
 
 
+def l1_domain_state(p: Params, l0: Guest | None = None) -> tuple[str, str]:
+    """L1's state and its reason on L0's libvirt: ('running', 'booted'),
+    ('shut off', 'destroyed'), ('undefined', '') ... (``virsh domstate --reason``)."""
+    from .guest import Local
+    r = (l0 or Local()).run(["virsh", "-c", p.host.libvirt_uri, "domstate", "--reason", p.l1.name], timeout=60)
+    if not r.ok:
+        said = (r.err or r.out).strip()
+        return ("undefined", "") if "failed to get domain" in said.lower() else ("unknown", said)
+    state, _, reason = r.out.strip().partition(" (")
+    return state, reason.rstrip(")")
+
+
+def l1_not_running(p: Params, l0: Guest | None = None) -> str | None:
+    """Why L1 is not running, or None when it runs."""
+    state, reason = l1_domain_state(p, l0)
+    if state in ("running", "unknown"):
+        return None
+    if state == "undefined":
+        return f"L1 ({p.l1.name}) is not defined on L0's libvirt any more"
+    return f"L1 ({p.l1.name}) is not running: {state}" + (f" ({reason})" if reason else "")
+
+
+def back_from_02(params_file) -> str:
+    return (f"start it again with `python -m helpers run --params {params_file} --from 02` (stage 02 starts "
+            "L1 and waits for it, stage 03 finds its kernel argument already set, stage 04 passes the NVMe "
+            "through again)")
+
+
+def l1_ssh_lost(p: Params, l1: Guest) -> str | None:
+    """When L1 runs but SSH into it fails while its guest agent answers: what is wrong
+    with SSH (the sshd stopped, the port refuses). None when SSH works, or when the
+    agent does not answer either (then L1 itself does not answer: a stall)."""
+    why = l1_silent(l1)
+    if why is None:
+        return None
+    from .ops.l1 import l1_agent, sshd_stopped
+    from .virt import PyLibvirt
+    try:
+        agent = l1_agent(PyLibvirt(p.host.libvirt_uri), p.l1.name)
+    except RunbookError:
+        return None
+    if not agent.ping(timeout=10):
+        return None
+    unit = sshd_stopped(agent)
+    where = getattr(l1, "host", "L1") + (f":{l1.port}" if hasattr(l1, "port") else "")
+    return (f"SSH into L1 is lost ({where}: {why}) while L1 runs and its guest agent answers"
+            + (f": {unit}.service is stopped in L1" if unit else ""))
+
+
+def check_l1(p: Params, l1: Guest, params_file) -> None:
+    """Before a stage works in L1: L1 runs, and SSH into it works. Each failure is
+    named as what it is, with the way back."""
+    if why := l1_not_running(p):
+        raise RunbookError(f"{why}; it was stopped outside the runbook (the runbook stops L1 only in "
+                           "teardown)", hint=back_from_02(params_file))
+    if why := l1_ssh_lost(p, l1):
+        raise RunbookError(why, hint=f"stage 02 starts L1's SSH server again through the guest agent: "
+                                     f"`python -m helpers run --params {params_file} --from 02`")
+
+
 def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
     """L2's guest agent, reached with `virsh qemu-agent-command` inside L1.
     When the agent stops answering because L2's kernel crashed, say so."""

@@ -292,11 +292,16 @@ AgentCall = Callable[[dict, float], dict]
 
 
 def libvirt_agent_call(dom) -> AgentCall:
-    """Send guest-agent JSON through a libvirt-python domain."""
+    """Send guest-agent JSON through a libvirt-python domain, or through whatever a
+    callable ``dom()`` returns at each call (a domain looked up again on a
+    connection that survives a libvirtd restart)."""
     import libvirt_qemu
 
     def call(msg: dict, timeout: float) -> dict:
-        return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(msg), max(int(timeout), 1), 0))
+        d = dom() if callable(dom) else dom
+        if d is None:
+            raise GuestError("the domain is not defined (any more)")
+        return json.loads(libvirt_qemu.qemuAgentCommand(d, json.dumps(msg), max(int(timeout), 1), 0))
     return call
 
 

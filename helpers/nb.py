@@ -26,6 +26,7 @@ class Stage:
     interactive: bool = False
     l0: Local = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
+    _l1_checked: bool = False
 
     def form(self, *sections: str):
         """Interactive runs: the parameters of ``sections`` as a form (Apply validates).
@@ -64,9 +65,15 @@ class Stage:
             self.state.set("changes", log)
 
     def l1(self):
-        """SSH into L1, as stage 02 recorded it."""
-        from .access import l1_guest
-        return l1_guest(self.params, self.state)
+        """SSH into L1, as stage 02 recorded it. The first time in stages 03 to 05,
+        L1 is checked to run and to answer SSH (a vanished L1 or a lost sshd is
+        named as such instead of surfacing as some command's failure)."""
+        from .access import check_l1, l1_guest
+        guest = l1_guest(self.params, self.state)
+        if self.number in ("03", "04", "05") and not self._l1_checked:
+            check_l1(self.params, guest, self.params_file)
+            self._l1_checked = True
+        return guest
 
     def l2(self):
         """The guest agent of L2, through L1's libvirt."""

@@ -118,12 +118,29 @@ def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
     return {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
 
 
-def explain_l1_stall(failed: dict, p: params_mod.Params, state_file: Path | None = None) -> None:
-    """When L1's vCPUs stalled, say so: the failing command was its victim. Read
-    off L1's console, or, for a stage after 03 (L1 was up), from L1 no longer
+def explain_l1(failed: dict, p: params_mod.Params, state_file: Path | None = None) -> None:
+    """Name what happened to L1 when a stage failed because of it: L1 stopped outside
+    the runbook, SSH into it lost, or its vCPUs stalled (the failing command was
+    their victim), read off L1's console or, after stage 03, from L1 no longer
     answering at all."""
-    from .access import l1_guest, l1_silent, l1_stall
+    from .access import back_from_02, l1_guest, l1_not_running, l1_silent, l1_ssh_lost, l1_stall
     from .state import State
+    if "stopped outside the runbook" in failed["error"] or "SSH into L1 is lost" in failed["error"]:
+        return  # the stage named it already
+    if failed["stage"] >= "03" and state_file is not None and state_file.exists():
+        if why := l1_not_running(p):  # L1 vanished behind the runbook's back
+            failed["error"] = f"{why}, stopped outside the runbook; {failed['error']}"
+            failed["hint"] = back_from_02(summary_params(p, state_file))
+            return
+        try:
+            lost = l1_ssh_lost(p, l1_guest(p, State(state_file)))
+        except RunbookError:
+            lost = None
+        if lost:
+            failed["error"] = f"{lost}; {failed['error']}"
+            failed["hint"] = ("stage 02 starts L1's SSH server again through the guest agent: "
+                              f"`python -m helpers run --params {summary_params(p, state_file)} --from 02`")
+            return
     hint = ("L1's vCPUs stopped making progress (under TCG emulation a known hazard of the lab); "
             "tear down with `--stages 99` and run again")
     if stall := l1_stall(p):
@@ -141,6 +158,14 @@ def explain_l1_stall(failed: dict, p: params_mod.Params, state_file: Path | None
         failed["l1_stall"] = silent
         failed["error"] = f"L1 stalled (it no longer answers: {silent}); {failed['error']}"
         failed["hint"] = hint
+
+
+def summary_params(p, state_file: Path) -> str:
+    """The parameter file a run used, for a command to type."""
+    try:
+        return json.loads((state_file.parent / "summary.json").read_text())["params"]
+    except (OSError, ValueError, KeyError):
+        return "<your parameter file>"
 
 
 class _Quiet:
@@ -315,7 +340,7 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
             failed = entry
             break
     if failed and not interrupted and failed["stage"] not in ("01", "99"):
-        explain_l1_stall(failed, p, state_file)
+        explain_l1(failed, p, state_file)
     if failed and not interrupted and args.teardown_on_failure and "99" in available and "99" not in chosen:
         print("== teardown after the failure ...", flush=True)
         results["99"] = run_stage("99", available["99"], run_dir, params_file, state_file, args.cell_timeout,

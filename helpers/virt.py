@@ -36,26 +36,72 @@ class Libvirt:
 
 
 class PyLibvirt(Libvirt):
-    """libvirt-python on this host."""
+    """libvirt-python on this host. A libvirtd restarted meanwhile (an upgrade, a
+    `systemctl restart`) closes the connection: the next call opens a new one,
+    waiting up to ``reconnect_s`` for the daemon to answer again; running domains
+    are not affected by a libvirtd restart."""
+
+    reconnect_s = 30.0
 
     def __init__(self, uri: str = "qemu:///system"):
         import libvirt
         self.libvirt = libvirt
         self.uri = uri
         self.where = f"libvirt at {uri}"
+        self.reconnects = 0
         libvirt.registerErrorHandler(lambda *_: None, None)  # no stderr noise; errors raise
         try:
-            self.conn = libvirt.open(uri)
+            self._conn = libvirt.open(uri)
         except libvirt.libvirtError as e:
             raise RunbookError(f"cannot connect to libvirt at {uri}: {e}",
                                hint="start libvirtd (`make setup` does, or `virtlogd -d; libvirtd -d`) "
                                     "or fix host.libvirt_uri") from None
 
-    def _dom(self, name):
+    @property
+    def conn(self):
+        """The connection, opened again if libvirtd dropped it."""
         try:
-            return self.conn.lookupByName(name)
+            if self._conn.isAlive():
+                return self._conn
         except self.libvirt.libvirtError:
-            return None
+            pass
+        return self._reconnect()
+
+    def _reconnect(self):
+        deadline = time.monotonic() + self.reconnect_s
+        while True:
+            try:
+                self._conn = self.libvirt.open(self.uri)
+                self.reconnects += 1
+                return self._conn
+            except self.libvirt.libvirtError as e:
+                if time.monotonic() > deadline:
+                    raise RunbookError(
+                        f"lost the connection to libvirtd at {self.uri} (it was stopped or restarted) and it does "
+                        f"not answer again after {self.reconnect_s:.0f} s: {e}",
+                        hint="start libvirtd (`make setup` does, or `virtlogd -d; libvirtd -d`; with systemd: "
+                             "`systemctl start libvirtd`), then rerun the stage (`--from NN`)") from None
+                time.sleep(1)
+
+    def _lost(self, e) -> bool:
+        """Did this error come from a connection libvirtd closed?"""
+        codes = {getattr(self.libvirt, n, None) for n in ("VIR_ERR_SYSTEM_ERROR", "VIR_ERR_RPC", "VIR_ERR_NO_CONNECT",
+                                                          "VIR_ERR_INVALID_CONN")}
+        try:
+            alive = self._conn.isAlive()
+        except self.libvirt.libvirtError:
+            alive = False
+        return not alive or e.get_error_code() in codes and "socket" in str(e).lower()
+
+    def _dom(self, name):
+        for attempt in (1, 2):
+            try:
+                return self.conn.lookupByName(name)
+            except self.libvirt.libvirtError as e:
+                if attempt == 1 and self._lost(e):
+                    self._reconnect()
+                    continue
+                return None
 
     def lib_version(self) -> int:
         return self.conn.getLibVersion()
@@ -68,6 +114,10 @@ class PyLibvirt(Libvirt):
         try:
             return fn(*a)
         except self.libvirt.libvirtError as e:
+            if self._lost(e):
+                raise RunbookError(f"{self.where}: {what} failed: libvirtd closed the connection ({e})",
+                                   hint="libvirtd was restarted or stopped: make sure it runs "
+                                        "(`virtlogd -d; libvirtd -d`), then rerun the stage (`--from NN`)") from None
             raise RunbookError(f"{self.where}: {what} failed: {e}",
                                hint="read the message above; the domain's log is in /var/log/libvirt/qemu/") from None
 

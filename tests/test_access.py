@@ -8,7 +8,7 @@ from helpers import params
 from helpers.access import l1_silent, l1_stall, l2_guest
 from helpers.errors import RunbookError
 from helpers.guest import Result
-from helpers.runner import explain_l1_stall
+from helpers.runner import explain_l1
 from machines import Machine
 
 P = params.load("parameters/lab.yaml")
@@ -82,12 +82,12 @@ def test_the_runner_names_an_l1_stall_as_the_cause(tmp_path):
     path, p = _lab_in(tmp_path)
     (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login: " + STALLED)
     failed = {"stage": "03", "error": "GuestError: `update-grub` failed with exit code 124: timed out", "hint": "x"}
-    explain_l1_stall(failed, p)
+    explain_l1(failed, p)
     assert failed["error"].startswith("L1 stalled (its console: 'rcu: INFO: rcu_preempt detected stalls")
     assert "update-grub" in failed["error"] and "--stages 99" in failed["hint"]
     calm = {"stage": "03", "error": "GuestError: boom", "hint": "x"}
     (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login:\n")
-    explain_l1_stall(calm, p)
+    explain_l1(calm, p)
     assert calm == {"stage": "03", "error": "GuestError: boom", "hint": "x"}
 
 
@@ -105,18 +105,21 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when the block ends
 
 
-def test_the_runner_names_a_silent_l1_after_stage_03_as_a_stall(tmp_path):
+def test_the_runner_names_a_silent_l1_after_stage_03_as_a_stall(tmp_path, monkeypatch):
+    from helpers import access
+    monkeypatch.setattr(access, "l1_domain_state", lambda p, l0=None: ("running", "booted"))
+    monkeypatch.setattr(access, "l1_ssh_lost", lambda p, l1: None)  # the agent does not answer either
     path, p = _lab_in(tmp_path)
     (tmp_path / f"{p.l1.name}-console.log").write_text("  Booting `Debian GNU/Linux'\nl1 login:\n")  # no stall line
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"l1": {"ssh": {"host": "127.0.0.1", "port": _closed_port(), "user": "root",
                                                  "known_hosts": str(tmp_path / "kh")}}}))
     failed = {"stage": "04", "error": "RunbookError: nvmetest: guest agent through L1: not ready after 300 s", "hint": "x"}
-    explain_l1_stall(failed, p, state)
+    explain_l1(failed, p, state)
     assert failed["error"].startswith("L1 stalled (it no longer answers: ") and "not ready after 300 s" in failed["error"]
     assert "--stages 99" in failed["hint"]
     early = {"stage": "02", "error": "RunbookError: nested-kvm: guest agent: not ready after 600 s", "hint": "x"}
-    explain_l1_stall(early, p, state)  # before stage 04 a silent L1 is that stage's own failure
+    explain_l1(early, p, state)  # before stage 04 a silent L1 is that stage's own failure
     assert early == {"stage": "02", "error": "RunbookError: nested-kvm: guest agent: not ready after 600 s", "hint": "x"}
 
 
@@ -143,3 +146,46 @@ def test_a_guest_that_stops_answering_during_the_smoke_boot_is_a_stall_not_a_kvm
     m.answers[r"-accel kvm"] = qemu_hung
     sm = kvm.kvm_smoke(m, 20)
     assert sm.status == "not usable" and "hung" in sm.reason
+
+
+def test_an_l1_stopped_outside_the_runbook_is_named_with_the_way_back(tmp_path, monkeypatch):
+    from helpers import access
+    path, p = _lab_in(tmp_path)
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    (tmp_path / "summary.json").write_text(json.dumps({"params": "/p/lab.yaml"}))
+    monkeypatch.setattr(access, "l1_domain_state", lambda p, l0=None: ("shut off", "destroyed"))
+    failed = {"stage": "04", "error": "GuestError: `lspci` failed with exit code 255: Connection refused", "hint": "x"}
+    explain_l1(failed, p, state)
+    assert failed["error"].startswith(f"L1 ({p.l1.name}) is not running: shut off (destroyed), stopped outside the runbook; ")
+    assert "python -m helpers run --params /p/lab.yaml --from 02" in failed["hint"]
+    with pytest.raises(RunbookError) as e:
+        access.check_l1(p, Machine(), "/p/lab.yaml")
+    assert str(e.value.message) == (f"L1 ({p.l1.name}) is not running: shut off (destroyed); it was stopped outside "
+                                    "the runbook (the runbook stops L1 only in teardown)")
+
+
+def test_virsh_domstate_reason_is_read():
+    from helpers.access import l1_domain_state
+    from helpers.params import Params
+    p = Params.model_validate({"l1": {"name": "x"}})
+    l0 = Machine(answers={r"domstate --reason x$": "shut off (destroyed)\n"})
+    assert l1_domain_state(p, l0) == ("shut off", "destroyed")
+    gone = Machine(answers={r"domstate": Result(1, "", "error: failed to get domain 'x'")})
+    assert l1_domain_state(p, gone) == ("undefined", "")
+
+
+def test_ssh_lost_while_the_agent_answers_is_named_as_such(tmp_path, monkeypatch):
+    from helpers import access
+    from helpers.ops import l1 as l1_ops
+    path, p = _lab_in(tmp_path)
+    agent = Machine(answers={r"systemctl cat": "ssh inactive\n"})
+    agent.ping = lambda timeout=5: True
+    monkeypatch.setattr(l1_ops, "l1_agent", lambda lv, name: agent)
+    monkeypatch.setattr("helpers.virt.PyLibvirt.__init__", lambda self, uri="": None)
+    refused = Machine(answers={r"^true$": Result(255, "", "ssh: connect to host 127.0.0.1 port 2222: Connection refused")})
+    refused.host, refused.port = "127.0.0.1", 2222
+    assert access.l1_ssh_lost(p, refused) == (
+        "SSH into L1 is lost (127.0.0.1:2222: ssh: connect to host 127.0.0.1 port 2222: Connection refused) "
+        "while L1 runs and its guest agent answers: ssh.service is stopped in L1")
+    assert access.l1_ssh_lost(p, Machine(answers={r"^true$": ""})) is None

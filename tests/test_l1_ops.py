@@ -1,5 +1,7 @@
 """Stage 02's file operations on real files: the backing file, the overlay, the pinned key."""
 
+import pytest
+
 from helpers.ops import l1 as l1_ops
 from helpers.state import State
 
@@ -59,3 +61,26 @@ def test_missing_packages_asks_dpkg_once_and_names_the_missing():
     assert missing_packages(g, "apt-get", ["dpkg", "no-such-package-xyz", "coreutils"]) == ["no-such-package-xyz"]
     assert Counting.calls == 1
     assert missing_packages(g, "apt-get", ["dpkg"]) == []
+
+
+def test_files_that_cannot_fit_are_refused_before_anything_is_created(tmp_path):
+    from helpers.errors import RunbookError
+    from helpers.guest import Local
+    from helpers.ops.l1 import check_space
+    work = tmp_path / "work"
+    with pytest.raises(RunbookError) as e:
+        check_space(Local(), work, work / "nvme.raw", 10 ** 6, lab=True)  # a million GiB
+    assert "not enough free space on the filesystem at " in e.value.message
+    assert f"for {work / 'nvme.raw'}, {work}:" in e.value.message and "nothing was created" in e.value.hint
+    assert not work.exists()
+    check_space(Local(), work, work / "nvme.raw", 0.001, lab=True)  # fits: no error
+
+
+def test_a_write_that_runs_out_of_room_removes_the_half_made_file(tmp_path):
+    import errno
+    from helpers.ops.l1 import no_space
+    half = tmp_path / "nvme.raw"
+    half.write_bytes(b"x" * 10)
+    err = no_space(half, OSError(errno.ENOSPC, "No space left on device"))
+    assert not half.exists()
+    assert err.message.startswith(f"could not write {half}: the filesystem is full (filesystem at /")

@@ -42,6 +42,51 @@ def _give_to_qemu(path: Path) -> None:
             os.chmod(parent, mode | 0o001)
 
 
+L1_FILES_MARGIN = 256 * 1024 ** 2  # L1's overlay grows while it runs; its console log and keys
+
+
+def check_space(guest, workdir: Path, backing_file: Path, size_gib: float, lab: bool) -> None:
+    """Refuse before anything is created when the files stage 02 makes cannot fit:
+    the NVMe backing file at its full size (sparse, but mkfs and fio in L2 write to
+    it) and, in the lab, room for L1's overlay and logs."""
+    from ..facts.system import free_disk
+    need = {}
+    if not backing_file.exists():
+        need[str(backing_file)] = int(size_gib * 1024 ** 3)
+    if lab:
+        need[str(workdir)] = need.get(str(workdir), 0) + L1_FILES_MARGIN
+    by_fs: dict[str, tuple[int, int, list[str]]] = {}
+    for path, size in need.items():
+        d = free_disk(guest, path)
+        if d.avail_bytes is None:
+            continue
+        have, total, what = by_fs.get(d.mount, (d.avail_bytes, 0, []))
+        by_fs[d.mount] = (have, total + size, what + [path])
+    for mount, (have, total, what) in by_fs.items():
+        if total > have:
+            raise RunbookError(
+                f"not enough free space on the filesystem at {mount} for {', '.join(what)}: "
+                f"{have / 1024 ** 2:.0f} MiB free, {total / 1024 ** 2:.0f} MiB needed "
+                f"(the NVMe backing file at its full {size_gib:g} GiB" + (", L1's overlay and logs" if lab else "") + ")",
+                hint=f"free space on {mount}, lower nvme.size_gib, or put host.workdir and nvme.backing_file "
+                     "on a filesystem with room; nothing was created")
+
+
+def no_space(path: Path, e: OSError) -> RunbookError:
+    """A write that ran out of room: remove the half-made file and say which filesystem."""
+    import errno
+    from ..facts.system import free_disk
+    from ..guest import Local
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    mount = free_disk(Local(), str(path)).mount or "?"
+    why = "the filesystem is full" if e.errno == errno.ENOSPC else e.strerror
+    return RunbookError(f"could not write {path}: {why} (filesystem at {mount}); the half-made file was removed",
+                        hint=f"free space on {mount} or point the parameters at a filesystem with room, then rerun")
+
+
 def ensure_workdir(workdir: Path, state: State) -> Change:
     """The folder for the run's files, traversable by QEMU's user."""
     if workdir.is_dir():
@@ -60,8 +105,11 @@ def ensure_backing_file(path: Path, size_gib: float, state: State) -> Change:
         note = "" if have == size else f" (its size is {have / 1024 ** 3:.2f} GiB, not the {size_gib} GiB asked; left as it is)"
         return no_change(f"NVMe backing file {path}", "exists, kept" + note)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.truncate(size)
+    try:
+        with open(path, "wb") as f:
+            f.truncate(size)
+    except OSError as e:
+        raise no_space(path, e) from None
     _give_to_qemu(path)
     state.remember_created("files", str(path))
     return did(f"NVMe backing file {path}", f"created raw, sparse, {size_gib} GiB")
@@ -90,6 +138,8 @@ def ensure_overlay(golden: Path, overlay: Path, state: State, running: bool = Fa
     r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)],
                        capture_output=True, text=True)
     if r.returncode:
+        if "No space left" in r.stderr:
+            raise no_space(overlay, OSError(28, "No space left on device"))
         raise RunbookError(f"qemu-img could not create {overlay}: {r.stderr.strip()}",
                            hint="check free space and that qemu-utils is installed")
     state.remember_created("files", str(overlay))
@@ -154,19 +204,41 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
         description="L1 of the nested NVMe runbook")
 
 
+def l1_agent(lv, name: str) -> Agent:
+    """L1's guest agent through L0's libvirt (the domain looked up again at each call)."""
+    return Agent(call=libvirt_agent_call(lambda: lv.domain(name)), name=name)
+
+
 def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
     """Wait until L1's guest agent answers; return the seconds it took."""
     t0 = time.monotonic()
-    agent = Agent(call=libvirt_agent_call(lv.domain(name)), name=name)
+    agent = l1_agent(lv, name)
     wait_for(lambda: agent.ping(timeout=3), f"{name}: guest agent", timeout, interval=1, log=log,
              hint=f"L1 did not finish booting: read {log}")
     return time.monotonic() - t0
 
 
-def wait_for_ssh(guest: SSH, timeout: float, log: Path) -> float:
-    """Wait until L1's sshd lets us in; return the seconds it took."""
+# The SSH server's unit, and whether it runs: "ssh active", "sshd inactive", "none unknown"
+SSHD_STATE = ("for u in ssh sshd; do if systemctl cat $u.service >/dev/null 2>&1; then "
+              "echo $u $(systemctl is-active $u.service); exit 0; fi; done; echo none unknown")
+SSHD_GRACE_S = 15  # sshd starts a little after the guest agent at boot: leave it that long
+
+
+def sshd_stopped(agent: Agent) -> str | None:
+    """The SSH server unit when the guest agent says it is stopped (inactive or failed)."""
+    try:
+        unit, _, state = agent.run(SSHD_STATE, timeout=30).out.strip().partition(" ")
+    except Exception:  # the agent does not answer: nothing to say here
+        return None
+    return unit if unit != "none" and state in ("inactive", "failed") else None
+
+
+def wait_for_ssh(guest: SSH, timeout: float, log: Path, agent: Agent | None = None) -> tuple[float, str | None]:
+    """Wait until L1's sshd lets us in; return the seconds it took and what was
+    repaired: with ``agent``, an sshd found stopped (once the boot's grace is over)
+    is started through the guest agent."""
     t0 = time.monotonic()
-    last = {"err": ""}
+    last = {"err": "", "repaired": None}
 
     def ready():
         r = guest.run("true", timeout=20)
@@ -174,9 +246,14 @@ def wait_for_ssh(guest: SSH, timeout: float, log: Path) -> float:
         if "host key verification failed" in r.err.lower() or "identification has changed" in r.err.lower():
             raise RunbookError(f"{guest.name}'s SSH host key does not match {guest.known_hosts}",
                                hint="the lab pins the key of the image it built: rebuild L1 (teardown, then run stage 02)")
+        if not r.ok and agent and last["repaired"] is None and time.monotonic() - t0 > SSHD_GRACE_S:
+            unit = sshd_stopped(agent)
+            if unit:
+                agent.run(f"systemctl start {unit}.service", timeout=60)
+                last["repaired"] = f"started {unit}.service in L1 through the guest agent (it was stopped)"
         return r.ok
 
     wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=1, log=log,
              note=lambda: last["err"][:60],
              hint=f"read {log}; check the forwarded port and that the key and known_hosts match (last error: {last['err']})")
-    return time.monotonic() - t0
+    return time.monotonic() - t0, last["repaired"]

@@ -69,6 +69,7 @@ def plan(ctx: Stage) -> Plan:
 def prepare(ctx: Stage) -> list[Change]:
     """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host key."""
     p, ps = ctx.params, paths(ctx.params)
+    l1_ops.check_space(ctx.l0, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, p.l1.image == "lab")
     changes = [l1_ops.ensure_workdir(ps.workdir, ctx.state),
                l1_ops.ensure_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib, ctx.state)]
     if p.l1.image == "lab":
@@ -111,10 +112,12 @@ def wait(ctx: Stage) -> dict:
     lv = PyLibvirt(p.host.libvirt_uri)
     log = paths(p).l1_console
     t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
-    t_ssh = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log)
+    t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
     started = ctx.state.get("l1", {}).get("started_at")
     since = round(time.time() - started, 1) if started else None
     times = {"agent_wait_s": round(t_agent, 1), "ssh_wait_s": round(t_ssh, 1), "since_start_s": since}
+    if repaired:
+        times["sshd"] = repaired
     ctx.state.update("l1", boot=times)
     return times
 
