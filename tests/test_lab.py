@@ -60,36 +60,14 @@ def lab(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("outputs")
     write_lab_params()
     runner(outputs, "--stages", "99", "--run-id", "pre-clean")
+    # Once, with no retry: a stall or an L2 crash fails the suite and names itself (QEMU >= 8.1
+    # under TCG is what setup installs; scripts/stall_runs.py counts them over many cold runs).
     r = runner(outputs, "--run-id", RUN_ID)
     run = outputs / RUN_ID
-    if r.returncode and "L2 crashed" in r.stderr:
-        # Nested KVM under TCG emulation rarely crashes L2's kernel; the runbook says so and
-        # its documented recovery is to resume from stage 04, which restarts L2. Once, visibly.
-        print("WARNING: L2 crashed under emulation; resuming with --from 04 as the HINT says", flush=True)
-        r = runner(outputs, "--from", "04", "--run-id", RUN_ID)
-    attempt = 0
-    while r.returncode and attempt < 2 and (_failed_stage(run) in ("04", "05") or "stalled" in r.stderr):
-        # The emulated chain (KVM inside TCG) now and then stalls L1: the runner names it (L1's
-        # console, L1 no longer answering, a stall during the smoke boot). Tear down and run the
-        # whole lab again from nothing, saying so; at most twice. A third failure fails the suite.
-        attempt += 1
-        print(f"WARNING: the lab stalled at stage {_failed_stage(run)} ({r.stderr.strip().splitlines()[-2:]}); "
-              f"tearing down and running it again (recovery {attempt} of 2)", flush=True)
-        runner(outputs, "--stages", "99", "--run-id", run.name)
-        run = outputs / f"{RUN_ID}-retry{attempt}"
-        r = runner(outputs, "--run-id", run.name)
     print(r.stdout[-6000:], r.stderr[-3000:])
     yield {"outputs": outputs, "run": run, "result": r}
     t = runner(outputs, "--stages", "99", "--run-id", "final-clean")
     print(t.stdout[-2000:], t.stderr[-2000:])
-
-
-def _failed_stage(run: Path) -> str | None:
-    try:
-        stages = json.loads((run / "summary.json").read_text())["stages"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return next((s["stage"] for s in stages if s["status"] == "failed"), None)
 
 
 def state(lab) -> dict:
@@ -170,6 +148,7 @@ def test_06_benchmark_results_for_each_layer(lab):
             s = layers[(layer, profile)]
             assert s["runs"] == 3 and s["iops_mean"] > 0 and s["iops_stdev"] >= 0
     assert {r["profile"] for r in data["l2_vs_l1"]} == {"randread-4k", "seqread-128k", "randwrite-4k"}
+    assert len([r for r in data["runs"] if r["layer"] == "L1"]) == 9  # the L1 baseline: 3 profiles x 3 runs
     assert (lab["run"] / "results.csv").exists() and (lab["run"] / "bench.png").stat().st_size > 10_000
     html = (lab["run"] / "report.html").read_text()
     assert "stage-05" in html and "data:image/png;base64" in html
