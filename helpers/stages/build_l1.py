@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import by_hand
 from ..access import l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
@@ -80,6 +81,28 @@ def prepare(ctx: Stage) -> list[Change]:
                                                 lab["ssh_host_pubkey"], ctx.state))
         changes.append(l1_ops.copy_key(Path(lab["ssh_key"]), ps.lab_key, ctx.state))
     return changes
+
+
+def by_hand_files(ctx: Stage) -> by_hand.ByHand:
+    """What ``prepare`` does, as commands at L0's prompt."""
+    p, ps = ctx.params, paths(ctx.params)
+    lab = ctx.state.get("lab") if p.l1.image == "lab" else None
+    extra = {}
+    if lab:
+        spec = l1_ssh_spec(p)
+        extra = {"overlay": (Path(lab["l1_disk"]), ps.l1_disk), "ssh_key": (Path(lab["ssh_key"]), ps.lab_key),
+                 "known_hosts": (ps.known_hosts, l1_ops.known_hosts_line(spec["host"], spec["port"],
+                                                                         lab["ssh_host_pubkey"]))}
+    return by_hand.l1_files(ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, **extra)
+
+
+def by_hand_define(ctx: Stage) -> by_hand.ByHand:
+    p = ctx.params
+    return by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri)
+
+
+def by_hand_start(ctx: Stage) -> by_hand.ByHand:
+    return by_hand.start(ctx.params.l1.name, ctx.params.host.libvirt_uri)
 
 
 def define(ctx: Stage, the_plan: Plan) -> Change:

@@ -2,7 +2,7 @@
 virtualization stack in L1, L1's own checks, and L2's accelerator."""
 from __future__ import annotations
 
-from .. import checks
+from .. import by_hand, checks
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
@@ -39,6 +39,24 @@ def distro(ctx: Stage) -> dict:
 
 def set_kernel_args(ctx: Stage) -> Change:
     return kernel_args.ensure_kernel_args(ctx.l1(), wanted_args(ctx))
+
+
+def by_hand_kernel_args(ctx: Stage) -> by_hand.ByHand:
+    """``set_kernel_args`` as commands at L1's prompt (the way found by ``distro``)."""
+    info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
+    debian = by_hand.package_manager(info.get("id", ""), info.get("id_like", "")) == "apt-get"
+    mkconfig = "update-grub" if debian else "grub2-mkconfig -o /boot/grub2/grub.cfg"
+    return by_hand.kernel_args(info["bootloader"], wanted_args(ctx), mkconfig)
+
+
+def by_hand_reboot(ctx: Stage) -> by_hand.ByHand:
+    return by_hand.reboot(wanted_args(ctx))
+
+
+def by_hand_install(ctx: Stage) -> by_hand.ByHand:
+    info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
+    return by_hand.install_virt(by_hand.package_manager(info.get("id", ""), info.get("id_like", "")),
+                                ctx.params.l1.virt_packages)
 
 
 def reboot(ctx: Stage) -> Change:
