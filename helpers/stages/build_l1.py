@@ -10,6 +10,7 @@ from .. import by_hand
 from ..access import l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
+from ..facts import iommu as iommu_facts
 from ..libvirt_xml import Domain, supports_native_nvme, virt_install_command
 from ..nb import Stage
 from ..numa import choose_cpuset
@@ -142,9 +143,16 @@ def wait(ctx: Stage) -> dict:
     return times
 
 
-def inspect(ctx: Stage) -> dict[str, str]:
-    """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log."""
+def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log
+    (trimmed, keeping every line that tells the IOMMU's state), the command line; and those
+    lines as a table, recorded for stage 03 to compare after ``intel_iommu=on``."""
     l1 = ctx.l1()
-    cmds = ["lspci -nn | grep -i 'non-volatile'", "dmesg | grep -i -E 'DMAR|IOMMU' | head -20",
-            "cat /proc/cmdline"]
-    return {c: l1.run(c, timeout=60).out for c in cmds}
+    lspci = "lspci -nn | grep -i 'non-volatile'"
+    out = {c: l1.run(c, timeout=60).out for c in (lspci, "dmesg", "cat /proc/cmdline")}
+    lines = iommu_facts.log_lines(out["dmesg"])
+    rows = iommu_facts.markers(lines)
+    ctx.state.update("l1", iommu_before=dict(rows))
+    shown = {lspci: out[lspci], "dmesg | grep -E 'DMAR|IOMMU|iommu'": "\n".join(iommu_facts.excerpt(lines)),
+             "cat /proc/cmdline": out["cat /proc/cmdline"]}
+    return shown, rows

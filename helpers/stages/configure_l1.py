@@ -81,6 +81,13 @@ def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
     return f
 
 
+def before_after(ctx: Stage, f: iommu_facts.IOMMU) -> list[tuple[str, str, str]]:
+    """Each line that tells the IOMMU's state: in stage 02 (before ``intel_iommu=on``) and now."""
+    before = ctx.state.get("l1", {}).get("iommu_before") or {}
+    return [(what, before.get(what, "not recorded"), now)
+            for what, now in iommu_facts.markers(f.lines, f.kind or "intel")]
+
+
 def install_virt(ctx: Stage) -> Change:
     return l1_config.ensure_packages(ctx.l1(), ctx.params.l1.virt_packages)
 
