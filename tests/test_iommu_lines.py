@@ -50,3 +50,18 @@ def test_stage_03_compares_with_what_stage_02_recorded(tmp_path):
                     groups=13)
     rows = {r[0]: r[1:] for r in configure_l1.before_after(ctx, f)}
     assert rows["intel_iommu=on was read from the kernel command line"] == ("absent", "DMAR: IOMMU enabled")
+
+
+def test_stage_02_shows_the_trimmed_log_and_records_the_table(tmp_path, monkeypatch):
+    from helpers import nb
+    from helpers.stages import build_l1
+    from tests.machines import Machine
+    ctx = nb.stage("02", str(Path(__file__).parent.parent / "parameters" / "lab.yaml"),
+                   str(tmp_path / "state.json"), show_picture=False)
+    l1 = Machine(answers={r"^lspci": "00:10.0 Non-Volatile memory controller [0108]: ... [1b36:0010]",
+                          r"^dmesg$": (FIX / "lab-l1-before.txt").read_text(), r"^cat /proc/cmdline": "ro quiet"})
+    monkeypatch.setattr(ctx, "l1", lambda: l1)
+    shown, rows = build_l1.inspect(ctx)
+    assert "ACPI: DMAR" in shown["dmesg | grep -E 'DMAR|IOMMU|iommu'"]
+    assert dict(rows)["intel_iommu=on was read from the kernel command line"] == "absent"
+    assert ctx.state["l1"]["iommu_before"] == dict(rows)
