@@ -58,10 +58,26 @@ def test_stage_02_shows_the_trimmed_log_and_records_the_table(tmp_path, monkeypa
     from tests.machines import Machine
     ctx = nb.stage("02", str(Path(__file__).parent.parent / "parameters" / "lab.yaml"),
                    str(tmp_path / "state.json"), show_picture=False)
-    l1 = Machine(answers={r"^lspci": "00:10.0 Non-Volatile memory controller [0108]: ... [1b36:0010]",
-                          r"^dmesg$": (FIX / "lab-l1-before.txt").read_text(), r"^cat /proc/cmdline": "ro quiet"})
+    l1 = Machine(files={"/proc/cmdline": "ro quiet console=ttyS0\n"},
+                 answers={r"^lspci": "00:10.0 Non-Volatile memory controller [0108]: ... [1b36:0010]",
+                          r"^dmesg$": (FIX / "lab-l1-before.txt").read_text()})
     monkeypatch.setattr(ctx, "l1", lambda: l1)
     shown, rows = build_l1.inspect(ctx)
     assert "ACPI: DMAR" in shown["dmesg | grep -E 'DMAR|IOMMU|iommu'"]
     assert dict(rows)["intel_iommu=on was read from the kernel command line"] == "absent"
     assert ctx.state["l1"]["iommu_before"] == dict(rows)
+
+
+def test_a_rerun_after_stage_03_keeps_the_state_recorded_before(tmp_path, monkeypatch, capsys):
+    from helpers import nb
+    from helpers.stages import build_l1
+    from tests.machines import Machine
+    ctx = nb.stage("02", str(Path(__file__).parent.parent / "parameters" / "lab.yaml"),
+                   str(tmp_path / "state.json"), show_picture=False)
+    ctx.state.update("l1", iommu_before={"recorded": "before"})
+    l1 = Machine(files={"/proc/cmdline": "ro quiet intel_iommu=on iommu=pt\n"},
+                 answers={r"^lspci": "", r"^dmesg$": (FIX / "lab-l1-after.txt").read_text()})
+    monkeypatch.setattr(ctx, "l1", lambda: l1)
+    build_l1.inspect(ctx)
+    assert ctx.state["l1"]["iommu_before"] == {"recorded": "before"}
+    assert "already boots with the IOMMU argument" in capsys.readouterr().out

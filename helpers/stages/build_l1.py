@@ -152,7 +152,11 @@ def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
     out = {c: l1.run(c, timeout=60).out for c in (lspci, "dmesg", "cat /proc/cmdline")}
     lines = iommu_facts.log_lines(out["dmesg"])
     rows = iommu_facts.markers(lines)
-    ctx.state.update("l1", iommu_before=dict(rows))
+    if any(a in out["cat /proc/cmdline"].split() for a in ("intel_iommu=on", "amd_iommu=on")):
+        print("L1 already boots with the IOMMU argument (stage 03 ran before): the lines below are the state after it; "
+              "stage 03 compares with the state recorded before")
+    else:
+        ctx.state.update("l1", iommu_before=dict(rows))
     shown = {lspci: out[lspci], "dmesg | grep -E 'DMAR|IOMMU|iommu'": "\n".join(iommu_facts.excerpt(lines)),
              "cat /proc/cmdline": out["cat /proc/cmdline"]}
     return shown, rows
