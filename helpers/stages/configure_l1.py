@@ -41,16 +41,16 @@ def set_kernel_args(ctx: Stage) -> Change:
     return kernel_args.ensure_kernel_args(ctx.l1(), wanted_args(ctx))
 
 
-def by_hand_kernel_args(ctx: Stage) -> by_hand.ByHand:
-    """``set_kernel_args`` as commands at L1's prompt (the way found by ``distro``)."""
+def by_hand_kernel_args(ctx: Stage, args: list[str]) -> by_hand.ByHand:
+    """``set_kernel_args`` as commands at L1's prompt (the way and ``args`` found in step 1)."""
     info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
     debian = by_hand.package_manager(info.get("id", ""), info.get("id_like", "")) == "apt-get"
     mkconfig = "update-grub" if debian else "grub2-mkconfig -o /boot/grub2/grub.cfg"
-    return by_hand.kernel_args(info["bootloader"], wanted_args(ctx), mkconfig)
+    return by_hand.kernel_args(info["bootloader"], args, mkconfig)
 
 
-def by_hand_reboot(ctx: Stage) -> by_hand.ByHand:
-    return by_hand.reboot(wanted_args(ctx))
+def by_hand_reboot(ctx: Stage, args: list[str]) -> by_hand.ByHand:
+    return by_hand.reboot(args)
 
 
 def by_hand_install(ctx: Stage) -> by_hand.ByHand:
