@@ -70,6 +70,25 @@ def show_output(command: str, output: str, prompt: str = "root@host") -> None:
         print(text)
 
 
+def by_hand_text(by_hand) -> str:
+    """One ``helpers.by_hand.ByHand`` or a list of them, as prompt lines."""
+    items = by_hand if isinstance(by_hand, (list, tuple)) else [by_hand]
+    return "\n".join(b.text() for b in items if b is not None)
+
+
+def show_by_hand(by_hand) -> None:
+    """Next to what a step did: the commands an engineer would type for it by hand."""
+    text = by_hand_text(by_hand)
+    if not text:
+        return
+    try:
+        from IPython.display import HTML
+        _display(HTML("<div><b>By hand</b>, the same step at the prompt shown:"
+                      f"<pre style='background:#eef6ee;padding:6px'>{html.escape(text)}</pre></div>"))
+    except ImportError:
+        print("By hand, the same step at the prompt shown:\n" + text)
+
+
 def show_changes(changes) -> Table:
     """What operations did: each says 'did' with what, or 'no change'."""
     return show_table([(c.what, "did" if c.changed else "no change", c.detail) for c in changes],

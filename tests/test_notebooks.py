@@ -58,3 +58,29 @@ def test_notebook_teaches_and_stays_thin(path):
     for c in code:
         assert len(c.source.splitlines()) <= 12, f"cell too long, move logic to helpers:\n{c.source}"
         assert not re.search(r"^\s*(def|class) ", c.source, re.M), "define functions in helpers, not in cells"
+
+
+SHOWN_TWICE = re.compile(r"^(ui\.show_(table|checks|changes)|ctx\.do)\(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_shown_table_is_not_shown_again_as_the_cells_value(path):
+    """A cell ending in ui.show_table(...) (or another call that displays and returns) without ';'
+    shows its table twice: once by the call, once as the cell's value."""
+    import ast
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        if c.cell_type != "code" or "parameters" in c.metadata.get("tags", []):
+            continue
+        body = ast.parse(c.source).body
+        last = body[-1] if body else None
+        if isinstance(last, ast.Expr) and SHOWN_TWICE.match(ast.get_source_segment(c.source, last)):
+            assert c.source.rstrip().endswith(";"), f"end the cell with ';':\n{c.source}"
+
+
+def test_each_changing_step_shows_its_commands_by_hand():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for c in nb.cells:
+            if c.cell_type == "code" and "preview=" in c.source:
+                assert c.source.count("by_hand=") == c.source.count("preview="), f"{path.name}:\n{c.source}"

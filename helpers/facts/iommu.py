@@ -84,10 +84,15 @@ def _message(line: str) -> str:
     return re.sub(r"^\w{3} \d+ [\d:]+ \S+ kernel: ", "", line)
 
 
+def log_lines(text: str) -> list[str]:
+    """The DMAR/AMD-Vi/IOMMU lines of a kernel log, without timestamps or the command line."""
+    lines = [_message(ln) for ln in text.splitlines() if RELEVANT.search(ln)]
+    return [ln for ln in lines if not ln.startswith(("Command line:", "Kernel command line:"))]
+
+
 def iommu(guest: Guest, cmd: Cmdline | None = None) -> IOMMU:
     log = kernel_log(guest)
-    lines = [_message(ln) for ln in log.text.splitlines() if RELEVANT.search(ln)]
-    lines = [ln for ln in lines if not ln.startswith(("Command line:", "Kernel command line:"))]
+    lines = log_lines(log.text)
     cmd = cmd or cmdline(guest)
     return IOMMU(
         tables=[t for t in TABLES if guest.exists(f"/sys/firmware/acpi/tables/{t}")],
@@ -98,3 +103,62 @@ def iommu(guest: Guest, cmd: Cmdline | None = None) -> IOMMU:
         groups=len([g for g in guest.listdir("/sys/kernel/iommu_groups") if g.isdigit()]),
         cmdline_flags={f: v for f in CMDLINE_FLAGS if (v := cmd.get(f)) is not None},
         log_source=log.source, log_error=log.error)
+
+
+# Lines that tell one IOMMU state from another, in the order the kernel prints them:
+# (what the line proves, the pattern). Shown as a table under the kernel log in stages 02 and 03.
+MARKERS = (
+    ("the firmware offers an Intel IOMMU (ACPI DMAR table)", re.compile(r"ACPI: DMAR ")),
+    ("intel_iommu=on was read from the kernel command line", re.compile(r"DMAR: IOMMU enabled")),
+    ("intel_iommu=off: DMA remapping refused", re.compile(r"DMAR: IOMMU disabled")),
+    ("interrupt remapping is on (no intel_iommu=on needed)", IRQ_REMAP),
+    ("the IOMMU has no EIM: interrupts go to APIC IDs < 256 only (xAPIC mode)", re.compile(r"does not support EIM")),
+    ("how the host's own devices are mapped (iommu=pt: Passthrough)", re.compile(r"iommu: Default domain type")),
+    ("caching mode: the IOMMU is emulated, so each mapping is flushed at once",
+     re.compile(r"IOMMU batching disallowed due to virtualization")),
+    ("DMA remapping is on: devices are put in IOMMU groups", re.compile(r"Adding to iommu group")),
+    ("DMA remapping is on: the VT-d driver finished starting",
+     re.compile(r"Intel\(R\) Virtualization Technology for Directed I/O")),
+    ("DMA remapping is on (AMD)", re.compile(r"AMD-Vi: Found IOMMU|AMD-Vi: AMD IOMMUv2")),
+)
+
+
+def markers(lines: list[str], kind: str | None = "intel") -> list[tuple[str, str]]:
+    """(what it proves, the first matching line or "absent") for each of ``MARKERS``;
+    several matches are counted. The AMD row is left out for an Intel IOMMU."""
+    rows = []
+    for meaning, rx in MARKERS:
+        if kind == "intel" and "AMD" in meaning:
+            continue
+        found = [ln for ln in lines if rx.search(ln)]
+        seen = found[0] if found else "absent"
+        if len(found) > 1:
+            seen += f"  (and {len(found) - 1} more like it)"
+        rows.append((meaning, seen))
+    return rows
+
+
+MARKER_COLUMNS = ["what the line proves", "line in the kernel log"]
+
+
+def excerpt(lines: list[str], limit: int = 25) -> list[str]:
+    """At most about ``limit`` lines of the log in their order, always with the lines of
+    ``MARKERS`` (the ones the text asks you to look for); each gap says how many lines it hides."""
+    keep = {i for i, ln in enumerate(lines) if any(rx.search(ln) for _, rx in MARKERS)}
+    # repeated lines (one "Adding to iommu group" per device): the first few are enough
+    groups = [i for i in sorted(keep) if "Adding to iommu group" in lines[i]]
+    keep -= set(groups[3:])
+    for i in range(len(lines)):
+        if len(keep) >= limit:
+            break
+        if i not in groups[3:]:
+            keep.add(i)
+    out, last = [], -1
+    for i in sorted(keep):
+        if i > last + 1:
+            out.append(f"[... {i - last - 1} lines not shown ...]")
+        out.append(lines[i])
+        last = i
+    if last < len(lines) - 1:
+        out.append(f"[... {len(lines) - 1 - last} lines not shown ...]")
+    return out

@@ -146,10 +146,16 @@ def ensure_overlay(golden: Path, overlay: Path, state: State, running: bool = Fa
     return did(what, f"qcow2 overlay on {golden}")
 
 
+def known_hosts_line(host: str, port: int, pubkey: str) -> str:
+    """The known_hosts entry for L1: ``[host]:port type key`` (``host type key`` on port 22)."""
+    key = " ".join(pubkey.split()[:2])
+    return f"[{host}]:{port} {key}" if port != 22 else f"{host} {key}"
+
+
 def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
     """Pin L1's host key (the one baked into the lab image)."""
     key = " ".join(pubkey.split()[:2])
-    line = f"[{host}]:{port} {key}\n" if port != 22 else f"{host} {key}\n"
+    line = known_hosts_line(host, port, pubkey) + "\n"
     if path.exists() and path.read_text() == line:
         return no_change(f"known_hosts {path}", "pins L1's host key already")
     path.write_text(line)

@@ -55,15 +55,20 @@ def remove_l1(p: Params, lv: Libvirt) -> list[Change]:
     return domain.remove(lv, p.l1.name)
 
 
-def remove_files(p: Params, state: State) -> list[Change]:
-    """Files the runbook made; the backing file only with consent."""
+def file_candidates(p: Params, state: State) -> list[Path]:
+    """Files the runbook may have made, each once; the backing file only with consent."""
     ps = paths(p)
     candidates = [ps.l1_console, ps.known_hosts, ps.lab_key, ps.l0_bench] + ([ps.l1_disk] if p.l1.image == "lab" else [])
     candidates += [Path(f) for f in state.created("files")]
     if p.nvme.remove_backing_file:
         candidates.append(Path(p.nvme.backing_file))
+    return list(dict.fromkeys(candidates))
+
+
+def remove_files(p: Params, state: State) -> list[Change]:
+    """Files the runbook made; the backing file only with consent."""
     changes = []
-    for f in dict.fromkeys(candidates):
+    for f in file_candidates(p, state):
         if f == Path(p.nvme.backing_file) and not p.nvme.remove_backing_file:
             changes.append(no_change(f"remove {f}", "kept: nvme.remove_backing_file is false"))
             continue

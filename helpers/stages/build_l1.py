@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import by_hand
 from ..access import l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
+from ..facts import iommu as iommu_facts
 from ..libvirt_xml import Domain, supports_native_nvme, virt_install_command
 from ..nb import Stage
 from ..numa import choose_cpuset
@@ -83,6 +85,28 @@ def prepare(ctx: Stage) -> list[Change]:
     return changes
 
 
+def by_hand_files(ctx: Stage) -> by_hand.ByHand:
+    """What ``prepare`` does, as commands at L0's prompt."""
+    p, ps = ctx.params, paths(ctx.params)
+    lab = ctx.state.get("lab") if p.l1.image == "lab" else None
+    extra = {}
+    if lab:
+        spec = l1_ssh_spec(p)
+        extra = {"overlay": (Path(lab["l1_disk"]), ps.l1_disk), "ssh_key": (Path(lab["ssh_key"]), ps.lab_key),
+                 "known_hosts": (ps.known_hosts, l1_ops.known_hosts_line(spec["host"], spec["port"],
+                                                                         lab["ssh_host_pubkey"]))}
+    return by_hand.l1_files(ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, **extra)
+
+
+def by_hand_define(ctx: Stage) -> by_hand.ByHand:
+    p = ctx.params
+    return by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri)
+
+
+def by_hand_start(ctx: Stage) -> by_hand.ByHand:
+    return by_hand.start(ctx.params.l1.name, ctx.params.host.libvirt_uri)
+
+
 def define(ctx: Stage, the_plan: Plan) -> Change:
     """Define L1 (idempotent); record how to reach it."""
     p = ctx.params
@@ -122,9 +146,20 @@ def wait(ctx: Stage) -> dict:
     return times
 
 
-def inspect(ctx: Stage) -> dict[str, str]:
-    """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log."""
+def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log
+    (trimmed, keeping every line that tells the IOMMU's state), the command line; and those
+    lines as a table, recorded for stage 03 to compare after ``intel_iommu=on``."""
     l1 = ctx.l1()
-    cmds = ["lspci -nn | grep -i 'non-volatile'", "dmesg | grep -i -E 'DMAR|IOMMU' | head -20",
-            "cat /proc/cmdline"]
-    return {c: l1.run(c, timeout=60).out for c in cmds}
+    lspci = "lspci -nn | grep -i 'non-volatile'"
+    out = {c: l1.run(c, timeout=60).out for c in (lspci, "dmesg", "cat /proc/cmdline")}
+    lines = iommu_facts.log_lines(out["dmesg"])
+    rows = iommu_facts.markers(lines)
+    if any(a in out["cat /proc/cmdline"].split() for a in ("intel_iommu=on", "amd_iommu=on")):
+        print("L1 already boots with the IOMMU argument (stage 03 ran before): the lines below are the state after it; "
+              "stage 03 compares with the state recorded before")
+    else:
+        ctx.state.update("l1", iommu_before=dict(rows))
+    shown = {lspci: out[lspci], "dmesg | grep -E 'DMAR|IOMMU|iommu'": "\n".join(iommu_facts.excerpt(lines)),
+             "cat /proc/cmdline": out["cat /proc/cmdline"]}
+    return shown, rows

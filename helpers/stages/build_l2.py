@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from .. import by_hand
 from ..bench import fio
 from ..errors import RunbookError
 from ..facts import pci
@@ -162,3 +163,25 @@ def wait(ctx: Stage) -> float:
     took = round(time.monotonic() - t0, 1)
     ctx.state.update("l2", agent_wait_s=took)
     return took
+
+
+def by_hand_baseline(ctx: Stage) -> by_hand.ByHand:
+    """The L1 baseline as one fio command at L1's prompt (the same one ``baseline`` runs)."""
+    b = ctx.params.bench
+    disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or ["nvme0n1"]
+    target = f"/dev/{disks[0]}"
+    return by_hand.fio(target, fio.fio_command(target, list(b.profiles), b.runtime_s, b.size_mib), b.repeats,
+                       "root@L1")
+
+
+def by_hand_disk(ctx: Stage) -> by_hand.ByHand:
+    p = ctx.params
+    if p.l2.image != "lab":
+        return by_hand.ByHand("root@L1", [f"# L2's image {paths(p).l2_disk}: yours, copied into L1 beforehand"])
+    return by_hand.l2_disk(ctx.state["lab"]["l2_root_in_l1"], paths(p).l2_disk)
+
+
+def by_hand_l2(ctx: Stage, dev: PciDevice) -> by_hand.ByHand:
+    """``define`` and ``start`` in L1, with the ``nodedev-detach`` libvirt does for a managed hostdev."""
+    name = ctx.params.l2.name
+    return by_hand.l2_define_start(name, f"{name}.xml", dev.bdf, dev.iommu_group)

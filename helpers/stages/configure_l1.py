@@ -2,7 +2,7 @@
 virtualization stack in L1, L1's own checks, and L2's accelerator."""
 from __future__ import annotations
 
-from .. import checks
+from .. import by_hand, checks
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
@@ -41,6 +41,24 @@ def set_kernel_args(ctx: Stage) -> Change:
     return kernel_args.ensure_kernel_args(ctx.l1(), wanted_args(ctx))
 
 
+def by_hand_kernel_args(ctx: Stage, args: list[str]) -> by_hand.ByHand:
+    """``set_kernel_args`` as commands at L1's prompt (the way and ``args`` found in step 1)."""
+    info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
+    debian = by_hand.package_manager(info.get("id", ""), info.get("id_like", "")) == "apt-get"
+    mkconfig = "update-grub" if debian else "grub2-mkconfig -o /boot/grub2/grub.cfg"
+    return by_hand.kernel_args(info["bootloader"], args, mkconfig)
+
+
+def by_hand_reboot(ctx: Stage, args: list[str]) -> by_hand.ByHand:
+    return by_hand.reboot(args)
+
+
+def by_hand_install(ctx: Stage) -> by_hand.ByHand:
+    info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
+    return by_hand.install_virt(by_hand.package_manager(info.get("id", ""), info.get("id_like", "")),
+                                ctx.params.l1.virt_packages)
+
+
 def reboot(ctx: Stage) -> Change:
     return l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
                                       log=paths(ctx.params).l1_console)
@@ -61,6 +79,13 @@ def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
                            hint="check /proc/cmdline in L1 and that L1's domain has the intel IOMMU with intremap on")
     ctx.state.update("l1", iommu={"groups": f.groups, "lines": f.lines[:10]})
     return f
+
+
+def before_after(ctx: Stage, f: iommu_facts.IOMMU) -> list[tuple[str, str, str]]:
+    """Each line that tells the IOMMU's state: in stage 02 (before ``intel_iommu=on``) and now."""
+    before = ctx.state.get("l1", {}).get("iommu_before") or {}
+    return [(what, before.get(what, "not recorded"), now)
+            for what, now in iommu_facts.markers(f.lines, f.kind or "intel")]
 
 
 def install_virt(ctx: Stage) -> Change:

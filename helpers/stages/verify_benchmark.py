@@ -1,6 +1,7 @@
 """Stage 05: in L2, what the seed checks after "登录L2-kvm", then fio on each layer."""
 from __future__ import annotations
 
+from .. import by_hand
 from ..bench import fio, results
 from ..errors import RunbookError
 from ..guest import Local
@@ -87,3 +88,24 @@ def summary(ctx: Stage) -> tuple[list[dict], list[dict], dict]:
     rel = fio.relative(s)
     files = results.write(ctx.state.path.parent, rows, s, rel)
     return s, rel, files
+
+
+def by_hand_mkfs(ctx: Stage, device: str) -> by_hand.ByHand:
+    return by_hand.mkfs(device)
+
+
+def by_hand_mount(ctx: Stage, device: str) -> by_hand.ByHand:
+    return by_hand.mount(device, ctx.params.verify.mount_point)
+
+
+def by_hand_bench(ctx: Stage) -> list[by_hand.ByHand]:
+    """fio in L2 on a file of the XFS and, with ``bench.on_l0``, on a scratch file on the host."""
+    b = ctx.params.bench
+    l2_target = ctx.params.verify.mount_point.rstrip("/") + "/fio-bench.bin"
+    out = [by_hand.fio(l2_target, fio.fio_command(l2_target, list(b.profiles), b.runtime_s, b.size_mib),
+                       b.repeats, "root@L2")]
+    if b.on_l0:
+        l0_target = str(paths(ctx.params).l0_bench)
+        out.append(by_hand.fio(l0_target, fio.fio_command(l0_target, list(b.profiles), b.runtime_s, b.size_mib),
+                               b.repeats, "root@L0"))
+    return out

@@ -1,0 +1,178 @@
+"""The commands shown next to each changing step ("by hand") come from the same data the
+step uses, and where they can run here they do what the step does."""
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import by_hand, nb, ui
+from helpers.bench import fio
+from helpers.ops import kernel_args
+from helpers.ops import l1 as l1_ops
+from helpers.stages import build_l1, configure_l1, teardown, verify_benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_prompt_lines_as_the_seed_writes_them():
+    b = by_hand.ByHand("root@L1", ["reboot", "# log in again"])
+    assert b.text() == "[root@L1] ~$ reboot\n# log in again"
+    assert (b + by_hand.ByHand("root@L1", ["uptime"])).commands[-1] == "uptime"
+    with pytest.raises(ValueError):
+        b + by_hand.ByHand("root@L0", ["true"])
+
+
+def test_virsh_names_the_uri_only_when_it_is_not_the_system_one():
+    assert by_hand.virsh("define", "l1.xml") == "virsh define l1.xml"
+    assert by_hand.virsh("start", "x", uri="qemu+ssh://h/system") == "virsh -c qemu+ssh://h/system start x"
+
+
+def test_node_device_name_keeps_the_hexadecimal_digits():
+    assert by_hand.node_device("0000:00:10.0") == "pci_0000_00_10_0"
+    assert by_hand.node_device("0000:0a:1f.3") == "pci_0000_0a_1f_3"
+
+
+def test_define_and_start_are_the_seeds_commands():
+    assert by_hand.define("nested-kvm", "nested-kvm.xml").commands[0].startswith("virsh define nested-kvm.xml")
+    assert by_hand.start("nested-kvm").commands[0] == "virsh start nested-kvm"
+
+
+def test_l2_start_names_the_nodedev_detach_libvirt_does_for_a_managed_hostdev():
+    text = by_hand.l2_define_start("nvmetest", "nvmetest.xml", "0000:00:10.0", 5).text()
+    assert "virsh nodedev-detach pci_0000_00_10_0" in text
+    assert "[root@L1] ~$ virsh start nvmetest" in text and "/dev/vfio/5" in text
+
+
+def test_teardown_names_the_reattach_and_the_checks():
+    text = by_hand.remove_l2("nvmetest", "/var/lib/libvirt/images/nvmetest.qcow2", "0000:00:10.0").text()
+    assert "virsh destroy nvmetest" in text and "virsh undefine nvmetest" in text
+    assert "virsh nodedev-reattach pci_0000_00_10_0" in text and "Kernel driver in use: nvme" in text
+    assert by_hand.remove_files([], [Path("/x/nvme.raw")]).commands == [
+        "# no file to remove", "# kept: /x/nvme.raw (nvme.remove_backing_file is false)"]
+
+
+@pytest.mark.parametrize("size, arg", [(1, "1G"), (100, "100G"), (0.5, "512M")])
+def test_sizes_for_qemu_img(size, arg):
+    assert by_hand.size_arg(size) == arg
+
+
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="qemu-img not installed")
+def test_the_backing_file_command_makes_the_same_file_as_the_step(tmp_path):
+    cmd = by_hand.l1_files(tmp_path, tmp_path / "byhand.raw", 0.5).commands[1].split("#")[0]
+    subprocess.run(cmd, shell=True, check=True, capture_output=True)
+    l1_ops.ensure_backing_file(tmp_path / "step.raw", 0.5, _State())
+    assert (tmp_path / "byhand.raw").stat().st_size == (tmp_path / "step.raw").stat().st_size
+    assert (tmp_path / "byhand.raw").stat().st_blocks * 512 < 1024 ** 2  # sparse, like the step's
+
+
+class _State:
+    def remember_created(self, *a):
+        pass
+
+
+@pytest.mark.parametrize("before", ['GRUB_CMDLINE_LINUX=""\n', 'GRUB_CMDLINE_LINUX="console=ttyS0"\n'])
+def test_the_grub_sed_adds_what_the_step_adds(tmp_path, before):
+    args = ["intel_iommu=on", "iommu=pt"]
+    f = tmp_path / "grub"
+    f.write_text("GRUB_DEFAULT=0\n" + before)
+    sed = next(c for c in by_hand.kernel_args("grub", args).commands if c.startswith("sed"))
+    subprocess.run(sed.replace("/etc/default/grub", shlex.quote(str(f))), shell=True, check=True)
+    ours = kernel_args.edit_default_grub("GRUB_DEFAULT=0\n" + before, args)[0]
+    line = lambda text: shlex.split(text.split("GRUB_CMDLINE_LINUX=")[1].splitlines()[0])[0].split()  # noqa: E731
+    assert line(f.read_text()) == line(ours)
+
+
+def test_kernel_args_the_distros_way():
+    assert by_hand.kernel_args("grubby", ["intel_iommu=on"]).commands[0] == \
+        "grubby --update-kernel ALL --args intel_iommu=on"
+    debian = by_hand.kernel_args("grub", ["intel_iommu=on"]).text()
+    assert "update-grub" in debian and "grub-mkconfig -o /boot/grub/grub.cfg" in debian
+    rhel = by_hand.kernel_args("grub", ["intel_iommu=on"], "grub2-mkconfig -o /boot/grub2/grub.cfg").text()
+    assert "grub2-mkconfig -o /boot/grub2/grub.cfg" in rhel and "update-grub" not in rhel
+    assert "kernel-install add" in by_hand.kernel_args("kernel-install", ["intel_iommu=on"]).text()
+
+
+def test_packages_the_seeds_way_and_debians():
+    assert by_hand.package_manager("centos", "rhel fedora") == "yum"
+    assert by_hand.package_manager("debian") == "apt-get"
+    assert by_hand.install_virt("yum", ["libvirt", "qemu-kvm", "virt-install"]).commands[0] == \
+        "yum install -y libvirt qemu-kvm virt-install"
+
+
+def test_fio_is_the_command_the_benchmark_runs():
+    cmd = fio.fio_command("/dev/nvme0n1", ["randread-4k"], 0.5, 32)
+    assert by_hand.fio("/dev/nvme0n1", cmd, 3, "root@L1").commands[0].startswith(shlex.join(cmd))
+
+
+def test_known_hosts_line_is_the_one_the_step_writes(tmp_path):
+    l1_ops.write_known_hosts(tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1", _State())
+    line = l1_ops.known_hosts_line("127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1")
+    assert (tmp_path / "kh").read_text() == line + "\n"
+    assert l1_ops.known_hosts_line("10.0.0.5", 22, "ssh-ed25519 AAAAkey") == "10.0.0.5 ssh-ed25519 AAAAkey"
+
+
+# --- the stages' by-hand commands, from the parameters and the run state ---------------------
+
+@pytest.fixture
+def ctx(tmp_path):
+    data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
+    data["host"]["workdir"] = str(tmp_path / "work")
+    data["nvme"]["backing_file"] = str(tmp_path / "work" / "nvme.raw")
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(data))
+    c = nb.stage("02", str(f), str(tmp_path / "state.json"), show_picture=False)
+    c.state.set("lab", {"l1_disk": "/cache/l1.raw", "ssh_key": "/cache/key", "ssh_host_pubkey": "ssh-ed25519 AAAA x",
+                        "l2_root_in_l1": "/var/lib/l2.raw"})
+    return c
+
+
+def test_stage_02_files_and_define(ctx, tmp_path):
+    text = build_l1.by_hand_files(ctx).text()
+    assert f"qemu-img create -f raw {tmp_path}/work/nvme.raw 1G" in text
+    assert "-b /cache/l1.raw" in text and "'[127.0.0.1]:2222 ssh-ed25519 AAAA'" in text
+    assert build_l1.by_hand_define(ctx).commands[0].startswith("virsh define nested-kvm.xml")
+
+
+def test_stage_03_uses_the_distro_found_in_step_1(ctx):
+    ctx.state.update("l1", distro={"distro": "Debian 12", "id": "debian", "id_like": "", "bootloader": "grub"})
+    text = configure_l1.by_hand_kernel_args(ctx, ["intel_iommu=on", "iommu=pt"]).text()
+    assert "intel_iommu=on iommu=pt" in text and "update-grub" in text
+    assert configure_l1.by_hand_install(ctx).commands[0].startswith("apt-get install -y libvirt-daemon-system")
+
+
+def test_stage_05_and_99(ctx, tmp_path):
+    assert verify_benchmark.by_hand_mkfs(ctx, "/dev/nvme0n1").commands[-1] == "mkfs.xfs -f /dev/nvme0n1"
+    assert [b.prompt for b in verify_benchmark.by_hand_bench(ctx)] == ["root@L2", "root@L0"]
+    ctx.state.set("nvme", {"bdf_in_l1": "0000:00:10.0"})
+    assert "virsh nodedev-reattach pci_0000_00_10_0" in teardown.by_hand_l2(ctx).text()
+    assert teardown.by_hand_l1(ctx).commands == ["virsh destroy nested-kvm", "virsh undefine nested-kvm"]
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "known_hosts").write_text("x")
+    assert teardown.by_hand_files(ctx).commands[0] == f"rm -f {tmp_path}/work/known_hosts"
+
+
+def test_a_batch_step_shows_its_commands_after_its_result_computed_before_it_runs(ctx, monkeypatch):
+    seen = []
+    monkeypatch.setattr(ui, "show_by_hand", lambda b: seen.append(ui.by_hand_text(b)))
+    ctx.do("step", lambda: seen.append("ran") or "result", show=seen.append,
+           by_hand=lambda: seen.append("planned") or by_hand.ByHand("root@L0", ["true"]))
+    assert seen == ["planned", "ran", "result", "[root@L0] ~$ true"]
+
+
+def test_show_by_hand_without_commands_shows_nothing(monkeypatch):
+    shown = []
+    monkeypatch.setattr(ui, "_display", shown.append)
+    ui.show_by_hand([])
+    assert shown == []
+    ui.show_by_hand(by_hand.ByHand("root@L2", ["mkfs.xfs -f /dev/nvme0n1"]))
+    assert "[root@L2] ~$ mkfs.xfs -f /dev/nvme0n1" in shown[0].data and "By hand" in shown[0].data
+
+
+def test_an_interactive_step_previews_its_commands(ctx):
+    ctx.interactive = True
+    button = ctx.do("Define L1", lambda: None, preview=lambda: "define domain nested-kvm",
+                    by_hand=lambda: by_hand.define("nested-kvm", "nested-kvm.xml"))
+    assert button.preview().startswith("define domain nested-kvm\nBy hand:\n[root@L0] ~$ virsh define nested-kvm.xml")
