@@ -102,9 +102,10 @@ def back_from_02(params_file) -> str:
 
 
 def l1_ssh_lost(p: Params, l1: Guest) -> str | None:
-    """When L1 runs but SSH into it fails while its guest agent answers: what is wrong
-    with SSH (the sshd stopped, the port refuses). None when SSH works, or when the
-    agent does not answer either (then L1 itself does not answer: a stall)."""
+    """When L1 has booted and runs but SSH into it fails while its guest agent
+    answers: what is wrong with SSH (the sshd stopped, the port refuses). None when
+    SSH works, when the agent does not answer either (L1 is booting, or stalled), or
+    while L1's systemd is still starting (sshd comes a little after the agent)."""
     why = l1_silent(l1)
     if why is None:
         return None
@@ -114,7 +115,7 @@ def l1_ssh_lost(p: Params, l1: Guest) -> str | None:
         agent = l1_agent(PyLibvirt(p.host.libvirt_uri), p.l1.name)
     except RunbookError:
         return None
-    if not agent.ping(timeout=10):
+    if not agent.ping(timeout=10) or l1_booting(agent):
         return None
     unit = sshd_stopped(agent)
     where = getattr(l1, "host", "L1") + (f":{l1.port}" if hasattr(l1, "port") else "")
@@ -122,15 +123,29 @@ def l1_ssh_lost(p: Params, l1: Guest) -> str | None:
             + (f": {unit}.service is stopped in L1" if unit else ""))
 
 
+def l1_booting(agent: Agent) -> bool:
+    """Is L1's systemd still bringing the system up (``is-system-running``: starting)?"""
+    try:
+        return agent.run("systemctl is-system-running", timeout=20).out.strip() in ("initializing", "starting")
+    except Exception:
+        return False
+
+
 def check_l1(p: Params, l1: Guest, params_file) -> None:
     """Before a stage works in L1: L1 runs, and SSH into it works. Each failure is
-    named as what it is, with the way back."""
+    named as what it is, with the way back. An L1 that is booting (a reboot that a
+    killed run was waiting for) is waited for, with the boot timeout."""
     if why := l1_not_running(p):
         raise RunbookError(f"{why}; it was stopped outside the runbook (the runbook stops L1 only in "
                            "teardown)", hint=back_from_02(params_file))
     if why := l1_ssh_lost(p, l1):
         raise RunbookError(why, hint=f"stage 02 starts L1's SSH server again through the guest agent: "
                                      f"`python -m helpers run --params {params_file} --from 02`")
+    if l1_silent(l1, timeout=10) is not None:
+        from .ops.l1 import wait_for_ssh
+        from .paths import paths
+        print("L1 does not answer SSH yet: it is booting (or stalled); waiting for it", flush=True)
+        wait_for_ssh(l1, p.l1.boot_timeout_s, paths(p).l1_console)
 
 
 def l2_guest(p: Params, state: State, l1: Guest) -> Agent:

@@ -209,7 +209,7 @@ def test_3_libvirtd_restarted_while_stage_02_waits_for_l1(lab):
     rc = run.finish()
     if rc != 0:  # the step may fail instead, naming libvirtd; a rerun then completes
         assert "libvirtd" in run.err, run.err[-2000:]
-        assert runner(lab["params"], lab["outputs"], "--from", "02", "--stages", "02", "--run-id", RUN).returncode == 0
+        assert runner(lab["params"], lab["outputs"], "--stages", "02", "--run-id", RUN).returncode == 0
     assert summary(lab["outputs"])["stages"][-1]["status"] == "passed"
     assert virsh("domstate", NAME).stdout.strip() == "running"
 
@@ -221,7 +221,7 @@ def test_4_the_runner_killed_during_l1s_reboot_then_from_03_does_nothing_twice(l
     run.p.wait()
     first = changes_of(lab["outputs"], "03")
     assert any(first.values()), first  # the kernel argument was set before the reboot
-    r = runner(lab["params"], lab["outputs"], "--from", "03", "--stages", "03", "--run-id", RUN)
+    r = runner(lab["params"], lab["outputs"], "--stages", "03", "--run-id", RUN)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"took over the lock of run {RUN}" in r.stdout
     assert "stage 03's earlier attempt was killed" in r.stdout
