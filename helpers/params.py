@@ -575,7 +575,8 @@ def load(path: str | Path) -> Params:
     except ValidationError as e:
         errors = sorted(e.errors(), key=lambda x: lines.line(_loc(x)) or 0)
         raise ParamsError("\n".join(lines.say(_loc(x), _explain(x)) for x in errors)) from None
-    problems = [lines.say(tuple(key.split(".")), msg) for key, msg in lab_conflicts(p)]
+    problems = [lines.say(loc, msg, lines.at.get(loc) or lines.at.get(("lab",)))
+                for loc, msg in ((tuple(key.split(".")), msg) for key, msg in lab_conflicts(p))]
     if problems:
         raise ParamsError("\n".join(problems))
     return p
