@@ -1,7 +1,8 @@
 """What only the host can tell about a parameter file, checked before anything
 is created: the files it names exist, the CPUs and memory are there, the NVMe's
 backing file fits in the free space and in the biggest file its filesystem
-holds, and L1's forwarded SSH port is free (or held by this very L1).
+holds, L1's forwarded SSH port is free (or held by this very L1), and L1's
+bridge exists.
 
 ``check_host`` is called by ``check-params`` and by ``run`` before a stage runs.
 It only reads: /proc, /sys, statvfs.
@@ -207,6 +208,15 @@ def port_problem(p: Params, proc: Path = Path("/proc")) -> tuple[str, str] | Non
                                    f"such as {free}")
 
 
+def bridge_problem(p: Params, sys_root: Path = Path("/")) -> tuple[str, str] | None:
+    """mode bridge: the bridge exists on this host."""
+    net = p.l1.network
+    if net.mode != "bridge" or (sys_root / "sys/class/net" / net.bridge / "bridge").is_dir():
+        return None
+    return ("l1.network.bridge", f"no bridge `{net.bridge}` on this host: create it (e.g. `nmcli con add type "
+                                 f"bridge ifname {net.bridge}`), or give one `ip -br link show type bridge` lists")
+
+
 def host_problems(p: Params, stages: list[str] | None = None) -> list[tuple[str, str]]:
     """Everything this host says against the parameters, as (key, message).
     ``stages``: the stages about to run (None: all); a teardown alone needs
@@ -215,8 +225,9 @@ def host_problems(p: Params, stages: list[str] | None = None) -> list[tuple[str,
         return file_problems(p, image=False)
     out = file_problems(p)
     out += space_problems(p)
-    if port := port_problem(p):
-        out.append(port)
+    for problem in (port_problem(p), bridge_problem(p)):
+        if problem:
+            out.append(problem)
     return out
 
 

@@ -138,6 +138,14 @@ class Network(Section):
     address: Optional[str] = F(None, "mode bridge: L1's address on the bridge, for SSH", example="192.168.9.131")
     queues: int = F(1, "virtio-net queues (mode bridge)", ge=1, le=64)
 
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", v):
+            raise ValueError(f"`{v}` is not a network interface name: at most 15 letters, digits, '-', '_' "
+                             "or '.', e.g. bridge0")
+        return v
+
     @model_validator(mode="after")
     def _bridge_needs_name(self):
         if self.mode == "bridge" and not (self.bridge and self.address):

@@ -61,7 +61,8 @@ what is wrong and what to do.
   CPUs of `l1.cpuset` and `l1.memory_mib`; that `l1.image`, `l1.ssh.identity`,
   `l1.ssh.known_hosts` and `l1.ssh.config` exist; that a backing file still to
   be made fits in the free space and in the biggest file its filesystem holds;
-  that `l1.network.ssh_port` is free on 127.0.0.1 (or held by this very L1).
+  that `l1.network.ssh_port` is free on 127.0.0.1 (or held by this very L1);
+  that `l1.network.bridge` exists (mode bridge).
 """
 
 

@@ -277,6 +277,20 @@ def test_bridge_mode_without_its_address_is_one_line(world, capsys):
             "{f}:6: l1.network: mode 'bridge' needs 'bridge' (e.g. bridge0) and 'address' (L1's SSH address)", f=f)
 
 
+def test_a_bridge_this_host_lacks(world, capsys):
+    f = world.file("    mode: bridge\n    bridge: nobr0\n    address: 192.0.2.10\n")
+    refused(world, capsys, world.run_args("--params", str(f)),
+            "{f}: l1.network.bridge: no bridge `nobr0` on this host: create it (e.g. `nmcli con add type bridge "
+            "ifname nobr0`), or give one `ip -br link show type bridge` lists", f=f)
+
+
+def test_a_bridge_name_that_is_no_interface_name(world, capsys):
+    f = world.file("    mode: bridge\n    bridge: ../eth0\n    address: 192.0.2.10\n")
+    refused(world, capsys, world.run_args("--params", str(f)),
+            "{f}:11: l1.network.bridge: `../eth0` is not a network interface name: at most 15 letters, digits, "
+            "'-', '_' or '.', e.g. bridge0", f=f)
+
+
 def test_a_token_is_refused_and_never_shown(world, capsys):
     f = world.tmp / "p.yaml"
     f.write_text(f"lab: true\nhost:\n  workdir: {world.work}\n  api_token: hunter2\n")
