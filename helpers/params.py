@@ -37,6 +37,7 @@ def parse_cpuset(text: str) -> list[int]:
     return cpus
 
 
+MAX_CPU = 8191                      # Linux's highest CPU number (NR_CPUS is at most 8192)
 NAME_MAX = 255                      # the longest file name Linux filesystems take
 LONGEST_SUFFIX = "-console.log"     # the longest suffix the runbook adds to a domain name in a file name
 KERNEL_TREES = ("/proc", "/sys", "/dev")
@@ -230,6 +231,9 @@ class L1(Section):
             raise ValueError("expected a cpuset like '16-23,40-47'")
         for part in v.split(","):
             lo, _, hi = part.partition("-")
+            if max(int(lo), int(hi or lo)) > MAX_CPU:
+                raise ValueError(f"CPU {max(int(lo), int(hi or lo))} is beyond any host's (Linux numbers CPUs "
+                                 f"0-{MAX_CPU}): give CPUs of this host, or leave l1.cpuset empty")
             if hi and int(hi) < int(lo):
                 raise ValueError(f"`{part}` runs backwards: write the lower CPU first, `{hi}-{lo}`")
         return v
@@ -454,6 +458,11 @@ def _explain(err: dict) -> str:
         return _unknown_key(loc)
     if kind == "missing":
         return "required, but missing"
+    if kind == "path_type":
+        return "expected an absolute path"
+    if kind == "string_type" and isinstance(err.get("input"), (int, float)) and not isinstance(err["input"], bool) \
+            and not any(looks_secret(p) for p in loc):
+        return f"expected text, got the number {err['input']}: write it in quotes, '{err['input']}'"
     if kind == "conflict":
         return err["ctx"]["msg"]
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -482,6 +491,8 @@ class _Lines:
                 if k.tag == "tag:yaml.org,2002:merge":
                     continue
                 key, line = k.value, k.start_mark.line + 1
+                if not isinstance(k, yaml.ScalarNode):
+                    raise ParamsError(f"{self.path}:{line}: a key is a plain name, not a list or a mapping")
                 if loc + (key,) in self.at:
                     raise ParamsError(self.say(loc + (key,), f"given twice (first on line "
                                                              f"{self.at[loc + (key,)]}, again on line {line}): "
@@ -529,8 +540,9 @@ def _read(path: Path) -> str:
 
 def _parse(path: Path, text: str) -> tuple[dict, _Lines]:
     """The YAML document as a mapping, with its keys' lines; keys given twice refused."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         lines = _Lines(path)
         lines.walk(node)
@@ -540,10 +552,15 @@ def _parse(path: Path, text: str) -> tuple[dict, _Lines]:
         where = f":{mark.line + 1}" if mark else ""
         context = f" ({e.context})" if e.context else ""
         raise ParamsError(f"{path}{where}: not valid YAML: {e.problem}{context}") from None
+    except yaml.reader.ReaderError as e:
+        line = text[:e.position].count("\n") + 1
+        raise ParamsError(f"{path}:{line}: not valid YAML: character {e.character:#06x} is not allowed: "
+                          "remove it") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if raw is None or raw == {}:
         raise ParamsError(f"{path}: no settings in it (empty, or only comments): start from a copy of "
                           "parameters/lab.yaml (the lab) or parameters/seed-xeon4214.yaml (a real host)")

@@ -133,6 +133,13 @@ CASES = [
     ("a list", None, "{f}: expected a mapping of sections (host, l1, nvme, l2, ...) at the top"),
     ("a tab", None, "{f}:2: not valid YAML: found character '\\t' that cannot start any token "
                     "(while scanning for the next token)"),
+    ("a NUL byte", None, "{f}:2: not valid YAML: character 0x0000 is not allowed: remove it"),
+    ("two documents", "---\nlab: true\n",
+     "{f}:10: not valid YAML: but found another document (expected a single document in the stream)"),
+    ("a python tag", "  cores: !!python/object:os.system x\n",
+     "{f}:10: not valid YAML: could not determine a constructor for the tag "
+     "'tag:yaml.org,2002:python/object:os.system'"),
+    ("a list as a key", "  ? [a, b]\n  : x\n", "{f}:10: a key is a plain name, not a list or a mapping"),
     ("key twice in a section", "  cores: 2\n  cores: 4\n",
      "{f}:11: l1.cores: given twice (first on line 10, again on line 11): keep one"),
     ("section twice", "l1:\n  cores: 2\n", "{f}:10: l1: given twice (first on line 6, again on line 10): keep one"),
@@ -200,6 +207,11 @@ CASES = [
     ("select.serial is not nvme.serial", "l2:\n  select:\n    serial: '5678'\n",
      "{f}:12: l2.select.serial: `5678` matches no NVMe: the one the runbook gives L1 has serial `1234` "
      "(nvme.serial); make them equal, or leave l2.select.serial empty"),
+    ("a CPU beyond any host", "  cpuset: 0-99999999999999\n",
+     "{f}:10: l1.cpuset: CPU 99999999999999 is beyond any host's (Linux numbers CPUs 0-8191): give CPUs of this "
+     "host, or leave l1.cpuset empty"),
+    ("an unquoted serial", "l2:\n  select:\n    serial: 1234\n",
+     "{f}:12: l2.select.serial: expected text, got the number 1234: write it in quotes, '1234'"),
     ("a backwards cpuset", "  cpuset: 1-0\n",
      "{f}:10: l1.cpuset: `1-0` runs backwards: write the lower CPU first, `0-1`"),
     ("L2 bigger than L1", "l2:\n  memory_mib: 4096\n",
@@ -250,6 +262,8 @@ def _write_special(world: World, name: str) -> Path:
         f = world.tmp / "nope.yaml"
     elif name == "a list":
         f.write_text("- lab: true\n")
+    elif name == "a NUL byte":
+        f.write_text("lab: true\n\0\n")
     elif name == "a tab":
         f.write_text("lab: true\n\tname: x\n")
     return f
