@@ -92,15 +92,24 @@ def pick_stages(available: dict[str, Path], only: str | None, start: str | None)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def check_run_id(run_id: str | None) -> None:
-    """A run id is a plain folder name under --outputs (no '/', no '..')."""
-    if run_id is not None and not RUN_ID_RE.match(run_id):
+def check_run_id(run_id: str | None, outputs: Path | None = None) -> None:
+    """A run id is a plain folder name under --outputs (no '/', no '..'), not a file there."""
+    if run_id is None:
+        return
+    if not RUN_ID_RE.match(run_id):
         raise RunbookError(f"--run-id {run_id!r}: not a plain folder name: give a name such as `try-2` "
                            "(letters, digits, '.', '_', '-'; it becomes a folder under --outputs)")
+    if outputs is not None and (outputs / run_id).exists() and not (outputs / run_id).is_dir():
+        raise RunbookError(f"--run-id {run_id}: {outputs / run_id} is a file, not a run folder: give another name")
 
 
 def check_outputs(outputs: Path) -> None:
-    """--outputs is a folder, or can become one."""
+    """--outputs is a folder, or can become one, where run folders can be written."""
+    resolved = Path(os.path.abspath(outputs))
+    tree = next((t for t in ("/proc", "/sys", "/dev") if resolved == Path(t) or Path(t) in resolved.parents), None)
+    if tree:
+        raise RunbookError(f"--outputs {outputs} is under {tree}, where the kernel keeps its own state: "
+                           "give a folder on a disk, e.g. `--outputs outputs`")
     here = outputs
     while not here.exists() and here != here.parent:
         here = here.parent
@@ -108,6 +117,9 @@ def check_outputs(outputs: Path) -> None:
         what = "is a file" if here == outputs else f"is under {here}, a file"
         raise RunbookError(f"--outputs {outputs} {what}, not a folder: give a folder (it is created if missing), "
                            "e.g. `--outputs outputs`")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise RunbookError(f"--outputs {outputs}: {here} is not writable for this user: give a folder you can "
+                           "write, e.g. `--outputs outputs`")
 
 
 def new_run_id() -> str:
@@ -116,8 +128,8 @@ def new_run_id() -> str:
 
 def run_dir_for(outputs: Path, run_id: str | None, resume: bool) -> Path:
     """A new run folder, or the given/latest one when resuming."""
-    check_run_id(run_id)
     check_outputs(outputs)
+    check_run_id(run_id, outputs)
     latest = outputs / "latest"
     if run_id:
         d = outputs / run_id
@@ -251,8 +263,8 @@ def run(args) -> int:
     try:
         available = stages(Path(args.notebooks))
         chosen = pick_stages(available, args.stages, args.start)
-        check_run_id(args.run_id)
         check_outputs(Path(args.outputs))
+        check_run_id(args.run_id, Path(args.outputs))
         p = params_mod.load(params_file)
         host_checks.check_host(p, params_file, chosen)
     except (params_mod.ParamsError, RunbookError) as e:

@@ -493,6 +493,32 @@ def test_an_outputs_that_is_a_file_is_refused(world, capsys):
                                  "folder (it is created if missing), e.g. `--outputs outputs`")
 
 
+def test_an_outputs_in_the_kernels_trees_is_refused(world, capsys):
+    argv = ["run", "--outputs", "/proc/runs", "--notebooks", str(world.nbs), "--params", str(world.file())]
+    refused(world, capsys, argv, "--outputs /proc/runs is under /proc, where the kernel keeps its own state: give a "
+                                 "folder on a disk, e.g. `--outputs outputs`")
+
+
+def test_a_run_id_that_is_a_file_under_outputs_is_refused(world, capsys):
+    world.out.mkdir()
+    (world.out / "r1").write_text("x")
+    argv = world.run_args("--params", str(world.file()), "--run-id", "r1")
+    rc, out, err = world.cli(capsys, argv)
+    assert (rc, err) == (2, f"ERROR: --run-id r1: {world.out}/r1 is a file, not a run folder: give another name\n")
+    assert sorted(os.listdir(world.out)) == ["r1"] and not world.marks.exists()
+
+
+def test_a_teardown_alone_is_not_refused_for_what_only_a_build_needs(world):
+    p = params.load(world.file(backing=f"{world.work}/nvme.raw\n  size_gib: 65536"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", world.port))
+        s.listen()
+        keys = [k for k, _ in host_checks.host_problems(p)]
+        assert keys[-1] == "l1.network.ssh_port" and "nvme.size_gib" in keys
+        assert host_checks.host_problems(p, ["99"]) == []
+    world.assert_nothing_created()
+
+
 def test_no_traceback_reaches_the_user_from_the_real_command(tmp_path):
     """The same refusals through ``python -m helpers``: exit 2, one line, no traceback."""
     bad = tmp_path / "bad.yaml"
