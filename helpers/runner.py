@@ -1,14 +1,11 @@
 """The command line: run stages with papermill into a run folder.
 
     python -m helpers run --params parameters/lab.yaml [--stages 01,02] [--from 03]
-    python -m helpers check-params FILE [--schema-only]
 
 Each stage notebook runs headless into ``outputs/<run-id>/NN_stage.ipynb``
 with the parameter file and the run's state file. The first failing stage
 stops the run with a short summary and a HINT; ``summary.json`` and
-``report.html`` are always written. A mistake on the command line or in the
-parameters (``helpers.params``, ``helpers.host_checks``) is refused before
-anything is created, with exit 2 and what to type instead.
+``report.html`` are always written.
 """
 from __future__ import annotations
 
