@@ -20,6 +20,7 @@ from helpers.facts import kvm as kvm_facts
 from helpers.facts import libvirt as libvirt_facts
 from helpers.facts import system as system_facts
 from helpers.guest import Guest
+from helpers.host_checks import biggest_file
 from helpers.numa import choose_cpuset, format_cpuset
 from helpers.params import Params, parse_cpuset
 
@@ -523,15 +524,16 @@ class _Judge:
         avail_gib = d.avail_bytes / GIB
         where = f"{d.checked} on {d.mount}"
         observed = f"{avail_gib:.1f} GiB free at {where}; nvme.size_gib {size:g}"
+        biggest = biggest_file(d.fstype, 4096)
         if d.exists:
             self.add(DISK, f"{d.path} exists already; {avail_gib:.1f} GiB free on {d.mount}", "pass")
+        elif biggest is not None and size * GIB > biggest:
+            self.add(DISK, f"{observed}: {d.fstype} holds files of at most {biggest / GIB:g} GiB", "fail",
+                     f"lower nvme.size_gib, or put nvme.backing_file on another filesystem {self.where}")
         elif avail_gib >= size:
             self.add(DISK, observed, "pass")
-        elif d.avail_bytes < 256 * 1024 ** 2:
-            self.add(DISK, observed + ": almost full", "fail",
-                     f"free space on {d.mount}, or set nvme.backing_file to a folder with room")
-        else:
-            self.add(DISK, observed + ": the file is sparse, writes past the free space will fail", "warn",
+        else:  # the file could be made sparse, but the NVMe would fail once written past the free space
+            self.add(DISK, observed + ": the backing file does not fit", "fail",
                      f"free space on {d.mount}, lower nvme.size_gib to at most {int(avail_gib * 10) / 10:g}, "
                      "or set nvme.backing_file to a folder with room")
 

@@ -1,17 +1,24 @@
 """The runbook's parameters: one typed schema for all stages, loaded from YAML.
 
-Loading refuses a wrong type, an unknown key, a missing value or an impossible
-one before anything runs, naming the file, the key and what is expected.
-``check_against_host`` adds what only the host can tell (CPUs, memory).
+Loading refuses, before anything runs, a file that is not a parameter file
+(a folder, not UTF-8, empty, a notebook, a key given twice), a wrong type, an
+unknown key (naming the nearest valid one), a missing or impossible value, a
+path that cannot be meant, and settings that contradict each other: one line a
+problem, naming the file, the line, the key and what to do. A value under a key
+that looks like a secret is never printed back. ``helpers.host_checks`` adds
+what only the host can tell.
 """
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 BDF_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-1][0-9a-fA-F]\.[0-7]$")
 CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -30,6 +37,77 @@ def parse_cpuset(text: str) -> list[int]:
     return cpus
 
 
+MAX_CPU = 8191                      # Linux's highest CPU number (NR_CPUS is at most 8192)
+NAME_MAX = 255                      # the longest file name Linux filesystems take
+LONGEST_SUFFIX = "-console.log"     # the longest suffix the runbook adds to a domain name in a file name
+KERNEL_TREES = ("/proc", "/sys", "/dev")
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib",
+    "/usr/local", "/usr/sbin", "/usr/share", "/var", "/var/cache", "/var/lib", "/var/log", "/var/run",
+    "/var/tmp", "/var/lib/libvirt", "/var/lib/libvirt/images", "/var/lib/libvirt/qemu", "/etc/libvirt"})
+
+
+def F(default, doc: str, example=None, consent: str | None = None, **kw):
+    """A field with its meaning (forms' tooltips, parameters/README.md), an
+    example, and for a consent key what it allows."""
+    extra = {k: v for k, v in (("example", example), ("consent", consent)) if v is not None}
+    return Field(default, description=doc, json_schema_extra=extra or None, **kw)
+
+
+def _kernel_tree(p: str) -> str | None:
+    return next((t for t in KERNEL_TREES if p == t or p.startswith(t + "/")), None)
+
+
+def check_file_path(v, example: str):
+    """A file on L0: absolute (``~`` is expanded), not in the kernel's trees, not a folder."""
+    if v is None:
+        return v
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        raise ValueError(f"`{v}` is a relative path: give an absolute one, e.g. {example}")
+    p = Path(os.path.normpath(p))
+    if tree := _kernel_tree(str(p)):
+        raise ValueError(f"{p} is under {tree}, where the kernel shows devices and its own state: "
+                         f"give a file on a disk, e.g. {example}")
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder: give the path of a file, e.g. {example}")
+    return p
+
+
+def check_workdir(v):
+    """host.workdir: absolute, a folder of the runbook's own (teardown removes what it made there)."""
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        raise ValueError(f"`{v}` is a relative path: give an absolute one, e.g. /var/lib/nested-nvme")
+    p = Path(os.path.normpath(p))
+    if str(p) in SYSTEM_DIRS or _kernel_tree(str(p)):
+        raise ValueError(f"{p} is a system folder: teardown removes what the runbook made in host.workdir, "
+                         "so give a folder of the runbook's own, e.g. /var/lib/nested-nvme")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{p} is a file: give a folder (it is created if missing), e.g. /var/lib/nested-nvme")
+    return p
+
+
+def check_guest_path(v: str, what: str, example: str) -> str:
+    """A path inside a guest: absolute, and for a folder not one of the system's."""
+    if not v.startswith("/"):
+        raise ValueError(f"`{v}` is a relative path: give an absolute one {what}, e.g. {example}")
+    return os.path.normpath(v)
+
+
+def check_domain_name(v: str) -> str:
+    """A libvirt domain name the runbook's file names can carry."""
+    if not v[0].isalnum():
+        raise ValueError(f"`{v}` starts with `{v[0]}`: start the name with a letter or a digit")
+    longest = NAME_MAX - len(LONGEST_SUFFIX)
+    if len(v) > longest:
+        raise ValueError(f"{len(v)} characters make the runbook's file <name>{LONGEST_SUFFIX} "
+                         f"{len(v) + len(LONGEST_SUFFIX)} characters long, more than the {NAME_MAX} a file name "
+                         f"may have: use at most {longest}")
+    return v
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -37,25 +115,41 @@ class Section(BaseModel):
 class Host(Section):
     """L0, the machine the runbook starts on."""
 
-    libvirt_uri: str = "qemu:///system"
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
-    require_iommu: bool = True
-    workdir: Path = Path("/var/lib/nested-nvme")
-    kvm_smoke_timeout_s: int = Field(20, ge=5, le=600)
-    # QEMU before 8.1 has a multi-threaded TCG race that stalls an L1 with several vCPUs
-    # once KVM runs in it; stage 01 refuses that combination unless this is true.
-    accept_tcg_stall_risk: bool = False
+    libvirt_uri: str = F("qemu:///system", "libvirt connection URI on L0, as `virsh -c` takes it")
+    accel: Literal["auto", "kvm", "tcg"] = F(
+        "auto", "how L1 runs: kvm, tcg (QEMU's emulation), or auto (KVM only when a smoke boot shows it works)")
+    require_iommu: bool = F(True, "stage 01 fails when L0 has no active IOMMU (VT-d/AMD-Vi)")
+    workdir: Path = F(Path("/var/lib/nested-nvme"),
+                      "a folder of the runbook's own on L0 for logs, consoles and overlays (created if missing; "
+                      "teardown removes what the runbook made there, so never / or a system folder)",
+                      example="/var/lib/nested-nvme")
+    kvm_smoke_timeout_s: int = F(20, "seconds the KVM smoke boot may take", ge=5, le=600)
+    accept_tcg_stall_risk: bool = F(
+        False, "run L1 with several vCPUs under TCG on a QEMU older than 8.1 anyway (its multi-threaded TCG race "
+               "stalls L1 once KVM runs in it); stage 01 refuses that unless this is true",
+        consent="stage 01 passes with a warning instead of failing on a QEMU older than 8.1 under TCG")
+
+    _workdir = field_validator("workdir")(classmethod(lambda cls, v: check_workdir(v)))
 
 
 class Network(Section):
     """How L1 is reached: 'user' (QEMU user-mode networking, SSH forwarded to
     a port on 127.0.0.1) or 'bridge' (a host bridge; SSH to ``address``)."""
 
-    mode: Literal["user", "bridge"] = "user"
-    ssh_port: int = Field(2222, ge=1, le=65535)
-    bridge: Optional[str] = None
-    address: Optional[str] = None
-    queues: int = Field(1, ge=1, le=64)
+    mode: Literal["user", "bridge"] = F("user", "user: SSH forwarded from 127.0.0.1:ssh_port; bridge: L1 on a host bridge")
+    ssh_port: int = F(2222, "mode user: the port on 127.0.0.1 forwarded to L1's sshd (must be free on L0)",
+                      ge=1, le=65535)
+    bridge: Optional[str] = F(None, "mode bridge: the host bridge L1 joins", example="bridge0")
+    address: Optional[str] = F(None, "mode bridge: L1's address on the bridge, for SSH", example="192.168.9.131")
+    queues: int = F(1, "virtio-net queues (mode bridge)", ge=1, le=64)
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", v):
+            raise ValueError(f"`{v}` is not a network interface name: at most 15 letters, digits, '-', '_' "
+                             "or '.', e.g. bridge0")
+        return v
 
     @model_validator(mode="after")
     def _bridge_needs_name(self):
@@ -68,46 +162,84 @@ class SSHAccess(Section):
     """SSH into L1: keys only, host key checked. In the lab both are made by
     the image build; on a real host give your key and known_hosts file."""
 
-    user: str = "root"
-    identity: Optional[Path] = None
-    known_hosts: Optional[Path] = None
-    config: Optional[Path] = None
+    user: str = F("root", "the user the runbook logs in as in L1 (it needs root rights)")
+    identity: Optional[Path] = F(None, "the path of your private key, authorized in L1 (never the key itself); "
+                                 "empty in the lab (it makes its own)", example="/root/.ssh/id_ed25519")
+    known_hosts: Optional[Path] = F(None, "a known_hosts file with L1's host key; empty in the lab",
+                                    example="/root/.ssh/known_hosts")
+    config: Optional[Path] = F(None, "an ssh config file to use for L1 (optional)", example="/root/.ssh/config")
+
+    @field_validator("identity", "known_hosts", "config")
+    @classmethod
+    def _file(cls, v, info):
+        return check_file_path(v, f"/root/.ssh/{'id_ed25519' if info.field_name == 'identity' else info.field_name}")
 
 
 class NVMe(Section):
     """The emulated NVMe drive L1 gets, later passed through to L2."""
 
-    backing_file: Path = Path("/var/lib/nested-nvme/nvme.raw")
-    size_gib: float = Field(1, gt=0, le=65536)
-    serial: str = Field("1234", min_length=1, max_length=20)
-    pci_addr: str = Field("0x10", pattern=r"^0x[0-1][0-9a-fA-F]$")
-    remove_backing_file: bool = False
+    backing_file: Path = F(Path("/var/lib/nested-nvme/nvme.raw"),
+                           "the raw file on L0 behind L1's emulated NVMe (created sparse by stage 02)",
+                           example="/var/lib/nested-nvme/nvme.raw")
+    size_gib: float = F(1, "the NVMe's size in GiB (the file is sparse; L0 must have room for it)", gt=0, le=65536)
+    serial: str = F("1234", "the NVMe's serial number; l2.select.serial picks the NVMe by it",
+                    min_length=1, max_length=20)
+    pci_addr: str = F("0x10", "the NVMe's PCI slot on L1's root bus", pattern=r"^0x[0-1][0-9a-fA-F]$")
+    remove_backing_file: bool = F(False, "teardown deletes the backing file",
+                                  consent="teardown (stage 99) deletes nvme.backing_file and the data in it")
+
+    @field_validator("backing_file")
+    @classmethod
+    def _file(cls, v):
+        return check_file_path(v, "/var/lib/nested-nvme/nvme.raw")
 
 
 class L1(Section):
     """The L1 guest, built by stage 02 and configured by stage 03."""
 
-    name: str = Field("nested-kvm", pattern=r"^[A-Za-z0-9_.+-]+$")
-    image: str = "lab"
-    sockets: int = Field(1, ge=1, le=16)
-    cores: int = Field(2, ge=1, le=256)
-    threads: int = Field(1, ge=1, le=8)
-    cpuset: Optional[str] = None
-    memory_mib: int = Field(2048, ge=512)
-    cpu_mode: Literal["auto", "host-passthrough", "host-model", "maximum"] = "auto"
-    network: Network = Network()
-    ssh: SSHAccess = SSHAccess()
-    iommu: Literal["auto", "intel", "amd"] = "auto"
-    iommu_pt: bool = True
-    virt_packages: list[str] = ["libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils"]
-    replace: bool = False
-    boot_timeout_s: int = Field(600, ge=10)
+    name: str = F("nested-kvm", "L1's libvirt domain name on L0", pattern=r"^[A-Za-z0-9_.+-]+$")
+    image: str = F("lab", "`lab` (with lab: true: the lab builds it) or the absolute path of your L1 disk "
+                   "image on L0 (qcow2)", example="/kvm/nested/img-nested.qcow2")
+    sockets: int = F(1, "L1's CPU sockets", ge=1, le=16)
+    cores: int = F(2, "cores per socket", ge=1, le=256)
+    threads: int = F(1, "threads per core", ge=1, le=8)
+    cpuset: Optional[str] = F(None, "L0 CPUs L1's vCPUs are pinned to; empty: the runbook picks CPUs of one NUMA node",
+                              example="16-23,40-47")
+    memory_mib: int = F(2048, "L1's memory in MiB", ge=512)
+    cpu_mode: Literal["auto", "host-passthrough", "host-model", "maximum"] = F(
+        "auto", "L1's CPU model; auto: host-passthrough under KVM, maximum under TCG")
+    network: Network = F(Network(), "how L1 is reached (below)")
+    ssh: SSHAccess = F(SSHAccess(), "SSH into L1 (below)")
+    iommu: Literal["auto", "intel", "amd"] = F("auto", "the IOMMU kernel argument set in L1 (intel_iommu=on, ...)")
+    iommu_pt: bool = F(True, "also set iommu=pt in L1")
+    virt_packages: list[str] = F(["libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils"],
+                                 "packages stage 03 installs in L1 to run L2")
+    replace: bool = F(False, "an existing L1 whose definition differs may be redefined",
+                      consent="stage 02 may undefine and redefine an existing domain of this name whose "
+                              "definition differs")
+    boot_timeout_s: int = F(600, "seconds L1 may take to boot", ge=10)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_domain_name(v)))
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v):
+        return v if v == "lab" else str(check_file_path(v, "/var/lib/libvirt/images/l1.qcow2"))
 
     @field_validator("cpuset")
     @classmethod
     def _cpuset(cls, v):
-        if v is not None and not CPUSET_RE.match(v):
+        if v is None:
+            return v
+        if not CPUSET_RE.match(v):
             raise ValueError("expected a cpuset like '16-23,40-47'")
+        for part in v.split(","):
+            lo, _, hi = part.partition("-")
+            if max(int(lo), int(hi or lo)) > MAX_CPU:
+                raise ValueError(f"CPU {max(int(lo), int(hi or lo))} is beyond any host's (Linux numbers CPUs "
+                                 f"0-{MAX_CPU}): give CPUs of this host, or leave l1.cpuset empty")
+            if hi and int(hi) < int(lo):
+                raise ValueError(f"`{part}` runs backwards: write the lower CPU first, `{hi}-{lo}`")
         return v
 
     @property
@@ -118,9 +250,9 @@ class L1(Section):
 class Select(Section):
     """Which NVMe in L1 to pass through, when there are several."""
 
-    serial: Optional[str] = None
-    bdf: Optional[str] = None
-    model: Optional[str] = None
+    serial: Optional[str] = F(None, "pick the NVMe with this serial (it must be nvme.serial)", example="1234")
+    bdf: Optional[str] = F(None, "pick the NVMe at this PCI address in L1", example="0000:00:10.0")
+    model: Optional[str] = F(None, "pick the NVMe whose model contains this text", example="QEMU NVMe Ctrl")
 
     @field_validator("bdf")
     @classmethod
@@ -133,61 +265,116 @@ class Select(Section):
 class L2(Section):
     """The L2 guest, inside L1, that gets the NVMe by VFIO."""
 
-    name: str = Field("nvmetest", pattern=r"^[A-Za-z0-9_.+-]+$")
-    image: str = "lab"
-    vcpus: int = Field(1, ge=1, le=64)
-    memory_mib: int = Field(512, ge=128)
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
-    select: Select = Select()
-    replace: bool = False
-    boot_timeout_s: int = Field(300, ge=10)
-    baseline_consent: bool = False
+    name: str = F("nvmetest", "L2's libvirt domain name in L1", pattern=r"^[A-Za-z0-9_.+-]+$")
+    image: str = F("lab", "`lab` (with lab: true) or the absolute path of L2's disk image inside L1",
+                   example="/root/nvmetest.qcow2")
+    vcpus: int = F(1, "L2's vCPUs", ge=1, le=64)
+    memory_mib: int = F(512, "L2's memory in MiB (less than L1's; VFIO pins all of it)", ge=128)
+    accel: Literal["auto", "kvm", "tcg"] = F("auto", "how L2 runs in L1; auto: kvm when nested KVM passes a smoke test")
+    select: Select = F(Select(), "which NVMe in L1 goes to L2 (below)")
+    replace: bool = F(False, "an existing L2 whose definition differs may be redefined",
+                      consent="stage 04 may undefine and redefine an existing L2 of this name in L1")
+    boot_timeout_s: int = F(300, "seconds L2 may take to boot", ge=10)
+    baseline_consent: bool = F(False, "fio may write to L1's NVMe before passthrough (a baseline)",
+                               consent="stage 04 runs fio, writes included, on the NVMe in L1 before it goes to L2")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: check_domain_name(v)))
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v):
+        return v if v == "lab" else check_guest_path(v, "in L1", "/root/nvmetest.qcow2")
 
 
 class Verify(Section):
     """Stage 05's checks in L2."""
 
-    mkfs: bool = False
-    force_wipe: bool = False
-    mount_point: str = "/data"
+    mkfs: bool = F(False, "make an XFS filesystem on the NVMe in L2",
+                   consent="stage 05 runs mkfs.xfs on the passed-through NVMe, destroying what is on it")
+    force_wipe: bool = F(False, "mkfs even over an existing filesystem signature",
+                         consent="with verify.mkfs, mkfs.xfs -f even when the NVMe already holds a filesystem")
+    mount_point: str = F("/data", "where the NVMe is mounted in L2 (absolute, not / nor a system folder)",
+                         example="/data")
+
+    @field_validator("mount_point")
+    @classmethod
+    def _mount_point(cls, v):
+        v = check_guest_path(v, "in L2", "/data")
+        if v == "/":
+            raise ValueError("/ is L2's root filesystem: give a folder of its own for the NVMe, e.g. /data")
+        if v in SYSTEM_DIRS or _kernel_tree(v):
+            raise ValueError(f"{v} is a system folder of L2 and mounting the NVMe there would hide it: "
+                             "give a folder of its own, e.g. /data")
+        return v
 
 
 class Bench(Section):
     """fio on each layer."""
 
-    profiles: list[Literal["randread-4k", "seqread-128k", "randwrite-4k", "seqwrite-128k"]] = [
-        "randread-4k", "seqread-128k", "randwrite-4k"]
-    runtime_s: float = Field(5, ge=0.1, le=3600)  # per profile and repeat; 0.5 is 500 ms
-    size_mib: int = Field(64, ge=1)
-    repeats: int = Field(3, ge=1, le=20)
-    on_l0: bool = False
+    profiles: list[Literal["randread-4k", "seqread-128k", "randwrite-4k", "seqwrite-128k"]] = F(
+        ["randread-4k", "seqread-128k", "randwrite-4k"], "fio profiles to run, in order")
+    runtime_s: float = F(5, "seconds per profile and repeat (0.5 is 500 ms)", ge=0.1, le=3600)
+    size_mib: int = F(64, "fio's file size in MiB", ge=1)
+    repeats: int = F(3, "runs of each profile", ge=1, le=20)
+    on_l0: bool = F(False, "also run fio on L0, in a scratch file beside nvme.backing_file")
 
 
 class Teardown(Section):
     """What stage 99 may remove."""
 
-    l1: bool = True
-    l2: bool = True
+    l1: bool = F(True, "stage 99 removes L1", consent="stage 99 stops and undefines L1 and removes the files "
+                 "the runbook made for it")
+    l2: bool = F(True, "stage 99 removes L2", consent="stage 99 stops and undefines L2 in L1")
 
 
 class Params(Section):
     """Every stage's parameters."""
 
-    name: str = "lab"
-    lab: bool = False
-    host: Host = Host()
-    l1: L1 = L1()
-    nvme: NVMe = NVMe()
-    l2: L2 = L2()
-    verify: Verify = Verify()
-    bench: Bench = Bench()
-    teardown: Teardown = Teardown()
+    name: str = F("lab", "a name for this parameter set, shown in the stages' output")
+    lab: bool = F(False, "true: the emulated lab (the runbook builds L1's and L2's images and SSH key); "
+                  "false: a real host with its own images (l1.image, l2.image)")
+    host: Host = F(Host(), "L0")
+    l1: L1 = F(L1(), "the L1 guest")
+    nvme: NVMe = F(NVMe(), "the emulated NVMe")
+    l2: L2 = F(L2(), "the L2 guest")
+    verify: Verify = F(Verify(), "stage 05's checks")
+    bench: Bench = F(Bench(), "the benchmark")
+    teardown: Teardown = F(Teardown(), "stage 99")
 
     @model_validator(mode="after")
-    def _l2_fits_in_l1(self):
-        if self.l2.memory_mib >= self.l1.memory_mib:
-            raise ValueError(f"l2.memory_mib: {self.l2.memory_mib} MiB must be less than L1's {self.l1.memory_mib} MiB")
+    def _consistent(self):
+        for key, msg in conflicts(self):
+            raise PydanticCustomError("conflict", "{key}: {msg}", {"key": key, "msg": msg})
         return self
+
+
+def conflicts(p: Params) -> list[tuple[str, str]]:
+    """Settings that contradict each other, whatever the file: (key, what to change)."""
+    out = []
+    if p.l2.memory_mib >= p.l1.memory_mib:
+        out.append(("l2.memory_mib", f"{p.l2.memory_mib} MiB must be less than L1's {p.l1.memory_mib} MiB"))
+    if p.l2.select.serial is not None and p.l2.select.serial != p.nvme.serial:
+        out.append(("l2.select.serial", f"`{p.l2.select.serial}` matches no NVMe: the one the runbook gives L1 "
+                                        f"has serial `{p.nvme.serial}` (nvme.serial); make them equal, or leave "
+                                        "l2.select.serial empty"))
+    if p.l1.image != "lab" and Path(p.l1.image) == p.nvme.backing_file:
+        out.append(("nvme.backing_file", f"{p.nvme.backing_file} is also l1.image: give the NVMe a file of its own"))
+    return out
+
+
+def lab_conflicts(p: Params) -> list[tuple[str, str]]:
+    """What a whole parameter file must agree on about the lab (a file, not a
+    partial set of sections as the checks' tests build)."""
+    out = []
+    for key, image in (("l1.image", p.l1.image), ("l2.image", p.l2.image)):
+        where = "on L0" if key == "l1.image" else "inside L1"
+        if not p.lab and image == "lab":
+            out.append((key, f"a real host (lab: false) needs its own image: give the absolute path of "
+                             f"{key[:2].upper()}'s disk image {where}, or set `lab: true` for the emulated lab"))
+        elif p.lab and image != "lab":
+            out.append((key, f"the lab (lab: true) builds its own image: set `{key.split('.')[1]}: lab`, "
+                             f"or `lab: false` to use {image}"))
+    return out
 
 
 class _Loader(yaml.SafeLoader):
@@ -207,35 +394,221 @@ def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+SECRET_RE = re.compile(r"pass(word|wd|phrase)|token|secret|credential|private|(^|_)keys?$", re.I)
+KEY_MATERIAL = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+README = "parameters/README.md"
+
+
+def looks_secret(key) -> bool:
+    """Is ``key`` named like a secret (password, passphrase, token, key material)?"""
+    return bool(SECRET_RE.search(str(key)))
+
+
+def _model_at(loc: tuple):
+    """The schema class a location inside the file points into, or None."""
+    model = Params
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _sections_with(key: str) -> list[str]:
+    """The sections that have a key of this name."""
+    found = []
+
+    def walk(model, loc):
+        for name, f in model.model_fields.items():
+            if name == key and loc:
+                found.append(".".join(loc))
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                walk(f.annotation, loc + (name,))
+    walk(Params, ())
+    return found
+
+
+def _unknown_key(loc: tuple) -> str:
+    """What to say about a key the schema does not have: the nearest valid one."""
+    key, parent = str(loc[-1]), loc[:-1]
+    if looks_secret(key):
+        if "ssh" in parent or "ssh" in key.lower():
+            return "SSH is by key only: give `l1.ssh.identity`, the path of your private key (the value is not shown)"
+        return "a parameter file holds no secrets: remove this key (its value is not shown)"
+    model = _model_at(parent)
+    names = list(model.model_fields) if model else []
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean `{close[0]}`? (the keys are in {README})"
+    elsewhere = [s for s in _sections_with(key) if s != ".".join(map(str, parent))]
+    if elsewhere:
+        return f"unknown key here; it belongs in {' or '.join(elsewhere)} (see {README})"
+    return f"unknown key; {_where(parent)} has {', '.join(names)} (see {README})"
+
+
+def error_key(err: dict) -> str:
+    """The dotted key a validation error is about."""
+    if err["type"] == "conflict":
+        return err["ctx"]["key"]
+    return _where(err["loc"])
+
+
 def _explain(err: dict) -> str:
-    kind, msg = err["type"], err["msg"]
+    """One line for one validation error; the refused value only when it is
+    short, plain and not under a key that looks like a secret."""
+    kind, msg, loc = err["type"], err["msg"], err["loc"]
     if kind == "extra_forbidden":
-        return "unknown key (check its spelling against parameters/README.md)"
+        return _unknown_key(loc)
     if kind == "missing":
         return "required, but missing"
-    return msg.removeprefix("Value error, ")
+    if kind == "path_type":
+        return "expected an absolute path"
+    if kind == "string_type" and isinstance(err.get("input"), (int, float)) and not isinstance(err["input"], bool) \
+            and not any(looks_secret(p) for p in loc):
+        return f"expected text, got the number {err['input']}: write it in quotes, '{err['input']}'"
+    if kind == "conflict":
+        return err["ctx"]["msg"]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        if err.get("input") is None:
+            return "an empty section: give its keys below it, or remove the line for the defaults"
+        kind = "list" if isinstance(err.get("input"), list) else "single value"
+        return f"expected the section's keys below it, not a {kind}"
+    text = msg.removeprefix("Value error, ")
+    value = err.get("input")
+    if kind == "value_error" or not isinstance(value, (str, int, float, bool)) or any(looks_secret(p) for p in loc):
+        return text
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return f"{text} (got {shown})"
+
+
+class _Lines:
+    """Where each key of a parameter file is, and a refusal of keys given twice."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.at: dict[tuple, int] = {}
+
+    def walk(self, node, loc: tuple = ()) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = k.value, k.start_mark.line + 1
+                if not isinstance(k, yaml.ScalarNode):
+                    raise ParamsError(f"{self.path}:{line}: a key is a plain name, not a list or a mapping")
+                if loc + (key,) in self.at:
+                    raise ParamsError(self.say(loc + (key,), f"given twice (first on line "
+                                                             f"{self.at[loc + (key,)]}, again on line {line}): "
+                                                             "keep one", line))
+                self.at[loc + (key,)] = line
+                self.walk(v, loc + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.at[loc + (i,)] = item.start_mark.line + 1
+                self.walk(item, loc + (i,))
+
+    def line(self, loc: tuple) -> int | None:
+        for n in range(len(loc), 0, -1):
+            key = tuple(str(p) if not isinstance(p, int) else p for p in loc[:n])
+            if key in self.at:
+                return self.at[key]
+        return None
+
+    def say(self, loc: tuple, text: str, line: int | None = None) -> str:
+        """PATH:LINE: key: text."""
+        line = line or self.line(loc)
+        return f"{self.path}{f':{line}' if line else ''}: {_where(loc)}: {text}"
+
+
+def _read(path: Path) -> str:
+    """The parameter file's text, or why it is not one."""
+    if path.is_dir():
+        raise ParamsError(f"{path}: a folder, not a parameter file: give a YAML file such as parameters/lab.yaml")
+    if not path.exists():
+        raise ParamsError(f"{path}: no such parameter file (the lab's is parameters/lab.yaml)")
+    if path.suffix == ".ipynb":
+        raise ParamsError(f"{path}: a Jupyter notebook, not a parameter file: give a YAML file "
+                          "such as parameters/lab.yaml")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot be read ({e.strerror}): check its permissions") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}:{line}: not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): "
+                          "save the file as UTF-8") from None
+
+
+def _parse(path: Path, text: str) -> tuple[dict, _Lines]:
+    """The YAML document as a mapping, with its keys' lines; keys given twice refused."""
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        lines = _Lines(path)
+        lines.walk(node)
+        raw = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        context = f" ({e.context})" if e.context else ""
+        raise ParamsError(f"{path}{where}: not valid YAML: {e.problem}{context}") from None
+    except yaml.reader.ReaderError as e:
+        line = text[:e.position].count("\n") + 1
+        raise ParamsError(f"{path}:{line}: not valid YAML: character {e.character:#06x} is not allowed: "
+                          "remove it") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if raw is None or raw == {}:
+        raise ParamsError(f"{path}: no settings in it (empty, or only comments): start from a copy of "
+                          "parameters/lab.yaml (the lab) or parameters/seed-xeon4214.yaml (a real host)")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (host, l1, nvme, l2, ...) at the top")
+    if "nbformat" in raw and "cells" in raw:
+        raise ParamsError(f"{path}: a Jupyter notebook, not a parameter file: give a YAML file "
+                          "such as parameters/lab.yaml")
+    return raw, lines
+
+
+def _key_material(raw, loc: tuple = ()) -> list[tuple]:
+    """Where a value holds a private key itself."""
+    if isinstance(raw, dict):
+        return [hit for k, v in raw.items() for hit in _key_material(v, loc + (str(k),))]
+    if isinstance(raw, list):
+        return [hit for i, v in enumerate(raw) for hit in _key_material(v, loc + (i,))]
+    return [loc] if isinstance(raw, str) and KEY_MATERIAL.search(raw) else []
+
+
+def _loc(err: dict) -> tuple:
+    return tuple(error_key(err).split(".")) if err["type"] == "conflict" else err["loc"]
 
 
 def load(path: str | Path) -> Params:
-    """Read and validate a parameter file, or raise ParamsError saying what to fix."""
+    """Read and validate a parameter file, or raise ParamsError saying what to fix,
+    one line a problem: ``PATH:LINE: key: what is wrong and what to do``."""
     path = Path(path)
+    raw, lines = _parse(path, _read(path))
+    problems = [lines.say(loc, "holds a private key itself: take it out of this file and give the path of "
+                               "the key file in l1.ssh.identity (the value is not shown)")
+                for loc in _key_material(raw)]
+    if problems:
+        raise ParamsError("\n".join(problems))
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such parameter file (the lab's is parameters/lab.yaml)") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections (host, l1, nvme, l2, ...) at the top")
-    try:
-        return Params.model_validate(raw)
+        p = Params.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{path}: {_where(x['loc'])}: {_explain(x)} (got {x.get('input')!r})"
-                 if x["type"] != "missing" else f"{path}: {_where(x['loc'])}: {_explain(x)}"
-                 for x in e.errors()]
-        raise ParamsError("\n".join(lines)) from None
+        errors = sorted(e.errors(), key=lambda x: lines.line(_loc(x)) or 0)
+        raise ParamsError("\n".join(lines.say(_loc(x), _explain(x)) for x in errors)) from None
+    problems = [lines.say(loc, msg, lines.at.get(loc) or lines.at.get(("lab",)))
+                for loc, msg in ((tuple(key.split(".")), msg) for key, msg in lab_conflicts(p))]
+    if problems:
+        raise ParamsError("\n".join(problems))
+    return p
 
 
 def check_against_host(p: Params, cpus: list[int], memory_mib: int, path: str | Path = "parameters") -> None:

@@ -20,6 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from . import host_checks
 from . import params as params_mod
 from .errors import RunbookError
 from .records import keep_earlier
@@ -40,26 +41,85 @@ def stages(notebooks: Path = NOTEBOOKS) -> dict[str, Path]:
     return found
 
 
+STAGE_RE = re.compile(r"^\d{1,2}$")
+
+
+def _stage_number(text: str, option: str, available: dict[str, Path]) -> str:
+    """'3' -> '03', or why it is not a stage."""
+    if not STAGE_RE.match(text):
+        raise RunbookError(f"{option}: `{text}` is not a stage number: stages are {', '.join(available)}")
+    return text.zfill(2)
+
+
 def pick_stages(available: dict[str, Path], only: str | None, start: str | None) -> list[str]:
-    """The stages to run: ``--stages 01,02``, ``--from 03``, or the main ones."""
-    if only and start:
-        raise RunbookError("--stages and --from cannot be used together", hint="choose one")
-    if only:
-        chosen = [s.strip().zfill(2) for s in only.split(",") if s.strip()]
+    """The stages to run: ``--stages 01,02``, ``--from 03``, or the main ones.
+    Refused, in one line with what to type: an empty list, a stage that is not
+    one, a stage given twice, stages out of order, ``--from 99``."""
+    if only is not None and start is not None:
+        raise RunbookError("--stages and --from cannot be used together: type one of them, "
+                           "e.g. `--from 03` or `--stages 03,04`")
+    if only is not None:
+        parts = [s.strip() for s in only.split(",") if s.strip()]
+        if not parts:
+            raise RunbookError("--stages is empty: give the stages to run, e.g. `--stages 01,02`, "
+                               "or `--stages 99` to tear down")
+        chosen = [_stage_number(s, f"--stages {only}", available) for s in parts]
+        twice = sorted({s for s in chosen if chosen.count(s) > 1})
+        if twice:
+            raise RunbookError(f"--stages {only}: stage {', '.join(twice)} given twice: "
+                               f"type `--stages {','.join(sorted(set(chosen)))}`")
+        if chosen != sorted(chosen):
+            raise RunbookError(f"--stages {only}: stages run in order: type `--stages {','.join(sorted(chosen))}`")
+    elif start is not None:
+        if not start.strip():
+            raise RunbookError("--from is empty: give the stage to start from, e.g. `--from 03`")
+        start = _stage_number(start.strip(), f"--from {start}", available)
+        if start not in MAIN_STAGES and start in available:
+            raise RunbookError(f"--from {start}: stage {start} is not followed by others "
+                               f"(teardown runs alone): type `--stages {start}`")
+        if start not in available:
+            raise RunbookError(f"--from {start}: no such stage: stages are {', '.join(available)}")
+        chosen = [s for s in available if s in MAIN_STAGES and s >= start]
     else:
-        main = [s for s in available if s in MAIN_STAGES]
-        if start:
-            start = start.zfill(2)
-            if start not in available:
-                raise RunbookError(f"--from {start}: no such stage", hint=f"stages are {', '.join(available)}")
-            chosen = [s for s in main if s >= start] or [start]
-        else:
-            chosen = main
+        chosen = [s for s in available if s in MAIN_STAGES]
     unknown = [s for s in chosen if s not in available]
     if unknown:
-        raise RunbookError(f"no notebook for stage(s) {', '.join(unknown)}",
-                           hint=f"stages are {', '.join(available)}")
+        raise RunbookError(f"--stages {only}: no notebook for stage(s) {', '.join(unknown)}: "
+                           f"stages are {', '.join(available)}")
     return chosen
+
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_run_id(run_id: str | None, outputs: Path | None = None) -> None:
+    """A run id is a plain folder name under --outputs (no '/', no '..'), not a file there."""
+    if run_id is None:
+        return
+    if not RUN_ID_RE.match(run_id):
+        raise RunbookError(f"--run-id {run_id!r}: not a plain folder name: give a name such as `try-2` "
+                           "(letters, digits, '.', '_', '-'; it becomes a folder under --outputs)")
+    if outputs is not None and (outputs / run_id).exists() and not (outputs / run_id).is_dir():
+        raise RunbookError(f"--run-id {run_id}: {outputs / run_id} is a file, not a run folder: give another name")
+
+
+def check_outputs(outputs: Path) -> None:
+    """--outputs is a folder, or can become one, where run folders can be written."""
+    resolved = Path(os.path.abspath(outputs))
+    tree = next((t for t in ("/proc", "/sys", "/dev") if resolved == Path(t) or Path(t) in resolved.parents), None)
+    if tree:
+        raise RunbookError(f"--outputs {outputs} is under {tree}, where the kernel keeps its own state: "
+                           "give a folder on a disk, e.g. `--outputs outputs`")
+    here = outputs
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        what = "is a file" if here == outputs else f"is under {here}, a file"
+        raise RunbookError(f"--outputs {outputs} {what}, not a folder: give a folder (it is created if missing), "
+                           "e.g. `--outputs outputs`")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise RunbookError(f"--outputs {outputs}: {here} is not writable for this user: give a folder you can "
+                           "write, e.g. `--outputs outputs`")
 
 
 def new_run_id() -> str:
@@ -68,6 +128,8 @@ def new_run_id() -> str:
 
 def run_dir_for(outputs: Path, run_id: str | None, resume: bool) -> Path:
     """A new run folder, or the given/latest one when resuming."""
+    check_outputs(outputs)
+    check_run_id(run_id, outputs)
     latest = outputs / "latest"
     if run_id:
         d = outputs / run_id
@@ -240,13 +302,6 @@ def settle_dead_attempts(entries: dict[str, dict]) -> list[str]:
     return settled
 
 
-def host_resources() -> tuple[list[int], int]:
-    """This host's online CPUs and total memory in MiB (for the parameter checks)."""
-    online = Path("/sys/devices/system/cpu/online").read_text().strip()
-    kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    return params_mod.parse_cpuset(online), kib // 1024
-
-
 def write_summary(run_dir: Path, summary: dict) -> Path:
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -256,11 +311,12 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
 def run(args) -> int:
     params_file = Path(args.params).resolve()
     try:
-        p = params_mod.load(params_file)
-        cpus, mem = host_resources()
-        params_mod.check_against_host(p, cpus, mem, params_file)
         available = stages(Path(args.notebooks))
         chosen = pick_stages(available, args.stages, args.start)
+        check_outputs(Path(args.outputs))
+        check_run_id(args.run_id, Path(args.outputs))
+        p = params_mod.load(params_file)
+        host_checks.check_host(p, params_file, chosen)
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
@@ -374,33 +430,63 @@ def _started(entry: dict) -> float:
 
 
 def check_params(args) -> int:
+    """Validate a parameter file; unless --schema-only, against this host too."""
     try:
-        params_mod.load(args.params)
+        p = params_mod.load(args.params)
+        if not args.schema_only:
+            host_checks.check_host(p, args.params)
     except params_mod.ParamsError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    print(f"{args.params}: valid")
+    if args.schema_only:
+        print(f"{args.params}: valid for the schema; not checked against this host "
+              f"(to check it: python -m helpers check-params {args.params})")
+    else:
+        print(f"{args.params}: valid, and this host can run it (CPUs, memory, files, free space, biggest file, "
+              "SSH port)")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, refusing a bad command line in one line (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"ERROR: {message}: see `{self.prog} --help`\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a number of seconds above 0")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="python -m helpers", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", metavar="{run,check-params}")
     r = sub.add_parser("run", help="run stages with papermill into outputs/<run-id>/")
     r.add_argument("--params", default=str(DEFAULT_PARAMS), help="parameter file (default: the lab)")
-    r.add_argument("--stages", help="comma-separated stages, e.g. 01,02 or 99 (resumes the latest run)")
-    r.add_argument("--from", dest="start", help="run from this stage on (resumes the latest run)")
-    r.add_argument("--run-id", help="run folder name under outputs/ to create or resume")
+    r.add_argument("--stages", help="comma-separated stages, in order, e.g. 01,02 or 99 (resumes the latest run)")
+    r.add_argument("--from", dest="start", help="run from this main stage on (resumes the latest run)")
+    r.add_argument("--run-id", help="run folder name under outputs/ to create or resume (a plain name)")
     r.add_argument("--outputs", default=str(OUTPUTS), help="where run folders go")
     r.add_argument("--notebooks", default=str(NOTEBOOKS), help=argparse.SUPPRESS)
-    r.add_argument("--cell-timeout", type=int, default=3600, help="seconds any one cell may take")
+    r.add_argument("--cell-timeout", type=_positive, default=3600, help="seconds any one cell may take")
     r.add_argument("--teardown-on-failure", action="store_true", help="run stage 99 when a stage fails")
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebooks' cell output")
     r.set_defaults(func=run)
-    c = sub.add_parser("check-params", help="validate a parameter file and exit")
+    c = sub.add_parser("check-params", help="validate a parameter file, and against this host, then exit")
     c.add_argument("params")
+    c.add_argument("--schema-only", action="store_true", help="check the file alone, not against this host")
     c.set_defaults(func=check_params)
     args = ap.parse_args(argv)
+    if args.cmd is None:
+        print("ERROR: no command: type `python -m helpers run` (stages 01-05 on parameters/lab.yaml) "
+              "or `python -m helpers check-params FILE`", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -203,7 +203,7 @@ EXPECTED = {
         C.CPU_VIRT: "pass", C.KVM_HW: "pass", C.NESTED: "warn", C.IOMMU_TABLE: "fail", C.IOMMU_ON: "fail",
         C.IRQ_REMAP: "fail", C.IOMMU_GROUPS: "fail", C.CMDLINE: "fail", C.LIBVIRT: "fail",
         C.LIBVIRT_VERSION: "skip", C.MACHINE_Q35: "skip", C.DOMAIN_TYPES: "skip", C.QEMU_VERSION: "pass",
-        "QEMU device nvme": "pass", C.DISK: "warn"},
+        "QEMU device nvme": "pass", C.DISK: "fail"},
     ("lab-l1", "l1"): {
         C.CPU_VIRT: "pass", C.DEV_KVM: "pass", C.KVM_HW: "pass", C.NESTED: "skip", C.IOMMU_TABLE: "pass",
         C.IOMMU_ON: "pass", C.IRQ_REMAP: "pass", C.IOMMU_GROUPS: "pass", C.CMDLINE: "pass",
@@ -447,14 +447,19 @@ def test_numa_suggestion():
 
 def test_disk(tmp_path):
     got, _ = run("intel-no-iommu")
-    assert got[C.DISK].verdict == "warn" and "sparse" in got[C.DISK].observed
+    # a backing file bigger than the free space is a failure, even though it would be made sparse
+    assert got[C.DISK].verdict == "fail" and "does not fit" in got[C.DISK].observed
     assert "at most 0.4" in got[C.DISK].fix
-    full = variant("intel-no-iommu", tmp_path / "a", write={"cmd/df.out": "Avail Mounted on\n1048576 /\n"})
+    full = variant("intel-no-iommu", tmp_path / "a", write={"cmd/df.out": "Type Avail Mounted on\next4 1048576 /\n"})
     assert {c.name: c for c in host_checks(full, params())}[C.DISK].verdict == "fail"
+    fat = variant("intel-no-iommu", tmp_path / "c", write={"cmd/df.out": "Type Avail Mounted on\nvfat 1e12 /\n"
+                                                            .replace("1e12", str(10 ** 12))})
+    c = {c.name: c for c in host_checks(fat, params(nvme={"size_gib": 8}))}[C.DISK]
+    assert c.verdict == "fail" and "vfat holds files of at most 4 GiB" in c.observed
     there = variant("intel-no-iommu", tmp_path / "b", write={"var/lib/nested-nvme/nvme.raw": "",
-                                                              "cmd/df2.cmd": "df -B1 --output=avail,target "
+                                                              "cmd/df2.cmd": "df -B1 --output=fstype,avail,target "
                                                                              "/var/lib/nested-nvme/nvme.raw",
-                                                              "cmd/df2.out": "Avail Mounted on\n524288000 /\n"})
+                                                              "cmd/df2.out": "Type Avail Mounted on\next4 524288000 /\n"})
     c = {c.name: c for c in host_checks(there, params())}[C.DISK]
     assert c.verdict == "pass" and "exists already" in c.observed
 

@@ -17,11 +17,8 @@ so neither `make run`'s lab nor the main lab test is touched. Real parts only:
 libvirtd, QEMU, L1 under TCG, L2 under KVM in L1.
 """
 import json
-import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading

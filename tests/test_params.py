@@ -83,3 +83,19 @@ def test_host_check_accepts_what_fits():
 
 def test_parse_cpuset():
     assert params.parse_cpuset("0-2,5") == [0, 1, 2, 5]
+
+
+def test_parameters_readme_is_current():
+    from helpers import params_doc
+    assert (ROOT / "parameters" / "README.md").read_text() == params_doc.readme(), \
+        "parameters/README.md is not current: run `python -m helpers.params_doc`"
+
+
+def test_parameters_readme_documents_every_key_and_consent():
+    from helpers import params_doc
+    text = params_doc.readme()
+    for name, model in params_doc._sections():
+        for key in model.model_fields:
+            assert f"| `{name + '.' if name else ''}{key}` |" in text
+    for key in ("verify.mkfs", "verify.force_wipe", "l2.baseline_consent", "nvme.remove_backing_file"):
+        assert f"| `{key}` | false |" in text.split("## The top level")[0]

@@ -212,7 +212,7 @@ def test_ctrl_c_stops_the_run_within_seconds_says_how_to_resume_and_resume_compl
     out, err = first.communicate(timeout=30)
     assert time.monotonic() - t0 < 15
     assert first.returncode == 130 and "Traceback" not in err
-    assert "INTERRUPTED at stage 02" in err and f"--run-id i --from 02" in err
+    assert "INTERRUPTED at stage 02" in err and "--run-id i --from 02" in err
     assert _gone(kernel)
     summary = json.loads((run / "summary.json").read_text())
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("01", "passed"), ("02", "interrupted")]

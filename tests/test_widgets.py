@@ -36,9 +36,9 @@ def test_form_is_prefilled_and_applies_valid_values(lab_params, tmp_path):
     cores, _ = form.fields[("l1", "cores")]
     assert cores.value == 2
     cores.value = 3
-    form.fields[("nvme", "serial")][0].value = "ABCD"
+    form.fields[("nvme", "size_gib")][0].value = 2.0
     form.apply_button.click()
-    assert ctx.params.l1.cores == 3 and ctx.params.nvme.serial == "ABCD"
+    assert ctx.params.l1.cores == 3 and ctx.params.nvme.size_gib == 2.0
     assert "applied" in form.message.value
 
 

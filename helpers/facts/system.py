@@ -39,10 +39,11 @@ class Disk:
     mount: str | None = None
     error: str = ""
     exists: bool = False           # the path itself exists already
+    fstype: str = ""               # the filesystem's type (ext4, xfs, vfat, ...)
 
 
 def df_command(path: str) -> str:
-    return f"df -B1 --output=avail,target {shlex.quote(path)}"
+    return f"df -B1 --output=fstype,avail,target {shlex.quote(path)}"
 
 
 def free_disk(guest: Guest, path: str) -> Disk:
@@ -55,8 +56,8 @@ def free_disk(guest: Guest, path: str) -> Disk:
     if not rows:
         return Disk(path, here, error=(r.err or r.out).strip() or f"df exit code {r.rc}",
                     exists=here == path)
-    avail, _, mount = rows[-1].strip().partition(" ")
-    return Disk(path, here, int(avail), mount.strip(), exists=here == path)
+    fstype, avail, mount = rows[-1].split(None, 2)
+    return Disk(path, here, int(avail), mount.strip(), exists=here == path, fstype=fstype)
 
 
 @dataclass
