@@ -187,7 +187,8 @@ def check_report_in_browser(run_dir, shots_dir) -> list[Path]:
     loads: every link of its table of contents targets its stage's section and scrolls it to the
     top of the window, and the "Hide code" button hides every code cell (and shows them again).
     Saves ``report-stage-NN.png`` (the first stage, reached from the contents) and ``report.png``
-    (the top of the report, code hidden) into ``shots_dir``; returns their paths."""
+    (the top of the report, code hidden) into ``shots_dir``; returns their paths. With
+    RUNBOOK_DOC_SHOTS=1 report.png is also copied to docs/img (the README's picture)."""
     from selenium.webdriver.common.by import By
 
     run_dir, shots_dir = Path(run_dir), Path(shots_dir)
@@ -240,9 +241,10 @@ def check_report_in_browser(run_dir, shots_dir) -> list[Path]:
         saved.append(shot(driver, shots_dir / "report.png"))
         toggle.click()
         wait_for(driver, "'Show code' to show the code again", lambda d: all(c.is_displayed() for c in code[:3]), 5)
+    publish({"report.png": shots_dir / "report.png"})
     return saved
 
 
-if __name__ == "__main__":  # python tests/browser.py RUN_DIR SHOTS_DIR
+if __name__ == "__main__":  # [RUNBOOK_DOC_SHOTS=1] .venv/bin/python tests/browser.py RUN_DIR SHOTS_DIR
     for p in check_report_in_browser(Path(sys.argv[1]), Path(sys.argv[2])):
         print(p)

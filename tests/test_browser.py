@@ -6,9 +6,11 @@ the kernel "Nested NVMe runbook" starts, the form shows the parameter file's val
 value is refused with the schema's own message and changes nothing, a good one is applied,
 step 1's button says what it will do and runs only after Confirm, and the check table
 appears. Then report.html of a real stage-01 run is checked the same way: its table of
-contents links and its "Hide code" button. Screenshots go into the test's run folder
-(under pytest's tmp dir, printed) and to outputs/test-artifacts/browser/; with
-RUNBOOK_DOC_SHOTS=1 the two the README shows are copied to docs/img."""
+contents links and its "Hide code" button. Screenshots go into each test's run folder
+(under pytest's tmp dir; its path is printed) and are copied to outputs/test-artifacts/browser/.
+With RUNBOOK_DOC_SHOTS=1 the README's two pictures are copied to docs/img: interactive-form.png
+from here, report.png from check_report_in_browser (the lab test's full run, which comes later
+in the suite, replaces this file's stage-01 one)."""
 import contextlib
 import json
 import re
