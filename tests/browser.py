@@ -57,6 +57,17 @@ def _kill_group(proc: subprocess.Popen | None) -> None:
         time.sleep(0.5)
 
 
+def _kill_kernels(runtime: Path) -> None:
+    """Kernels run in sessions of their own: kill any left by a server that did not shut them
+    down, known by their connection file in this server's own runtime dir."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(runtime) in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,6 +114,7 @@ def jupyterlab(notebook_dir: Path, home: Path, timeout: float = 60):
         yield base, token
     finally:
         _kill_group(proc)
+        _kill_kernels(home / "runtime")
         log.close()
 
 

@@ -69,8 +69,8 @@ def run(tmp_path):
     yield run
     print(f"\nbrowser test run folder (screenshots): {run}")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for png in run.glob("*.png"):
-        shutil.copyfile(png, ARTIFACTS / png.name)
+    for shot in [*run.glob("*.png"), *run.glob("failure.html")]:
+        shutil.copyfile(shot, ARTIFACTS / shot.name)
 
 
 def test_stage_01_interactive_in_jupyterlab(tmp_path, run):
