@@ -92,6 +92,7 @@ def test_stage_01_interactive_in_jupyterlab(tmp_path, run):
 
 
 def _drive(d, url, lab, state, run):
+    """What an engineer does in JupyterLab with stage 01, checked at each step."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -115,8 +116,8 @@ def _drive(d, url, lab, state, run):
     wait("Run All Cells in the Run menu", lambda _: xp(
         "//li[contains(@class,'lm-Menu-item')][.//div[normalize-space()='Run All Cells']]"), 10)[0].click()
 
-    field = lambda name, kind="input": xp(  # noqa: E731
-        f"//div[contains(@class,'widget-inline-hbox')][./label[normalize-space()='{name}']]//{kind}")
+    field = lambda name: xp(  # noqa: E731  (a form row: its label, then its input)
+        f"//div[contains(@class,'widget-inline-hbox')][./label[normalize-space()='{name}']]//input")
     button = lambda label: xp(f"//button[contains(@class,'jupyter-button')][normalize-space()='{label}']")  # noqa: E731
     memory = wait("the form", lambda _: field("memory_mib"), 60)[0]
     wait("step 1's button", lambda _: button("Read and judge the host"), 30)
