@@ -106,7 +106,8 @@ class StepButton:
         self.fn, self.args, self.preview, self.show, self.on_result = fn, args, preview, show, on_result
         self.result = None
         self.calls = 0
-        self.button = w.Button(description=label, button_style="warning" if preview else "")
+        self.button = w.Button(description=label, button_style="warning" if preview else "",
+                               layout=w.Layout(width="auto", min_width="148px"))  # the whole label, not "Read and ju..."
         self.confirm = w.Button(description="Confirm", button_style="danger", layout=w.Layout(display="none"))
         self.output = w.Output()
         self.button.on_click(lambda _: self.click())

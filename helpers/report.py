@@ -10,7 +10,9 @@ import nbformat
 
 TOGGLE = """
 <style>
-body.hide-code .jp-InputArea, body.hide-code .jp-InputPrompt, body.hide-code .input_area { display: none; }
+/* code cells only: the markdown (contents, stage titles, explanations) also sits in a .jp-InputArea */
+body.hide-code .jp-CodeCell .jp-InputArea, body.hide-code .jp-CodeCell .jp-InputPrompt,
+body.hide-code .code_cell .input_area { display: none; }
 #code-toggle { position: fixed; top: 8px; right: 12px; z-index: 10; padding: 4px 10px; }
 table.runbook-toc td, table.runbook-toc th { padding: 2px 10px; }
 </style>

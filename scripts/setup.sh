@@ -11,8 +11,9 @@ DEB_PACKAGES=(
   parted e2fsprogs xfsprogs dosfstools grub-pc-bin kmod cpio zstd
   openssh-client openssh-server libxml2-utils apt-utils python3-venv
 )
-# what only the test suite needs: a headless browser for the report check
-[ "${1:-}" = "--test" ] && DEB_PACKAGES+=(chromium)
+# what only the test suite needs: Debian's headless browser and its WebDriver, which Selenium
+# drives through JupyterLab and the report (tests/test_browser.py); no browser is downloaded
+[ "${1:-}" = "--test" ] && DEB_PACKAGES+=(chromium chromium-driver)
 say() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then

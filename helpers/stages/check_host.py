@@ -20,9 +20,37 @@ def run_checks(ctx: Stage, role: str = "l0", guest=None) -> list[checks.Check]:
     return found
 
 
+def preview(ctx: Stage) -> str:
+    """What step 1 does, said before an interactive run does it: it overwrites the
+    verdicts and the accelerator that stage 02 builds L1 with."""
+    return (f"read the host (and boot a test kernel under -accel kvm, at most "
+            f"{ctx.params.host.kvm_smoke_timeout_s} s, when /dev/kvm is there), judge it against "
+            f"L1's {ctx.params.l1.memory_mib} MiB and {ctx.params.l1.vcpus} vCPUs, and write the verdicts "
+            f"and L1's accelerator into the run state {ctx.state.path}")
+
+
+def _recorded(ctx: Stage) -> dict:
+    h = ctx.state.get("host")
+    if not h:
+        raise RunbookError("the host has not been checked yet in this run state",
+                           hint="run step 1 (in JupyterLab: its button, then Confirm) first")
+    return h
+
+
 def accel(ctx: Stage) -> tuple[str, str]:
-    h = ctx.state["host"]
+    h = _recorded(ctx)
     return h["accel"], h["accel_reason"]
+
+
+def say_accel(choice: tuple[str, str]) -> None:
+    accel, why = choice
+    print(f"L1 will run under {accel.upper()}: {why}")
+
+
+def verdict(ctx: Stage) -> None:
+    """Stop the run when a check recorded by step 1 failed (see assert_passed)."""
+    assert_passed([checks.Check(c["name"], c["observed"], c["verdict"], c.get("fix", ""))
+                   for c in _recorded(ctx)["checks"]])
 
 
 def assert_passed(found: list[checks.Check], where: str = "the host") -> None:
