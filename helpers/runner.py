@@ -383,6 +383,11 @@ def check_params(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    from .bench import compare as compare_mod
+    return compare_mod.main(args.runs, None if args.no_plot else args.plot)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -400,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check-params", help="validate a parameter file and exit")
     c.add_argument("params")
     c.set_defaults(func=check_params)
+    m = sub.add_parser("compare", help="put several runs' results side by side; say what makes them incomparable")
+    m.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (outputs/<run-id>), two or more")
+    m.add_argument("--plot", default="compare.png", help="where to write the plots (default: compare.png)")
+    m.add_argument("--no-plot", action="store_true", help="print the tables only")
+    m.set_defaults(func=compare)
     args = ap.parse_args(argv)
     return args.func(args)
 
