@@ -26,7 +26,11 @@ LAYER_ORDER = ("L0", "L1", "L2")
 ENVIRONMENT_KEYS = ("kernel", "qemu", "libvirt", "cpu_model", "cpu_vendor", "distro", "virtualized")
 CSV_COLUMNS = ("layer", "profile", "run", "iops", "bw_mib_s", "lat_p50_us", "lat_p99_us", "lat_p999_us",
                "seconds", "target")
-PERCENTILE_MARKS = (("lat_p50_us", "p50", "o"), ("lat_p99_us", "p99", "s"), ("lat_p999_us", "p99.9", "^"))
+# (field, name, marker style): the hollow square stays readable around a p99.9 mark that equals p99
+PERCENTILE_MARKS = (("lat_p50_us", "p50", {"marker": "o", "markersize": 7}),
+                    ("lat_p99_us", "p99", {"marker": "s", "markersize": 11, "markerfacecolor": "none",
+                                           "markeredgewidth": 1.6}),
+                    ("lat_p999_us", "p99.9", {"marker": "^", "markersize": 6}))
 
 
 # --- the document -------------------------------------------------------------------------
@@ -147,7 +151,7 @@ def validate(doc: dict, what: str = "results.json") -> dict:
 
     if not isinstance(doc, dict) or "version" not in doc:
         raise RunbookError(f"{what} has no version: it was written before results had one",
-                           hint="run stage 05 of that run again to rewrite it "
+                           hint="make a new run, or, while that run's L2 is still up, run its stage 05 again "
                                 "(python -m helpers run --stages 05 --run-id RUN_ID)")
     if doc["version"] != VERSION:
         raise RunbookError(f"{what} is of version {doc['version']!r}; this runbook reads version {VERSION}",
@@ -224,8 +228,8 @@ def percentile_marks(ax, groups: list[str], series: list[str], get) -> list:
             x = g - 0.4 + width * (i + 0.5)
             values = [row[k] for k, _, _ in PERCENTILE_MARKS]
             ax.vlines(x, min(values), max(values), color=color, linewidth=1.5)
-            for (_, _, marker), v in zip(PERCENTILE_MARKS, values):
-                ax.plot([x], [v], marker=marker, color=color, markersize=7, linestyle="none")
+            for (_, _, style), v in zip(PERCENTILE_MARKS, values):
+                ax.plot([x], [v], color=color, linestyle="none", **style)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlim(-0.5, len(groups) - 0.5)
     return legend_handles(series)
@@ -235,8 +239,8 @@ def legend_handles(series: list[str]) -> list:
     """A color per series, then the markers of p50, p99 and p99.9."""
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], color=c, linewidth=6, label=s) for s, c in zip(series, _colors(len(series)))]
-    return handles + [Line2D([], [], color="black", marker=m, linestyle="none", label=f"latency {name}")
-                      for _, name, m in PERCENTILE_MARKS]
+    return handles + [Line2D([], [], color="black", linestyle="none", label=f"latency {name}", **style)
+                      for _, name, style in PERCENTILE_MARKS]
 
 
 def plot(summary: list[dict], out_dir: Path | None = None):
