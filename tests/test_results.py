@@ -232,6 +232,14 @@ def test_compare_plot_per_profile_grouped_by_layer_with_units(tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 10_000
 
 
+def test_compare_runs_for_the_lab_test(tmp_path):
+    a, b = two_runs(tmp_path)
+    assert compare.compare_runs([a, b], tmp_path / "c.png") == [] and (tmp_path / "c.png").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    assert len(compare.compare_runs(two_runs(other, _kvm_and_new_qemu))) == 4
+
+
 def test_compare_refuses_clearly(tmp_path):
     a, b = two_runs(tmp_path)
     with pytest.raises(RunbookError, match="at least 2 runs, got 1"):
@@ -302,3 +310,23 @@ def test_the_compare_notebook_runs_on_two_recorded_runs(tmp_path):
                         cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False)
     text = out.read_text()
     assert "not comparable" in text and "image/png" in text and "randread-4k" in text
+
+
+# --- stage 05 writes it ----------------------------------------------------------------------
+
+def test_stage_05_summary_writes_a_valid_results_json_from_the_run_state(tmp_path):
+    """Stage 05's last step on a real run's recorded state and summary, without the lab."""
+    from helpers import params as params_mod
+    from helpers.nb import Stage
+    from helpers.stages import verify_benchmark as vb
+    from helpers.state import State
+    run = tmp_path / "20261203-1229"
+    run.mkdir()
+    shutil.copy(LAB_RUN / "state.json", run / "state.json")
+    shutil.copy(LAB_RUN / "summary.json", run / "summary.json")
+    ctx = Stage("05", LAB_PARAMS, params_mod.load(LAB_PARAMS), State(run / "state.json"))
+    summary, relative, files = vb.summary(ctx)
+    doc = results.validate_run(run)
+    assert doc["run"]["id"] == run.name and doc["run"]["started"] == "2026-12-03T12:29:07"
+    assert doc["run"]["params"]["file"] == "lab.yaml" and doc["summary"] == summary and doc["l2_vs_l1"] == relative
+    assert files["csv"].read_text().count("\n") == 1 + len(doc["runs"])

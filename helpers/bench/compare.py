@@ -227,6 +227,17 @@ def plot(runs: list[Run], out: Path | None = None, show: bool = True):
     return fig
 
 
+def compare_runs(paths: list[str | Path], plot_file: Path | None = None) -> list[str]:
+    """Load and validate ``paths`` (two or more run folders), build the report and, with
+    ``plot_file``, the plots; the statements of what makes their figures incomparable
+    (empty: they compare). A RunbookError when a folder cannot be compared."""
+    runs = load_runs(paths)
+    report(runs)
+    if plot_file is not None:
+        plot(runs, Path(plot_file), show=False)
+    return statements(differences(runs))
+
+
 # --- the command line ------------------------------------------------------------------------
 
 def main(paths: list[str], plot_file: str | None = "compare.png", out=None) -> int:
