@@ -159,12 +159,14 @@ def test_bench_plot_marks_percentiles_per_profile_by_layer_without_joining_them(
 
 # --- comparing runs --------------------------------------------------------------------------
 
-def two_runs(tmp_path, alter=None) -> list[Path]:
+def two_runs(tmp_path, alter=None, environment=True) -> list[Path]:
     """Two run folders: the recorded real run and a copy of it, altered by ``alter(doc)``."""
     a, b = tmp_path / "20261203-1230", tmp_path / "20261203-1300"
     for d in (a, b):
         d.mkdir()
     doc = real_doc(run_dir=a)
+    if environment:  # as the stages record it now (the recorded run is from before they did)
+        doc["environment"] = lab_doc()["environment"]
     (a / "results.json").write_text(json.dumps(doc))
     other = copy.deepcopy(doc)
     other["run"]["id"] = b.name
@@ -188,7 +190,7 @@ def test_runs_measured_alike_compare_and_sit_side_by_side(tmp_path):
                                                         ("randread-4k", "L0", "20261203-1300")]
     env = dict((r[0], r[1:]) for r in compare.environment_rows(runs))
     assert env["L1 accelerator"] == ("tcg", "tcg") and env["fio repeats"] == (3, 3)
-    assert env["L1 QEMU version"] == ("-", "-")  # the recorded run is from before the environment was kept
+    assert env["L1 QEMU version"] == ("7.2.22", "7.2.22")
 
 
 def _kvm_and_new_qemu(doc):
@@ -203,10 +205,25 @@ def test_differences_in_accelerator_versions_and_fio_are_said_plainly(tmp_path):
     said = compare.statements(compare.differences(runs))
     assert ("The runs differ in L1 accelerator (20261203-1230: tcg, 20261203-1300: kvm): "
             "their figures are not comparable.") in said
-    assert ("Cannot tell whether the runs had the same L1 QEMU version: 20261203-1230 did not record it "
-            "(20261203-1230: not recorded, 20261203-1300: 8.2.2).") in said
+    assert any("L1 QEMU version (20261203-1230: 7.2.22, 20261203-1300: 8.2.2)" in s for s in said)
     assert any("fio runtime" in s for s in said) and any("fio profiles" in s for s in said)
     assert len(said) == 4
+
+
+def test_what_one_run_or_no_run_recorded_is_a_cannot_tell(tmp_path):
+    def unrecorded(doc):
+        doc["environment"]["L0"]["kernel"] = None
+    said = compare.statements(compare.differences(compare.load_runs(two_runs(tmp_path, unrecorded))))
+    assert said == ["Cannot tell whether the runs had the same L0 kernel: 20261203-1300 did not record it "
+                    "(20261203-1230: 6.18.44-fc-v1147, 20261203-1300: not recorded)."]
+    old = tmp_path / "old"
+    old.mkdir()
+    runs = compare.load_runs(two_runs(old, environment=False))  # both from before the environment was kept
+    said = compare.statements(compare.differences(runs))
+    assert said == ["Cannot tell whether the runs had the same L0 kernel, L0 QEMU version, L0 libvirt version, "
+                    "L0 CPU model, L1 kernel, L1 QEMU version, L1 libvirt version, L1 CPU model: "
+                    "no run recorded them."]
+    assert "measured alike" not in compare.report(runs)
 
 
 def test_runs_that_differ_in_a_version_are_not_comparable(tmp_path):

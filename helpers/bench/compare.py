@@ -100,27 +100,33 @@ def settings(doc: dict) -> dict[str, Any]:
 
 
 def differences(runs: list[Run]) -> list[Difference]:
-    """Every setting that is not the same in all runs, or that some run did not record."""
+    """Every setting that is not the same in all runs, or that some run (or none) recorded."""
     table = {r.label: settings(r.doc) for r in runs}
     out = []
     for what in settings(runs[0].doc):
         values = {label: s[what] for label, s in table.items()}
         known = {repr(v) for v in values.values() if v is not None}
-        if len(known) > 1 or (known and None in values.values()):
+        if len(known) > 1 or None in values.values():
             out.append(Difference(what, values))
     return out
 
 
 def statements(diffs: list[Difference]) -> list[str]:
-    """The differences in plain words, one sentence each."""
+    """The differences in plain words, one sentence each; what no run recorded, in one sentence."""
     out = []
+    nowhere = [d.what for d in diffs if len(d.unknown) == len(d.values)]
     for d in diffs:
+        if d.what in nowhere:
+            continue
         shown = ", ".join(f"{label}: {v if v is not None else 'not recorded'}" for label, v in d.values.items())
         if d.unknown and len({repr(v) for v in d.values.values() if v is not None}) <= 1:
             out.append(f"Cannot tell whether the runs had the same {d.what}: "
                        f"{', '.join(d.unknown)} did not record it ({shown}).")
         else:
             out.append(f"The runs differ in {d.what} ({shown}): their figures are not comparable.")
+    if nowhere:
+        out.append(f"Cannot tell whether the runs had the same {', '.join(nowhere)}: no run recorded "
+                   f"{'it' if len(nowhere) == 1 else 'them'}.")
     return out
 
 
