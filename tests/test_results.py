@@ -1,6 +1,5 @@
 """results.json standing on its own (version, schema, environment), and comparing runs."""
 import copy
-import io
 import json
 import shutil
 from pathlib import Path

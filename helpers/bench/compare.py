@@ -94,7 +94,8 @@ def settings(doc: dict) -> dict[str, Any]:
     out["fio file size (MiB)"] = f["size_mib"]
     out["fio repeats"] = f["repeats"]
     out["fio profiles"] = ", ".join(f["profiles"])
-    out["fio jobs (rw/bs/iodepth)"] = ", ".join(f"{n} {j['rw']}/{j['bs']}/{j['iodepth']}" for n, j in sorted(f["jobs"].items()))
+    out["fio jobs (rw/bs/iodepth)"] = ", ".join(f"{n} {j['rw']}/{j['bs']}/{j['iodepth']}"
+                                                for n, j in sorted(f["jobs"].items()))
     out["fio engine"] = f"{f['ioengine']}, direct={int(f['direct'])}"
     return out
 
