@@ -89,6 +89,7 @@ class HostFacts:
     memory: system_facts.Memory
     os: system_facts.OSRelease
     disk: system_facts.Disk | None = None
+    kernel: str | None = None     # the running kernel's release
 
 
 @dataclass
@@ -136,7 +137,16 @@ def _gather(guest: Guest, params: Params, role: str, smoke: bool) -> HostFacts:
         smoke=sm, iommu=iommu_facts.iommu(guest, cmd), libvirt=lv,
         qemu=libvirt_facts.qemu(guest, binary), memory=system_facts.memory(guest),
         os=system_facts.os_release(guest),
-        disk=system_facts.free_disk(guest, str(params.nvme.backing_file)) if role == "l0" else None)
+        disk=system_facts.free_disk(guest, str(params.nvme.backing_file)) if role == "l0" else None,
+        kernel=system_facts.kernel_release(guest))
+
+
+def environment(f: HostFacts) -> dict:
+    """What a benchmark's figures depend on, from one machine's facts: kernel, QEMU,
+    libvirt, CPU, distribution, and whether the machine is itself a guest."""
+    return {"kernel": f.kernel, "qemu": f.libvirt.qemu_version or f.qemu.version,
+            "libvirt": f.libvirt.libvirt_version, "cpu_model": f.cpu.model, "cpu_vendor": f.cpu.vendor,
+            "distro": f.os.pretty_name or f.os.id or None, "virtualized": "hypervisor" in f.cpu.flags}
 
 
 def kvm_usability(f: HostFacts) -> KvmUsability:

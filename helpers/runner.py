@@ -464,9 +464,14 @@ def _positive(text: str) -> int:
     return n
 
 
+def compare(args) -> int:
+    from .bench import compare as compare_mod
+    return compare_mod.main(args.runs, None if args.no_plot else args.plot)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="python -m helpers", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", metavar="{run,check-params}")
+    sub = ap.add_subparsers(dest="cmd", metavar="{run,check-params,compare}")
     r = sub.add_parser("run", help="run stages with papermill into outputs/<run-id>/")
     r.add_argument("--params", default=str(DEFAULT_PARAMS), help="parameter file (default: the lab)")
     r.add_argument("--stages", help="comma-separated stages, in order, e.g. 01,02 or 99 (resumes the latest run)")
@@ -482,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("params")
     c.add_argument("--schema-only", action="store_true", help="check the file alone, not against this host")
     c.set_defaults(func=check_params)
+    m = sub.add_parser("compare", help="put several runs' results side by side; say what makes them incomparable")
+    m.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (outputs/<run-id>), two or more")
+    m.add_argument("--plot", default="compare.png", help="where to write the plots (default: compare.png)")
+    m.add_argument("--no-plot", action="store_true", help="print the tables only")
+    m.set_defaults(func=compare)
     args = ap.parse_args(argv)
     if args.cmd is None:
         print("ERROR: no command: type `python -m helpers run` (stages 01-05 on parameters/lab.yaml) "

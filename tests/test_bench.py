@@ -131,7 +131,8 @@ def _rows():
     for layer, base in (("L1", 1000.0), ("L2", 800.0)):
         for i, f in enumerate((0.9, 1.0, 1.1), 1):
             rows.append({"layer": layer, "target": "x", "run": i, "profile": "randread-4k", "iops": base * f,
-                         "bw_mib_s": base * f / 256, "lat_p50_us": 10, "lat_p99_us": 20, "lat_p999_us": 40})
+                         "bw_mib_s": base * f / 256, "lat_p50_us": 10, "lat_p99_us": 20, "lat_p999_us": 40,
+                         "seconds": 1.0})
     return rows
 
 
@@ -148,10 +149,12 @@ def test_summary_reports_mean_and_spread_and_relative():
 def test_results_files_and_plot(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
+    from recorded import lab_doc
     rows = _rows()
     s = fio.summarize(rows)
-    paths = results.write(tmp_path, rows, s, fio.relative(s))
+    paths = results.write(tmp_path, lab_doc(rows=rows))
     data = json.loads(paths["json"].read_text())
+    assert data["version"] == results.VERSION
     assert len(data["runs"]) == 6 and data["l2_vs_l1"][0]["iops_pct"] == pytest.approx(80)
     assert paths["csv"].read_text().count("\n") == 7
     results.plot(s, tmp_path)

@@ -154,6 +154,14 @@ def test_06_benchmark_results_for_each_layer(lab):
     assert "stage-05" in html and "data:image/png;base64" in html
 
 
+@pytest.mark.browser
+def test_06b_the_report_works_in_a_real_browser(lab):
+    """Contents links and the hide-code button of this real run's report, in headless Chromium."""
+    from browser import check_report_in_browser
+    shots = check_report_in_browser(lab["run"], lab["run"] / "screenshots")
+    assert all(s.stat().st_size > 5_000 for s in shots)
+
+
 def test_07_rerunning_02_03_04_changes_nothing(lab):
     r = runner(lab["outputs"], "--stages", "02,03,04", "--run-id", lab["run"].name)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

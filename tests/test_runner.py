@@ -233,10 +233,13 @@ def test_a_rerun_keeps_the_earlier_attempts_notebook_and_results(tmp_path, stage
     assert "the disk is busy" in (run / "02_second.attempt-1.ipynb").read_text()
     assert "fixed" in (run / "02_second.ipynb").read_text()
     from helpers.bench import results
-    results.write(run, [{"layer": "L2", "iops": 1}], [], [])
-    results.write(run, [{"layer": "L2", "iops": 1}], [], [])  # the same record: nothing to keep aside
+    from recorded import lab_doc
+    row = {"layer": "L2", "target": "/data/f", "run": 1, "profile": "randread-4k", "iops": 1, "bw_mib_s": 1,
+           "lat_p50_us": 1, "lat_p99_us": 1, "lat_p999_us": 1, "seconds": 1}
+    results.write(run, lab_doc(rows=[row]))
+    results.write(run, lab_doc(rows=[row]))  # the same record: nothing to keep aside
     assert not (run / "results.attempt-1.json").exists()
-    results.write(run, [{"layer": "L2", "iops": 2}], [], [])
+    results.write(run, lab_doc(rows=[{**row, "iops": 2}]))
     assert '"iops": 1' in (run / "results.attempt-1.json").read_text()
     assert '"iops": 2' in (run / "results.json").read_text()
     assert (run / "results.attempt-1.csv").exists()

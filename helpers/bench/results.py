@@ -1,27 +1,139 @@
-"""Benchmark results to files (JSON and CSV) and to plots."""
+"""Benchmark results to files (JSON and CSV) and to plots.
+
+``results.json`` stands on its own: besides fio's figures it says what was
+verified and where (L2's controller and namespace, the filesystem, the BDF and
+IOMMU group in L1), each layer's accelerator, and the environment (kernels,
+QEMU and libvirt on L0 and in L1, CPU, the parameter file and its hash, the
+run's id and times). Its shape is ``results.schema.json`` beside this file;
+``VERSION`` changes whenever a reader would have to change.
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 
+from ..errors import RunbookError
 from ..records import keep_earlier
+from . import fio
 
+VERSION = 1
+SCHEMA = Path(__file__).with_name("results.schema.json")
 LAYER_ORDER = ("L0", "L1", "L2")
+ENVIRONMENT_KEYS = ("kernel", "qemu", "libvirt", "cpu_model", "cpu_vendor", "distro", "virtualized")
+CSV_COLUMNS = ("layer", "profile", "run", "iops", "bw_mib_s", "lat_p50_us", "lat_p99_us", "lat_p999_us",
+               "seconds", "target")
+# (field, name, marker style): the hollow square stays readable around a p99.9 mark that equals p99
+PERCENTILE_MARKS = (("lat_p50_us", "p50", {"marker": "o", "markersize": 7}),
+                    ("lat_p99_us", "p99", {"marker": "s", "markersize": 11, "markerfacecolor": "none",
+                                           "markeredgewidth": 1.6}),
+                    ("lat_p999_us", "p99.9", {"marker": "^", "markersize": 6}))
 
 
-def write(run_dir: Path, rows: list[dict], summary: list[dict], relative: list[dict]) -> dict[str, Path]:
-    """``results.json`` (everything) and ``results.csv`` (one line per fio run)."""
+# --- the document -------------------------------------------------------------------------
+
+def run_info(run_dir: Path, params_file: Path, params_name: str, written: datetime) -> dict:
+    """The run's id and times, and the parameter file by name and content hash.
+
+    ``started`` is the runner's (summary.json); None for a run stepped through by
+    hand. ``written`` is when stage 05 wrote the results (the benchmark's end)."""
+    run_dir, params_file = Path(run_dir), Path(params_file)
+    summary = run_dir / "summary.json"
+    try:
+        started = json.loads(summary.read_text()).get("started") if summary.exists() else None
+    except ValueError:
+        started = None
+    data = params_file.read_bytes() if params_file.exists() else None
+    return {"id": run_dir.name, "started": started, "written": written.isoformat(timespec="seconds"),
+            "params": {"file": params_file.name, "name": params_name,
+                       "sha256": hashlib.sha256(data).hexdigest() if data is not None else None}}
+
+
+def environment(state: dict) -> dict:
+    """L0's and L1's kernel, QEMU, libvirt, CPU and distribution, as the checks read them
+    (stage 01 on the host, stage 03 in L1); every key present, None when not read."""
+    env = state.get("environment") or {}
+    return {layer: {k: (env.get(layer) or {}).get(k) for k in ENVIRONMENT_KEYS} for layer in ("L0", "L1")}
+
+
+def layers(state: dict, rows: list[dict]) -> dict:
+    """Each layer's accelerator (L0 is the host: none of ours) and where fio ran on it."""
+    targets = {r["layer"]: r["target"] for r in rows}
+    host = state.get("host") or {}
+    l2 = state.get("l2") or {}
+    return {"L0": {"accel": "none", "accel_reason": "the host", "fio_target": targets.get("L0")},
+            "L1": {"accel": state.get("accel"), "accel_reason": host.get("accel_reason"),
+                   "fio_target": targets.get("L1")},
+            "L2": {"accel": l2.get("accel"), "accel_reason": l2.get("accel_reason"),
+                   "fio_target": targets.get("L2")}}
+
+
+def nvme_in_l1(state: dict) -> dict:
+    """The NVMe in L1 as stage 04 found and gave it up: BDF, IOMMU group, drivers."""
+    n = state.get("nvme") or {}
+    after = n.get("after") or {}
+    return {"bdf": n.get("bdf_in_l1"), "iommu_group": n.get("iommu_group"), "node_device": n.get("node_device"),
+            "group_members": sorted(n.get("group_members") or []), "driver_before": n.get("driver_before"),
+            "driver_after": after.get("driver"), "vfio_node": after.get("vfio_node"),
+            "model": n.get("model"), "serial": n.get("serial")}
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def nvme_in_l2(state: dict) -> dict:
+    """What stage 05 verified in L2: the controller, the namespace, mkfs, mount and df."""
+    v = state.get("l2_verify") or {}
+    c, ns = v.get("controller") or {}, v.get("nvme") or {}
+    df = v.get("df")
+    return {"controller": {"bdf": c.get("bdf"), "vendor_device": c.get("ids"), "class": c.get("class"),
+                           "lspci": c.get("line")},
+            "namespace": {"device": ns.get("device"), "model": ns.get("model"), "serial": ns.get("serial"),
+                          "size_bytes": _int(ns.get("size_bytes")), "block_size": _int(ns.get("sector_size")),
+                          "firmware": ns.get("firmware")},
+            "filesystem": {"mkfs": v.get("mkfs"), "mounted": bool(v.get("mounted")),
+                           "df": {k: df.get(k) for k in ("source", "type", "size", "mounted_on")} if df else None}}
+
+
+def fio_settings(bench) -> dict:
+    """The fio settings every layer ran with (``bench``: the parameters' bench section)."""
+    profiles = list(bench.profiles)
+    return {"profiles": profiles, "runtime_s": float(bench.runtime_s), "size_mib": int(bench.size_mib),
+            "repeats": int(bench.repeats), "on_l0": bool(bench.on_l0), "ioengine": "libaio", "direct": True,
+            "jobs": {p: dict(fio.PROFILES[p]) for p in profiles}}
+
+
+def document(state: dict, params, run: dict, rows: list[dict], summary: list[dict], relative: list[dict]) -> dict:
+    """Everything results.json holds (``params``: the run's Params; ``run``: from ``run_info``)."""
+    return {"version": VERSION, "run": run, "environment": environment(state), "layers": layers(state, rows),
+            "nvme": {"in_l1": nvme_in_l1(state), "in_l2": nvme_in_l2(state)},
+            "fio": fio_settings(params.bench),
+            "runs": rows, "summary": summary, "l2_vs_l1": relative}
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def write(run_dir: Path, doc: dict) -> dict[str, Path]:
+    """``results.json`` (``doc``, checked against the schema first) and ``results.csv``
+    (one line per fio run, for spreadsheets)."""
     run_dir = Path(run_dir)
+    validate(doc, "the results about to be written")
     j = run_dir / "results.json"
-    text = json.dumps({"runs": rows, "summary": summary, "l2_vs_l1": relative}, indent=2)
+    text = json.dumps(doc, indent=2)
     keep_earlier(j, text.encode())  # a rerun never writes over what an earlier attempt recorded
     j.write_text(text)
     c = run_dir / "results.csv"
+    rows = doc["runs"]
     if rows:
         buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w = csv.DictWriter(buf, fieldnames=[*CSV_COLUMNS, *(k for k in rows[0] if k not in CSV_COLUMNS)])
         w.writeheader()
         w.writerows(rows)
         keep_earlier(c, buf.getvalue().encode())
@@ -29,46 +141,132 @@ def write(run_dir: Path, rows: list[dict], summary: list[dict], relative: list[d
     return {"json": j, "csv": c}
 
 
+def schema() -> dict:
+    return json.loads(SCHEMA.read_text())
+
+
+def validate(doc: dict, what: str = "results.json") -> dict:
+    """``doc`` when it matches the schema of its version; a RunbookError naming every mismatch otherwise."""
+    import jsonschema
+
+    if not isinstance(doc, dict) or "version" not in doc:
+        raise RunbookError(f"{what} has no version: it was written before results had one",
+                           hint="make a new run, or, while that run's L2 is still up, run its stage 05 again "
+                                "(python -m helpers run --stages 05 --run-id RUN_ID)")
+    if doc["version"] != VERSION:
+        raise RunbookError(f"{what} is of version {doc['version']!r}; this runbook reads version {VERSION}",
+                           hint="read it with the runbook version that wrote it, or run stage 05 again")
+    v = jsonschema.Draft202012Validator(schema())
+    errors = sorted(v.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n".join(f"- {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10])
+        raise RunbookError(f"{what} does not match {SCHEMA.name} (version {VERSION}):\n{lines}",
+                           hint=f"the schema is {SCHEMA}")
+    return doc
+
+
+def load(path: Path) -> dict:
+    """A run's results.json (``path``: the run folder or the file), validated."""
+    path = Path(path)
+    f = path / "results.json" if path.is_dir() else path
+    if not f.exists():
+        what = f"{path} has no results.json" if path.is_dir() else f"{path} does not exist"
+        raise RunbookError(what, hint="give a run folder under outputs/ whose stage 05 has passed")
+    try:
+        doc = json.loads(f.read_text())
+    except ValueError as e:
+        raise RunbookError(f"{f} is not JSON: {e}", hint="run stage 05 of that run again to rewrite it") from None
+    return validate(doc, str(f))
+
+
+def validate_run(run_dir: Path) -> dict:
+    """A real run's results.json checked against the schema (for the lab test); the document."""
+    return load(run_dir)
+
+
+# --- plots ------------------------------------------------------------------------------------
+
 def _layers(summary):
     present = {s["layer"] for s in summary}
     return [l for l in LAYER_ORDER if l in present]
 
 
+def _colors(n: int) -> list:
+    import matplotlib.pyplot as plt
+    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def grouped_bars(ax, groups: list[str], series: list[str], get, err=None) -> None:
+    """One bar per series within each group; ``get(series, group)`` its height (None: no bar),
+    ``err(series, group)`` its error bar."""
+    width = 0.8 / max(len(series), 1)
+    for i, (s, color) in enumerate(zip(series, _colors(len(series)))):
+        xs, hs, es = [], [], []
+        for g, group in enumerate(groups):
+            h = get(s, group)
+            if h is not None:
+                xs.append(g - 0.4 + width * (i + 0.5))
+                hs.append(h)
+                es.append(err(s, group) if err else 0)
+        ax.bar(xs, hs, width, yerr=es if err else None, capsize=3, label=s, color=color)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+
+
+def percentile_marks(ax, groups: list[str], series: list[str], get) -> list:
+    """Latency percentiles, one column of marks per series within each group: p50, p99 and
+    p99.9 as distinct markers on a thin line spanning them; ``get(series, group)`` a summary
+    row (None: nothing there). Nothing joins one group or series to the next.
+    Returns the legend's handles (series colors, then the percentile markers)."""
+    width = 0.8 / max(len(series), 1)
+    for i, (s, color) in enumerate(zip(series, _colors(len(series)))):
+        for g, group in enumerate(groups):
+            row = get(s, group)
+            if not row:
+                continue
+            x = g - 0.4 + width * (i + 0.5)
+            values = [row[k] for k, _, _ in PERCENTILE_MARKS]
+            ax.vlines(x, min(values), max(values), color=color, linewidth=1.5)
+            for (_, _, style), v in zip(PERCENTILE_MARKS, values):
+                ax.plot([x], [v], color=color, linestyle="none", **style)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    return legend_handles(series)
+
+
+def legend_handles(series: list[str]) -> list:
+    """A color per series, then the markers of p50, p99 and p99.9."""
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=c, linewidth=6, label=s) for s, c in zip(series, _colors(len(series)))]
+    return handles + [Line2D([], [], color="black", linestyle="none", label=f"latency {name}", **style)
+                      for _, name, style in PERCENTILE_MARKS]
+
+
 def plot(summary: list[dict], out_dir: Path | None = None):
-    """IOPS and bandwidth per layer and profile (with the spread), and latency percentiles."""
+    """Per profile, grouped by layer: IOPS and bandwidth (mean, stdev as error bars) and the
+    completion latency's p50 / p99 / p99.9. Log scales; units on every axis."""
     import matplotlib.pyplot as plt
 
     profiles = list(dict.fromkeys(s["profile"] for s in summary))
-    layers = _layers(summary)
+    layers_ = _layers(summary)
     by = {(s["layer"], s["profile"]): s for s in summary}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    width = 0.8 / max(len(layers), 1)
-    for i, layer in enumerate(layers):
-        xs = [p + i * width for p in range(len(profiles))]
-        get = lambda k: [by[(layer, p)][k] if (layer, p) in by else 0 for p in profiles]  # noqa: E731
-        axes[0].bar(xs, get("iops_mean"), width, yerr=get("iops_stdev"), capsize=3, label=layer)
-        axes[1].bar(xs, get("bw_mib_s_mean"), width, yerr=get("bw_mib_s_stdev"), capsize=3, label=layer)
-    for ax, title in ((axes[0], "IOPS (mean, bars: stdev)"), (axes[1], "bandwidth MiB/s")):
-        ax.set_xticks([p + width * (len(layers) - 1) / 2 for p in range(len(profiles))], profiles)
-        ax.set_title(title + " (log scale)")
+    val = lambda key: (lambda layer, p: by[(layer, p)][key] if (layer, p) in by else None)  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    grouped_bars(axes[0], profiles, layers_, val("iops_mean"), val("iops_stdev"))
+    grouped_bars(axes[1], profiles, layers_, val("bw_mib_s_mean"), val("bw_mib_s_stdev"))
+    handles = percentile_marks(axes[2], profiles, layers_, lambda layer, p: by.get((layer, p)))
+    axes[2].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax, title, unit in ((axes[0], "IOPS (mean; error bar: stdev)", "I/O operations per second"),
+                            (axes[1], "bandwidth (mean; error bar: stdev)", "MiB/s"),
+                            (axes[2], "completion latency percentiles (mean of runs)", "latency (µs)")):
+        ax.set_title(title)
         ax.set_yscale("log")
-        ax.legend()
-    # latency percentiles: one group per layer/profile
-    labels, p50, p99, p999 = [], [], [], []
-    for p in profiles:
-        for layer in layers:
-            if (layer, p) in by:
-                s = by[(layer, p)]
-                labels.append(f"{layer}\n{p}")
-                p50.append(s["lat_p50_us"]), p99.append(s["lat_p99_us"]), p999.append(s["lat_p999_us"])
-    xs = range(len(labels))
-    axes[2].plot(xs, p50, "o-", label="p50")
-    axes[2].plot(xs, p99, "s-", label="p99")
-    axes[2].plot(xs, p999, "^-", label="p99.9")
-    axes[2].set_xticks(list(xs), labels, fontsize=7, rotation=45, ha="right")
-    axes[2].set_yscale("log")
-    axes[2].set_title("completion latency (us)")
-    axes[2].legend()
+        ax.set_ylabel(f"{unit}, log scale")
+        ax.set_xlabel("fio profile (bars/marks: layer)")
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     if out_dir is not None:
         fig.savefig(Path(out_dir) / "bench.png", dpi=90)

@@ -1,4 +1,4 @@
-"""System facts: memory, free disk at a path, the distribution (os-release)."""
+"""System facts: memory, free disk at a path, the distribution (os-release), the kernel release."""
 from __future__ import annotations
 
 import posixpath
@@ -15,7 +15,8 @@ class Memory:
     available_mib: int
 
 
-READS = ("/proc/meminfo", "/etc/os-release", "/usr/lib/os-release")
+OSRELEASE = "/proc/sys/kernel/osrelease"
+READS = ("/proc/meminfo", "/etc/os-release", "/usr/lib/os-release", OSRELEASE)
 
 
 def memory(guest: Guest) -> Memory:
@@ -86,3 +87,9 @@ def os_release(guest: Guest) -> OSRelease:
             values[key.strip()] = value
     return OSRelease(values.get("ID", ""), values.get("ID_LIKE", ""),
                      values.get("VERSION_ID", ""), values.get("PRETTY_NAME", ""))
+
+
+def kernel_release(guest: Guest) -> str | None:
+    """The running kernel's release (what `uname -r` prints), or None when unreadable."""
+    text = (guest.read_text(OSRELEASE) or "").strip()
+    return text or None

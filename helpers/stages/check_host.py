@@ -7,9 +7,12 @@ from ..nb import Stage
 
 
 def run_checks(ctx: Stage, role: str = "l0", guest=None) -> list[checks.Check]:
-    """Every check on the host (or, with role 'l1', inside L1), recorded in the run state."""
+    """Every check on the host (or, with role 'l1', inside L1), recorded in the run state
+    with the machine's environment (kernel, QEMU, libvirt, CPU) for the results."""
     guest = guest or ctx.l0
-    found = checks.host_checks(guest, ctx.params, role)
+    facts = checks.gather(guest, ctx.params, role)
+    found = checks.judge(facts, ctx.params, role)
+    ctx.state.update("environment", **{role.upper(): checks.environment(facts)})  # for results.json
     accel, why = checks.choose_accel(found, ctx.params.host.accel if role == "l0" else ctx.params.l2.accel)
     key = "host" if role == "l0" else "l1_checks"
     ctx.state.set(key, {"accel": accel, "accel_reason": why,

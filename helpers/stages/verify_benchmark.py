@@ -1,6 +1,8 @@
 """Stage 05: in L2, what the seed checks after "登录L2-kvm", then fio on each layer."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from .. import by_hand
 from ..bench import fio, results
 from ..errors import RunbookError
@@ -82,11 +84,14 @@ def bench_l0(ctx: Stage) -> list[dict] | Change:
 
 
 def summary(ctx: Stage) -> tuple[list[dict], list[dict], dict]:
-    """Every layer's runs, their mean and spread, L2 as a share of L1, and the files written."""
+    """Every layer's runs, their mean and spread, L2 as a share of L1, and the files written:
+    results.json with what was verified, where, and in which environment (see results.schema.json)."""
     rows = (ctx.state.get("bench_l0") or []) + (ctx.state.get("baseline") or []) + (ctx.state.get("bench_l2") or [])
     s = fio.summarize(rows)
     rel = fio.relative(s)
-    files = results.write(ctx.state.path.parent, rows, s, rel)
+    run_dir = ctx.state.path.parent
+    run = results.run_info(run_dir, ctx.params_file, ctx.params.name, datetime.now())
+    files = results.write(run_dir, results.document(ctx.state.data, ctx.params, run, rows, s, rel))
     return s, rel, files
 
 
