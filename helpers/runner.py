@@ -494,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     m.set_defaults(func=compare)
     args = ap.parse_args(argv)
     if args.cmd is None:
-        print("ERROR: no command: type `python -m helpers run` (stages 01-05 on parameters/lab.yaml) "
-              "or `python -m helpers check-params FILE`", file=sys.stderr)
+        print("ERROR: no command: type `python -m helpers run` (stages 01-05 on parameters/lab.yaml), "
+              "`python -m helpers check-params FILE` or `python -m helpers compare RUN_DIR RUN_DIR`", file=sys.stderr)
         return 2
     return args.func(args)
 

@@ -162,6 +162,29 @@ def test_06b_the_report_works_in_a_real_browser(lab):
     assert all(s.stat().st_size > 5_000 for s in shots)
 
 
+def test_06c_results_match_the_schema_and_two_real_runs_compare(lab):
+    """results.json of this run against its schema; then stage 05 measured again as a run
+    of its own on the same lab (the L1 baseline carried over: the NVMe now belongs to L2),
+    and the two runs side by side: same lab, same settings, so nothing makes them incomparable."""
+    from helpers.bench.compare import compare_runs
+    from helpers.bench.results import validate_run
+    doc = validate_run(lab["run"])
+    assert doc["version"] == 1
+    second = lab["outputs"] / f"{RUN_ID}-second"
+    second.mkdir()
+    st = state(lab)
+    for key in ("bench_l2", "bench_l0"):
+        st.pop(key, None)
+    (second / "state.json").write_text(json.dumps(st))
+    r = runner(lab["outputs"], "--stages", "05", "--run-id", second.name)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    validate_run(second)
+    assert json.loads((second / "results.json").read_text())["runs"] != json.loads((lab["run"] / "results.json").read_text())["runs"]
+    notes = compare_runs([lab["run"], second], plot_file=second / "compare.png")
+    assert notes == [], notes
+    assert (second / "compare.png").stat().st_size > 10_000
+
+
 def test_07_rerunning_02_03_04_changes_nothing(lab):
     r = runner(lab["outputs"], "--stages", "02,03,04", "--run-id", lab["run"].name)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -80,6 +80,8 @@ def test_a_shown_table_is_not_shown_again_as_the_cells_value(path):
 
 def test_each_changing_step_shows_its_commands_by_hand():
     for path in NOTEBOOKS:
+        if path.name.startswith("01_"):  # stage 01 only reads the host (its Confirm records the verdicts in the
+            continue                      # run state); its prose lists the read-only commands by hand
         nb = nbformat.read(path, as_version=4)
         for c in nb.cells:
             if c.cell_type == "code" and "preview=" in c.source:
