@@ -543,9 +543,10 @@ class _Judge:
         elif avail_gib >= size:
             self.add(DISK, observed, "pass")
         else:  # the file could be made sparse, but the NVMe would fail once written past the free space
+            most = int(avail_gib * 10) / 10
             self.add(DISK, observed + ": the backing file does not fit", "fail",
-                     f"free space on {d.mount}, lower nvme.size_gib to at most {int(avail_gib * 10) / 10:g}, "
-                     "or set nvme.backing_file to a folder with room")
+                     f"free space on {d.mount}, " + (f"lower nvme.size_gib to at most {most:g}, " if most > 0 else "")
+                     + "or set nvme.backing_file to a folder with room")
 
 
 def judge(f: HostFacts, params: Params, role: str | None = None) -> list[Check]:

@@ -177,8 +177,9 @@ def space_problems(p: Params, room: Room | None = None) -> list[tuple[str, str]]
                                      "nvme.backing_file on another filesystem"))
     if size > room.free:
         most = int(room.free / GIB * 10) / 10
+        lower = f"lower nvme.size_gib to at most {most:g}, " if most > 0 else ""
         out.append(("nvme.size_gib", f"{p.nvme.size_gib:g} GiB for {f}, but {room.free / GIB:.1f} GiB are free on "
-                                     f"{room.mount}: lower nvme.size_gib to at most {most:g}, free space there, "
+                                     f"{room.mount}: {lower}free space there, "
                                      "or put nvme.backing_file where there is room"))
     return out
 

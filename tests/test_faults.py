@@ -159,26 +159,33 @@ def lab(tmp_path_factory):
 
 # ------------------------------------------------------------ refused before anything is made
 
+def _small_fs(where: Path, size: str) -> Path:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    return where
+
+
 def test_1_a_full_filesystem_under_the_workdir_is_refused_before_anything_is_made(lab, tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    # far too small: the runner refuses before any stage, naming the filesystem
+    tiny = _small_fs(tmp_path / "tiny", "64m")
+    # room for the backing file but not for L1's overlay and logs beside it: stage 02 refuses
+    tight = _small_fs(tmp_path / "tight", "1100m")
     try:
-        params = write_params(tmp_path / "full.yaml", host={"workdir": str(mnt / "work")},
-                              nvme={"backing_file": str(mnt / "work" / "nvme.raw")})
-        r = runner(params, lab["outputs"], "--stages", "01,02", "--run-id", "full")
-        assert r.returncode in (1, 2) and "Traceback" not in r.stderr
-        assert str(mnt) in r.stderr and re.search(r"space|room", r.stderr)
-        assert list(mnt.iterdir()) == []  # nothing made there
+        params = write_params(tmp_path / "tiny.yaml", host={"workdir": str(tiny / "work")},
+                              nvme={"backing_file": str(tiny / "work" / "nvme.raw")})
+        r = runner(params, lab["outputs"], "--stages", "01,02", "--run-id", "tiny")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert f"GiB are free on {tiny}:" in r.stderr and not (lab["outputs"] / "tiny").exists()
+        params = write_params(tmp_path / "tight.yaml", host={"workdir": str(tight / "work")},
+                              nvme={"backing_file": str(tight / "work" / "nvme.raw")})
+        r = runner(params, lab["outputs"], "--stages", "01,02", "--run-id", "tight")
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "FAILED at stage 02" in r.stderr
+        assert f"not enough free space on the filesystem at {tight}" in r.stderr and "nothing was created" in r.stderr
+        assert list(tiny.iterdir()) == [] and list(tight.iterdir()) == []  # nothing made there
         assert virsh("dominfo", NAME).returncode != 0  # nothing defined
-        # stage 02 on its own refuses too, before it makes anything
-        r = runner(params, lab["outputs"], "--stages", "02", "--run-id", "full")
-        assert r.returncode == 1 and "Traceback" not in r.stderr
-        assert f"not enough free space on the filesystem at {mnt}" in r.stderr and "nothing was created" in r.stderr
-        assert list(mnt.iterdir()) == []
-        assert virsh("dominfo", NAME).returncode != 0
     finally:
-        subprocess.run(["umount", "-l", str(mnt)])
+        subprocess.run(["umount", "-l", str(tiny)])
+        subprocess.run(["umount", "-l", str(tight)])
 
 
 def test_2_the_ssh_port_held_by_another_program_is_refused_naming_it(lab):
