@@ -17,6 +17,7 @@ so neither `make run`'s lab nor the main lab test is touched. Real parts only:
 libvirtd, QEMU, L1 under TCG, L2 under KVM in L1.
 """
 import json
+import os
 import re
 import signal
 import subprocess
@@ -32,7 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NAME = "nested-kvm-faults"
 PORT = 2225
 WORKDIR = Path("/var/lib/nested-nvme-faults")
-LOCK = Path("/run/nested-nvme") / f"{NAME}.lock"
 RUN = "faults"
 
 pytestmark = [pytest.mark.lab, pytest.mark.faults, pytest.mark.timeout(3600)]
@@ -292,7 +292,8 @@ def test_7_l1_destroyed_behind_the_runbooks_back_is_named_and_from_02_brings_it_
 
 def test_8_a_lock_left_by_a_dead_run_is_taken_over_saying_so(lab):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    LOCK.write_text(json.dumps({"pid": int(dead.stdout), "run_id": "gone"}))
+    lock = Path(os.environ.get("NESTED_NVME_LOCK_DIR", "/run/nested-nvme")) / f"{NAME}.lock"  # see conftest.py
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "run_id": "gone"}))
     r = runner(lab["params"], lab["outputs"], "--stages", "01", "--run-id", "after-dead")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"NOTE: took over the lock of run gone (pid {int(dead.stdout)}, no longer running)" in r.stdout
