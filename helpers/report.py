@@ -35,7 +35,7 @@ def _stage_title(nb_name: str) -> str:
 def _attempt_cells(run_dir: Path, entry: dict, anchor: str, title: str) -> list:
     """The heading and the executed cells of one attempt at a stage."""
     verdict = entry.get("status", "?")
-    head = f"<a id='{anchor}'></a>\n\n# Stage {html.escape(title)}: {verdict} ({entry.get('seconds', '?')} s)"
+    head = f"<a id='{anchor}'></a>\n\n# Stage {html.escape(title)}: {verdict} ({_duration(entry)})"
     if verdict != "passed" and entry.get("error"):
         head += f"\n\n**{html.escape(entry.get('error', ''))}**\n\nHINT: {html.escape(entry.get('hint', ''))}"
     cells = [nbformat.v4.new_markdown_cell(head)]
@@ -55,7 +55,14 @@ def _attempt_cells(run_dir: Path, entry: dict, anchor: str, title: str) -> list:
 
 def _toc_row(anchor: str, title: str, entry: dict) -> str:
     return (f"<tr><td><a href='#{anchor}'>{html.escape(title)}</a></td><td>{entry.get('status', '?')}</td>"
-            f"<td>{entry.get('seconds', '')} s</td></tr>")
+            f"<td>{_duration(entry)}</td></tr>")
+
+
+def _duration(entry: dict) -> str:
+    """'12.3 s', or what is known of an attempt that never recorded its end."""
+    if entry.get("seconds") is not None:
+        return f"{entry['seconds']} s"
+    return f"not recorded (started {entry['started']})" if entry.get("started") else "not recorded"
 
 
 def combined_notebook(run_dir: Path, summary: dict) -> nbformat.NotebookNode:
