@@ -148,19 +148,39 @@ def check_l1(p: Params, l1: Guest, params_file) -> None:
         wait_for_ssh(l1, p.l1.boot_timeout_s, paths(p).l1_console)
 
 
+L2_RESTART_HINT = ("resume with `python -m helpers run --from 04` (stage 04 restarts an L2 that crashed or "
+                   "stopped answering); under TCG emulation nested KVM does this now and then")
+
+
+def l2_console_tail(p: Params, l1: Guest, lines: int = 8) -> str:
+    from .paths import paths
+    r = l1.run(["tail", "-n", str(lines), paths(p).l2_console])
+    return " | ".join(line.strip() for line in r.out.splitlines() if line.strip()) if r.ok else ""
+
+
+def l2_stopped_answering(p: Params, l1: Guest) -> bool:
+    """L2 booted (the lab's L2 prints L2-READY on its console) and its guest agent no
+    longer answers a ping: it hung. (An L2 that is still booting is not 'hung'.)"""
+    from .paths import paths
+    booted = l1.run(["grep", "-q", "L2-READY", paths(p).l2_console]).ok
+    return booted and not Agent(call=virsh_agent_call(l1, p.l2.name), name="l2").ping(timeout=10)
+
+
 def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
     """L2's guest agent, reached with `virsh qemu-agent-command` inside L1.
-    When the agent stops answering because L2's kernel crashed, say so."""
+    When the agent stops answering because L2's kernel crashed, or L2 hangs, say so."""
     raw = virsh_agent_call(l1, p.l2.name)
 
     def call(msg: dict, timeout: float) -> dict:
         try:
             return raw(msg, timeout)
         except GuestError as e:
-            panic = None if msg.get("execute") == "guest-ping" else l2_crash(p, l1)
-            if panic:
-                raise RunbookError(f"L2 crashed: {panic}",
-                                   hint="nested KVM under TCG emulation crashes now and then; resume with "
-                                        "`python -m helpers run --from 04` (stage 04 restarts a crashed L2)") from None
+            if msg.get("execute") == "guest-ping":
+                raise e
+            if panic := l2_crash(p, l1):
+                raise RunbookError(f"L2 crashed: {panic}", hint=L2_RESTART_HINT) from None
+            if "not connected" in str(e) or "not responding" in str(e):
+                raise RunbookError(f"L2 stopped answering ({e}); the last lines of its console: "
+                                   f"{l2_console_tail(p, l1) or '(none)'}", hint=L2_RESTART_HINT) from None
             raise e
     return Agent(call=call, name="l2")

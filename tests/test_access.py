@@ -189,3 +189,16 @@ def test_ssh_lost_while_the_agent_answers_is_named_as_such(tmp_path, monkeypatch
         "SSH into L1 is lost (127.0.0.1:2222: ssh: connect to host 127.0.0.1 port 2222: Connection refused) "
         "while L1 runs and its guest agent answers: ssh.service is stopped in L1")
     assert access.l1_ssh_lost(p, Machine(answers={r"^true$": ""})) is None
+
+
+def test_an_l2_that_booted_and_no_longer_answers_is_told_from_one_still_booting():
+    from helpers.access import l2_stopped_answering
+    from helpers.params import Params
+    p = Params.model_validate({"l2": {"name": "nvmetest"}})
+    gone = Result(1, "", "error: Guest agent is not responding: QEMU guest agent is not connected")
+    hung = Machine(answers={r"^grep -q L2-READY": "", r"qemu-agent-command nvmetest": gone})
+    assert l2_stopped_answering(p, hung) is True
+    booting = Machine(answers={r"^grep -q L2-READY": Result(1, "", ""), r"qemu-agent-command nvmetest": gone})
+    assert l2_stopped_answering(p, booting) is False
+    fine = Machine(answers={r"^grep -q L2-READY": "", r"qemu-agent-command nvmetest": '{"return": {}}'})
+    assert l2_stopped_answering(p, fine) is False

@@ -255,6 +255,11 @@ def test_5_ctrl_c_while_stage_04_waits_for_l2_stops_at_once_and_from_04_complete
     assert st["nvme"]["bdf_in_l1"]
     assert next(s for s in summary(lab["outputs"])["stages"] if s["stage"] == "04")["status"] == "interrupted"
     r = runner(lab["params"], lab["outputs"], "--from", "04", "--run-id", RUN)
+    if r.returncode and re.search(r"L2 (crashed|stopped answering)", r.stderr):
+        # nested KVM under TCG: L2 hung once during fio in L2 in a CI run (not seen in 10 cold
+        # runs); the runbook names it and its HINT is --from 04, which restarts L2. Loudly.
+        print("WARNING: L2 crashed or hung under emulation; following the HINT (--from 04)", flush=True)
+        r = runner(lab["params"], lab["outputs"], "--from", "04", "--run-id", RUN)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((lab["outputs"] / RUN / "results.json").read_text())
     assert {s["layer"] for s in results["summary"]} >= {"L1", "L2"}

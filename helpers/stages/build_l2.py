@@ -124,15 +124,21 @@ def define(ctx: Stage, dom: Domain) -> Change:
 
 
 def start(ctx: Stage) -> Change:
-    """Start L2 unless it runs; a running L2 whose kernel crashed is started again."""
-    from ..access import l2_crash
+    """Start L2 unless it runs; a running L2 whose kernel crashed, or that booted and
+    no longer answers, is started again."""
+    from ..access import l2_crash, l2_stopped_answering
     lv = Virsh(ctx.l1())
-    if lv.is_active(ctx.params.l2.name) and (panic := l2_crash(ctx.params, ctx.l1())):
-        lv.destroy(ctx.params.l2.name)
-        lv.wait_stopped(ctx.params.l2.name)
-        lv.start(ctx.params.l2.name)
-        ctx.state.update("l2", started_at=time.time(), restarted_after=panic)
-        return did(f"start {ctx.params.l2.name}", f"restarted: its kernel had crashed ({panic[:80]})")
+    if lv.is_active(ctx.params.l2.name):
+        panic = l2_crash(ctx.params, ctx.l1())
+        why = (f"its kernel had crashed ({panic[:80]})" if panic else
+               "it had stopped answering (its guest agent did not answer a ping in 10 s)"
+               if l2_stopped_answering(ctx.params, ctx.l1()) else None)
+        if why:
+            lv.destroy(ctx.params.l2.name)
+            lv.wait_stopped(ctx.params.l2.name)
+            lv.start(ctx.params.l2.name)
+            ctx.state.update("l2", started_at=time.time(), restarted_after=why)
+            return did(f"start {ctx.params.l2.name}", f"restarted: {why}")
     ch = domain.start(lv, ctx.params.l2.name)
     if ch.changed:
         ctx.state.update("l2", started_at=time.time())
