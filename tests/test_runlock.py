@@ -29,6 +29,7 @@ def test_a_dead_holders_lock_is_taken_over_and_its_processes_stopped(tmp_path):
     pid = int(dead.stdout)
     (tmp_path / "l1y.lock").write_text(f'{{"pid": {pid}, "run_id": "old-run"}}')
     orphan = subprocess.Popen(["sleep", "60"], env={**os.environ, OWNER_ENV: f"l1y:{pid}"})
+    _wait_until_exec(orphan.pid, f"l1y:{pid}")
     try:
         lock = L1Lock("l1y", "new-run", "x", lock_dir=tmp_path).acquire()
         assert lock.notes[0] == f"took over the lock of run old-run (pid {pid}, no longer running)"
@@ -42,11 +43,25 @@ def test_a_dead_holders_lock_is_taken_over_and_its_processes_stopped(tmp_path):
         orphan.kill()
 
 
+def _wait_until_exec(pid: int, owner: str, timeout: float = 10) -> None:
+    """Until the child has exec'd with its own environment (before that, /proc shows the parent's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if f"{OWNER_ENV}={owner}".encode() in open(f"/proc/{pid}/environ", "rb").read():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} never showed {OWNER_ENV}={owner}")
+
+
 def test_owned_processes_finds_only_that_owner(tmp_path):
     mine = subprocess.Popen(["sleep", "30"], env={**os.environ, OWNER_ENV: "a:1"})
     other = subprocess.Popen(["sleep", "30"], env={**os.environ, OWNER_ENV: "a:2"})
     try:
-        time.sleep(0.2)
+        _wait_until_exec(mine.pid, "a:1")
+        _wait_until_exec(other.pid, "a:2")
         assert owned_processes("a:1") == [mine.pid]
     finally:
         mine.kill(), other.kill()
