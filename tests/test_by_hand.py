@@ -10,7 +10,7 @@ import yaml
 
 from helpers import by_hand, nb, ui
 from helpers.bench import fio
-from helpers.ops import kernel_args
+from helpers import distro
 from helpers.ops import l1 as l1_ops
 from helpers.stages import build_l1, configure_l1, teardown, verify_benchmark
 
@@ -80,7 +80,7 @@ def test_the_grub_sed_adds_what_the_step_adds(tmp_path, before):
     f.write_text("GRUB_DEFAULT=0\n" + before)
     sed = next(c for c in by_hand.kernel_args("grub", args).commands if c.startswith("sed"))
     subprocess.run(sed.replace("/etc/default/grub", shlex.quote(str(f))), shell=True, check=True)
-    ours = kernel_args.edit_default_grub("GRUB_DEFAULT=0\n" + before, args)[0]
+    ours = distro.edit_default_grub("GRUB_DEFAULT=0\n" + before, args)[0]
     line = lambda text: shlex.split(text.split("GRUB_CMDLINE_LINUX=")[1].splitlines()[0])[0].split()  # noqa: E731
     assert line(f.read_text()) == line(ours)
 

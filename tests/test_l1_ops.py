@@ -46,23 +46,6 @@ def test_known_hosts_pins_the_forwarded_port(tmp_path):
     assert not l1_ops.write_known_hosts(kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY", st).changed
 
 
-def test_missing_packages_asks_dpkg_once_and_names_the_missing():
-    from helpers.guest import Local
-    from helpers.ops.l1_config import missing_packages
-
-    class Counting(Local):
-        calls = 0
-
-        def _run(self, cmd, timeout, input):
-            Counting.calls += 1
-            return super()._run(cmd, timeout, input)
-
-    g = Counting()
-    assert missing_packages(g, "apt-get", ["dpkg", "no-such-package-xyz", "coreutils"]) == ["no-such-package-xyz"]
-    assert Counting.calls == 1
-    assert missing_packages(g, "apt-get", ["dpkg"]) == []
-
-
 def test_files_that_cannot_fit_are_refused_before_anything_is_created(tmp_path):
     from helpers.errors import RunbookError
     from helpers.guest import Local

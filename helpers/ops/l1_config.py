@@ -1,14 +1,13 @@
-"""Stage 03: reboot when needed, packages, libvirtd inside L1."""
+"""Stage 03: reboot when needed and libvirtd inside L1 (kernel arguments and packages: ``helpers.distro``)."""
 from __future__ import annotations
 
-import shlex
 import time
 
 from ..errors import RunbookError
 from ..guest import Guest
 from ..wait import wait_for
 from . import Change, did, no_change
-from .kernel_args import missing_args
+from ..distro import missing_args
 
 
 def boot_id(guest: Guest) -> str | None:
@@ -34,43 +33,6 @@ def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None) 
         raise RunbookError(f"{guest.name} rebooted but its kernel command line lacks {' '.join(still)}: {after.strip()}",
                            hint="the bootloader did not take the change: check /etc/default/grub and grub.cfg")
     return did(f"reboot {guest.name}", f"back after {time.monotonic() - t0:.0f} s with {' '.join(wanted)}")
-
-
-def package_manager(guest: Guest) -> str:
-    for pm in ("apt-get", "dnf", "yum"):
-        if guest.which(pm):
-            return pm
-    raise RunbookError(f"{guest.name}: no apt-get, dnf or yum", hint="install libvirt and QEMU by hand")
-
-
-def missing_packages(guest: Guest, pm: str, packages: list[str]) -> list[str]:
-    """Those of ``packages`` not installed (apt: one dpkg-query for all of them)."""
-    if pm == "apt-get":
-        r = guest.run(["dpkg-query", "-W", "-f=${Package} ${Status}\\n", *packages])
-        ok = {line.split()[0] for line in r.out.splitlines() if line.endswith(" install ok installed")}
-        return [p for p in packages if p not in ok]
-    return [p for p in packages if not guest.run(["rpm", "-q", "--whatprovides", p]).ok]
-
-
-def ensure_packages(guest: Guest, packages: list[str], timeout: float = 1800) -> Change:
-    """Install what is missing of ``packages`` with the guest's package manager."""
-    pm = package_manager(guest)
-    missing = missing_packages(guest, pm, packages)
-    what = f"packages in {guest.name} ({pm})"
-    if not missing:
-        return no_change(what, "found installed: " + ", ".join(packages))
-    if pm == "apt-get":
-        cmd = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
-               + shlex.join(missing))
-    else:
-        cmd = f"{pm} install -y -q " + shlex.join(missing)
-    r = guest.run(cmd, timeout=timeout)
-    if not r.ok:
-        tail = "\n".join((r.err or r.out).strip().splitlines()[-5:])
-        raise RunbookError(f"{guest.name}: `{cmd}` failed:\n{tail}",
-                           hint="check the guest's package sources (the lab's L1 uses its local repository)")
-    found = [p for p in packages if p not in missing]
-    return did(what, f"installed {', '.join(missing)}" + (f"; found {', '.join(found)}" if found else ""))
 
 
 def ensure_libvirtd(guest: Guest, uri: str = "qemu:///system", timeout: float = 120) -> Change:

@@ -8,7 +8,8 @@ from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
 from ..nb import Stage
 from ..ops import Change
-from ..ops import kernel_args, l1_config
+from ..ops import l1_config
+from .. import distro as distros
 from ..paths import paths
 
 
@@ -26,19 +27,21 @@ def iommu_kind(ctx: Stage) -> str:
 
 
 def wanted_args(ctx: Stage) -> list[str]:
-    return kernel_args.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt)
+    return distros.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt)
 
 
 def distro(ctx: Stage) -> dict:
     osr = system_facts.os_release(ctx.l1())
-    way = kernel_args.bootloader(ctx.l1())
+    way = distros.bootloader(ctx.l1()).name
     info = {"distro": osr.pretty_name or osr.id, "id": osr.id, "id_like": osr.id_like, "bootloader": way}
     ctx.state.update("l1", distro=info)
     return info
 
 
 def set_kernel_args(ctx: Stage) -> Change:
-    return kernel_args.ensure_kernel_args(ctx.l1(), wanted_args(ctx))
+    l1 = ctx.l1()
+    boot = distros.bootloader(l1)
+    return boot.apply(l1, boot.plan(l1, wanted_args(ctx)))
 
 
 def by_hand_kernel_args(ctx: Stage, args: list[str]) -> by_hand.ByHand:
@@ -89,7 +92,9 @@ def before_after(ctx: Stage, f: iommu_facts.IOMMU) -> list[tuple[str, str, str]]
 
 
 def install_virt(ctx: Stage) -> Change:
-    return l1_config.ensure_packages(ctx.l1(), ctx.params.l1.virt_packages)
+    l1 = ctx.l1()
+    pm = distros.package_manager(l1)
+    return pm.apply(l1, pm.plan(l1, ctx.params.l1.virt_packages))
 
 
 def libvirtd(ctx: Stage) -> Change:

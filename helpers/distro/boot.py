@@ -1,0 +1,235 @@
+"""Kernel arguments, the distribution's way: one class per way, chosen once by ``bootloader(guest)``.
+
+- ``Grubby`` (RHEL family, the seed's CentOS 7): ``grubby --update-kernel ALL --args ...``;
+- ``DefaultGrub`` (Debian family, or grub without grubby): ``GRUB_CMDLINE_LINUX`` in
+  /etc/default/grub, then ``update-grub`` (or ``grub2-mkconfig``/``grub-mkconfig``);
+- ``KernelInstall`` (systemd-boot/BLS without grub): /etc/kernel/cmdline, then ``kernel-install``.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+
+from ..errors import RunbookError
+from ..guest import Guest
+from ..ops import Change, did, no_change
+from .base import DistroPlan, Edit
+
+KERNEL_INSTALL = 'kernel-install add "$(uname -r)" "/lib/modules/$(uname -r)/vmlinuz"'
+
+
+def iommu_args(kind: str, passthrough: bool) -> list[str]:
+    """``intel_iommu=on`` (the seed) or ``amd_iommu=on``, plus ``iommu=pt`` when asked."""
+    args = ["intel_iommu=on" if kind == "intel" else "amd_iommu=on"]
+    return args + (["iommu=pt"] if passthrough else [])
+
+
+def missing_args(current: str, wanted: list[str]) -> list[str]:
+    """The wanted ``key=value`` arguments the command line lacks (same key, other value counts as missing)."""
+    have = shlex.split(current)
+    return [w for w in wanted if w not in have]
+
+
+def edit_default_grub(text: str, wanted: list[str]) -> tuple[str, list[str]]:
+    """Add the missing arguments to GRUB_CMDLINE_LINUX in /etc/default/grub's text.
+    Returns the new text and what was added (nothing: unchanged text)."""
+    m = re.search(r'^GRUB_CMDLINE_LINUX=(["\']?)(.*?)\1[ \t]*$', text, re.M)
+    if m is None:
+        add = wanted
+        return text.rstrip("\n") + f'\nGRUB_CMDLINE_LINUX="{" ".join(add)}"\n', add
+    current = m.group(2)
+    # an argument set in GRUB_CMDLINE_LINUX_DEFAULT counts as present
+    d = re.search(r'^GRUB_CMDLINE_LINUX_DEFAULT=(["\']?)(.*?)\1[ \t]*$', text, re.M)
+    add = missing_args(current + " " + (d.group(2) if d else ""), wanted)
+    if not add:
+        return text, []
+    # a same-key argument with another value (intel_iommu=off) is replaced
+    keys = {a.split("=")[0] for a in add}
+    kept = [a for a in shlex.split(current) if a.split("=")[0] not in keys]
+    line = f'GRUB_CMDLINE_LINUX="{" ".join(kept + add)}"'
+    return text[: m.start()] + line + text[m.end():], add
+
+
+def grubby_args(info: str) -> dict[str, str]:
+    """kernel path -> args, from ``grubby --info=ALL``."""
+    out, kernel = {}, None
+    for line in info.splitlines():
+        k, _, v = line.partition("=")
+        v = v.strip().strip('"')
+        if k == "kernel":
+            kernel = v
+        elif k == "args" and kernel:
+            out[kernel] = v
+    return out
+
+
+def diff(path: str, old: str, new: str) -> str:
+    """A unified diff of a file's old and new text."""
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), path, path + " (new)"))
+
+
+def write_command(path: str, new: str) -> str:
+    """The command that writes ``new`` into ``path``, as typed at a prompt."""
+    return f"cat > {path} <<'EOF'\n{new.rstrip(chr(10))}\nEOF"
+
+
+class Bootloader:
+    """One way of adding kernel arguments. ``detect`` says whether a system boots this way."""
+
+    name = ""
+
+    @classmethod
+    def detect(cls, guest: Guest) -> "Bootloader | None":
+        raise NotImplementedError
+
+    def what(self, wanted: list[str]) -> str:
+        return f"kernel arguments {' '.join(wanted)} ({self.name})"
+
+    def plan(self, guest: Guest, wanted: list[str]) -> DistroPlan:
+        """What apply would run to make the next boot carry ``wanted`` (reads only)."""
+        raise NotImplementedError
+
+    def apply(self, guest: Guest, plan: DistroPlan) -> Change:
+        """Run exactly ``plan``'s edits."""
+        raise NotImplementedError
+
+    @staticmethod
+    def fix(args: str, where: str) -> str:
+        """How to add ``args`` by hand, for a check's fix."""
+        return f"{where}: add '{args}' to the kernel command line in the bootloader's configuration, then reboot"
+
+
+class Grubby(Bootloader):
+    """The RHEL family: grubby edits every boot entry (the seed: ``grubby --update-kernel ALL --args intel_iommu=on``)."""
+
+    name = "grubby"
+
+    @classmethod
+    def detect(cls, guest):
+        return cls() if guest.which("grubby") else None
+
+    def plan(self, guest, wanted):
+        info = guest.run("grubby --info=ALL", check=True).out
+        lacking = {k: missing_args(a, wanted) for k, a in grubby_args(info).items()}
+        add = sorted({a for v in lacking.values() for a in v})
+        if not add:
+            return DistroPlan(self.what(wanted), reason="every kernel entry has them (grubby --info=ALL)")
+        cmd = shlex.join(["grubby", "--update-kernel", "ALL", "--args", " ".join(add)])
+        entries = ", ".join(k for k, v in lacking.items() if v)
+        return DistroPlan(self.what(wanted), [Edit(f"add {' '.join(add)} to every boot entry ({entries})", [cmd])],
+                          data={"add": add, "commands": [cmd]})
+
+    def apply(self, guest, plan):
+        if not plan.changes:
+            return no_change(plan.what, plan.reason)
+        for cmd in plan.data["commands"]:
+            guest.run(cmd, timeout=300, check=True)
+        return did(plan.what, "; ".join(plan.data["commands"]))
+
+    @staticmethod
+    def fix(args, where):
+        return f"{where}: grubby --update-kernel ALL --args '{args}', then reboot"
+
+
+class DefaultGrub(Bootloader):
+    """GRUB_CMDLINE_LINUX in /etc/default/grub, then the tool that writes grub.cfg."""
+
+    name = "grub"
+    FILE = "/etc/default/grub"
+    BACKUP = "/etc/default/grub.before-runbook"
+
+    def __init__(self, mkconfig: str = "update-grub"):
+        self.mkconfig = mkconfig
+
+    @classmethod
+    def detect(cls, guest):
+        if not guest.exists(cls.FILE):
+            return None
+        if guest.which("update-grub"):
+            return cls("update-grub")
+        if guest.which("grub-mkconfig") and not guest.which("grub2-mkconfig"):
+            return cls("grub-mkconfig -o /boot/grub/grub.cfg")
+        return cls("grub2-mkconfig -o /boot/grub2/grub.cfg")
+
+    def plan(self, guest, wanted):
+        text = guest.read_text(self.FILE) or ""
+        new, add = edit_default_grub(text, wanted)
+        if not add:
+            return DistroPlan(self.what(wanted), reason=f"{self.FILE} has them")
+        commands = [f"cp {self.FILE} {self.BACKUP}", write_command(self.FILE, new), self.mkconfig]
+        return DistroPlan(self.what(wanted),
+                          [Edit(f"add {' '.join(add)} to GRUB_CMDLINE_LINUX in {self.FILE}, then {self.mkconfig}",
+                                commands, diff(self.FILE, text, new))],
+                          data={"add": add, "new": new})
+
+    def apply(self, guest, plan):
+        if not plan.changes:
+            return no_change(plan.what, plan.reason)
+        guest.run(f"cp {self.FILE} {self.BACKUP}", check=True)
+        guest.run(f"cat > {self.FILE}", input=plan.data["new"], check=True)
+        guest.run(self.mkconfig, timeout=300, check=True)
+        return did(plan.what, f"added {' '.join(plan.data['add'])} to GRUB_CMDLINE_LINUX, then {self.mkconfig}")
+
+    @staticmethod
+    def fix(args, where):
+        return (f"{where}: add '{args}' to GRUB_CMDLINE_LINUX in /etc/default/grub, "
+                "run update-grub, then reboot")
+
+
+class KernelInstall(Bootloader):
+    """systemd-boot/BLS without grub: the command line in /etc/kernel/cmdline, then kernel-install."""
+
+    name = "kernel-install"
+    FILE = "/etc/kernel/cmdline"
+
+    @classmethod
+    def detect(cls, guest):
+        return cls() if guest.exists(cls.FILE) or guest.which("kernel-install") else None
+
+    def plan(self, guest, wanted):
+        text = (guest.read_text(self.FILE) or guest.read_text("/proc/cmdline") or "").strip()
+        add = missing_args(text, wanted)
+        if not add:
+            return DistroPlan(self.what(wanted), reason=f"{self.FILE} has them")
+        new = " ".join(shlex.split(text) + add) + "\n"
+        old = guest.read_text(self.FILE) or ""
+        return DistroPlan(self.what(wanted),
+                          [Edit(f"add {' '.join(add)} to {self.FILE}, then kernel-install",
+                                [write_command(self.FILE, new), KERNEL_INSTALL], diff(self.FILE, old, new))],
+                          data={"add": add, "new": new})
+
+    def apply(self, guest, plan):
+        if not plan.changes:
+            return no_change(plan.what, plan.reason)
+        guest.run(f"cat > {self.FILE}", input=plan.data["new"], check=True)
+        guest.run(KERNEL_INSTALL, timeout=300, check=True)
+        return did(plan.what, f"added {' '.join(plan.data['add'])} to {self.FILE}, then kernel-install")
+
+    @staticmethod
+    def fix(args, where):
+        return f"{where}: add '{args}' to {KernelInstall.FILE}, run {KERNEL_INSTALL}, then reboot"
+
+
+BOOTLOADERS: tuple[type[Bootloader], ...] = (Grubby, DefaultGrub, KernelInstall)  # in the order detect tries them
+
+
+def bootloader(guest: Guest) -> Bootloader:
+    """How this system takes kernel arguments: the first of BOOTLOADERS it has."""
+    for cls in BOOTLOADERS:
+        found = cls.detect(guest)
+        if found is not None:
+            return found
+    raise RunbookError(f"{guest.name}: no grubby, /etc/default/grub or kernel-install found",
+                       hint="add the kernel arguments with your bootloader's tool by hand, then rerun stage 03")
+
+
+def boot_fix(os, args: str, where: str) -> str:
+    """How to add kernel arguments by hand, from the distribution's os-release alone
+    (a check knows the distribution, not the tools): grubby on the RHEL family,
+    /etc/default/grub on the Debian family, the bootloader's configuration otherwise."""
+    if os.like("rhel", "fedora", "centos"):
+        return Grubby.fix(args, where)
+    if os.like("debian", "ubuntu"):
+        return DefaultGrub.fix(args, where)
+    return Bootloader.fix(args, where)
