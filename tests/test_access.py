@@ -41,7 +41,7 @@ def test_an_agent_that_is_not_there_without_a_crash_is_a_guest_error():
 
 
 def test_the_kvm_smoke_verdict_is_kept_for_the_rest_of_the_boot():
-    from helpers.facts.kvm import kvm_smoke
+    from helpers.checks.smoke import kvm_smoke
     m = Machine(files={"/proc/sys/kernel/random/boot_id": "boot-1\n"}, programs={"qemu-system-x86_64"},
                 answers={r"^ls -1A /boot$": "vmlinuz-6.1.0-56-amd64\n",
                          r"-accel kvm": "Linux version 6.1\nKernel panic - not syncing: VFS: Unable to mount root fs\n"})
@@ -124,6 +124,7 @@ def test_the_runner_names_a_silent_l1_after_stage_03_as_a_stall(tmp_path, monkey
 
 
 def test_a_guest_that_stops_answering_during_the_smoke_boot_is_a_stall_not_a_kvm_verdict(monkeypatch):
+    from helpers.checks import smoke
     from helpers.facts import kvm
     clock = [1000.0]
     monkeypatch.setattr(kvm.time, "monotonic", lambda: clock[0])
@@ -135,7 +136,7 @@ def test_a_guest_that_stops_answering_during_the_smoke_boot_is_a_stall_not_a_kvm
     m = Machine(files={"/proc/sys/kernel/random/boot_id": "boot-1\n"}, programs={"qemu-system-x86_64"},
                 answers={r"^ls -1A /boot$": "vmlinuz-6.1.0-56-amd64\n", r"-accel kvm": ssh_gave_up}, name="l1")
     with pytest.raises(RunbookError, match=r"l1 stalled during the KVM smoke boot: no answer within 50 s") as e:
-        kvm.kvm_smoke(m, 20)
+        smoke.kvm_smoke(m, 20)
     assert "--stages 99" in e.value.hint
     assert not m.ran("cat > /run/nested-nvme-kvm-smoke.json")  # no verdict kept for this boot
 
@@ -144,7 +145,7 @@ def test_a_guest_that_stops_answering_during_the_smoke_boot_is_a_stall_not_a_kvm
         return Result(124, "Probing EDD (edd=off to disable)... ok\n", "")
 
     m.answers[r"-accel kvm"] = qemu_hung
-    sm = kvm.kvm_smoke(m, 20)
+    sm = smoke.kvm_smoke(m, 20)
     assert sm.status == "not usable" and "hung" in sm.reason
 
 

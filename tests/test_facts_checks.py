@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from helpers import checks as C
-from helpers.checks import Check, choose_accel, format_table, host_checks
+from helpers.checks import Check, choose_accel, format_table, host_checks, smoke
 from helpers.facts import cpu, iommu, kvm, libvirt, system
 from helpers.guest import Local, Result
 from helpers.params import Params
@@ -100,10 +100,10 @@ def test_newest_kernel_by_version():
 
 
 def test_smoke_usable_and_hung():
-    s = kvm.kvm_smoke(host("seed-xeon4214"), 20)
+    s = smoke.kvm_smoke(host("seed-xeon4214"), 20)
     assert s.status == "usable" and s.usable and s.last_line.endswith(
         "Kernel Offset: 0x2a00000 from 0xffffffff81000000 (relocation range: 0xffffffff80000000-0xffffffffbfffffff)")
-    h = kvm.kvm_smoke(host("lab-pvm"), 20)
+    h = smoke.kvm_smoke(host("lab-pvm"), 20)
     assert h.status == "not usable" and not h.usable and h.tested
     assert h.last_line == "Probing EDD (edd=off to disable)... ok"
     assert "hung" in h.reason and "20 s" in h.reason
@@ -111,10 +111,10 @@ def test_smoke_usable_and_hung():
 
 def test_smoke_not_tested(tmp_path):
     no_qemu = variant("lab-pvm", tmp_path / "a", remove=("usr/bin/qemu-system-x86_64",))
-    s = kvm.kvm_smoke(no_qemu, 20)
+    s = smoke.kvm_smoke(no_qemu, 20)
     assert s.status == "not tested" and "QEMU is not installed" in s.reason
     no_kernel = variant("lab-pvm", tmp_path / "b", remove=("boot",))
-    s = kvm.kvm_smoke(no_kernel, 20)
+    s = smoke.kvm_smoke(no_kernel, 20)
     assert s.status == "not tested" and "no kernel" in s.reason
 
 
@@ -124,7 +124,7 @@ def test_smoke_qemu_error(tmp_path):
     assert key in g.commands
     g.commands[key] = Result(1, "", "Could not access KVM kernel module: Permission denied\n"
                                     "qemu-system-x86_64: failed to initialize kvm: Permission denied\n")
-    s = kvm.kvm_smoke(g, 20)
+    s = smoke.kvm_smoke(g, 20)
     assert s.status == "not usable" and "failed to initialize kvm" in s.reason
 
 
@@ -544,3 +544,27 @@ def test_tcg_race_does_not_apply_under_kvm_or_in_l1():
     assert got[C.TCG_RACE].verdict == "pass" and "L1 runs under KVM" in got[C.TCG_RACE].observed
     got, _ = run("lab-l1", params(), "l1")
     assert C.TCG_RACE not in got
+
+
+def test_checks_are_a_registry_of_named_functions():
+    """Each check is one registered function; judge keeps the registry's order and a check
+    that does not apply (NUMA, disk and the TCG race in L1) is left out, not faked."""
+    names = [n for n, _ in C.REGISTRY]
+    assert len(names) == len(set(names))
+    for role in ("l0", "l1"):
+        got = [c.name for c in host_checks(host("lab-l1"), params(), role=role)]
+        assert got == [n for n in names if n in got]
+        assert (C.NUMA in got) == (role == "l0") and (C.TCG_RACE in got) == (role == "l0")
+    # one IOMMU device check: the model L1 gets
+    amd = [c.name for c in host_checks(host("amd-epyc"), params(l1={"iommu": "amd"}))]
+    assert C.qemu_device_check("amd-iommu") in amd and C.qemu_device_check("intel-iommu") not in amd
+
+
+def test_a_check_that_answers_under_another_name_is_a_bug():
+    f = C.gather(host("lab-l1"), params(), "l1")
+    C.REGISTRY.append(("misnamed", lambda j: Check("other", "x", "pass")))
+    try:
+        with pytest.raises(AssertionError, match="registered as 'misnamed'"):
+            C.judge(f, params(), "l1")
+    finally:
+        C.REGISTRY.pop()

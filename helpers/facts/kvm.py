@@ -1,15 +1,13 @@
-"""KVM facts: /dev/kvm, KVM modules, nested, the kernel command line, and a
-smoke boot that tells whether KVM really runs an ordinary kernel."""
+"""KVM facts: /dev/kvm, KVM modules, nested, the kernel command line, and what a
+smoke boot of an ordinary kernel under KVM printed (judged, and kept for the boot,
+by ``helpers.checks.smoke``)."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 import shlex
 import time
 from dataclasses import dataclass, field
 
-from helpers.errors import RunbookError
 from helpers.guest import Guest
 
 DEV_KVM = "/dev/kvm"
@@ -17,8 +15,7 @@ KVM_ACCESS = "test -r /dev/kvm && test -w /dev/kvm"
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 HW_MODULES = ("kvm_intel", "kvm_amd")
 QEMU_BINARIES = ("qemu-system-x86_64", "/usr/libexec/qemu-kvm")
-SMOKE_CACHE = "/run/nested-nvme-kvm-smoke.json"
-READS = ("/proc/cmdline", DEV_KVM, "/proc/modules", "/boot", "/proc/sys/kernel/random/boot_id", SMOKE_CACHE,
+READS = ("/proc/cmdline", DEV_KVM, "/proc/modules", "/boot", "/proc/sys/kernel/random/boot_id",
          *(f"/sys/module/{m}/parameters" for m in KVM_MODULES),
          *(f"/sys/module/{m}/parameters/nested" for m in KVM_MODULES),
          *(q for q in QEMU_BINARIES if q.startswith("/")))
@@ -141,24 +138,19 @@ def smoke_command(kernel: str, timeout: int, accel: str = "kvm", qemu: str = "qe
 
 
 @dataclass
-class Smoke:
-    """Result of the smoke boot: 'usable', 'not usable' or 'not tested'."""
+class SmokeBoot:
+    """What one smoke boot did, as seen: the kernel and QEMU it used, and QEMU's exit
+    code, output and time (``rc`` None: it did not run, for want of QEMU or a kernel)."""
 
-    status: str
-    reason: str
-    seconds: float | None = None
-    last_line: str = ""
-    kernel: str | None = None
+    kernel: str | None
+    qemu: str | None
+    timeout: int
     accel: str = "kvm"
-    cached: bool = False  # measured earlier in this boot, not again now
-
-    @property
-    def usable(self) -> bool:
-        return self.status == "usable"
-
-    @property
-    def tested(self) -> bool:
-        return self.status != "not tested"
+    rc: int | None = None
+    out: str = ""
+    err: str = ""
+    seconds: float | None = None
+    waited: float | None = None   # how long the command was given (timeout + a margin)
 
 
 def last_line(text: str) -> str:
@@ -168,61 +160,20 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _cached_smoke(guest: Guest, key: dict) -> Smoke | None:
-    """The smoke result measured earlier in this same boot of ``guest``, if any."""
-    text = guest.read_text(SMOKE_CACHE)
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        return None
-    if not data or data.get("key") != key:
-        return None
-    sm = Smoke(**data["smoke"])
-    sm.cached = True
-    return sm
+def boot_id(guest: Guest) -> str:
+    return (guest.read_text("/proc/sys/kernel/random/boot_id") or "").strip()
 
 
-def kvm_smoke(guest: Guest, timeout: int = 20, accel: str = "kvm") -> Smoke:
-    """Boot the newest /boot/vmlinuz-* under QEMU with ``-accel kvm`` and see
-    whether it reaches its panic within ``timeout`` seconds. The verdict is kept
-    for the rest of this boot (keyed by boot id, kernel, QEMU and timeout)."""
-    kernel = newest_kernel(guest)
-    key = {"boot_id": (guest.read_text("/proc/sys/kernel/random/boot_id") or "").strip(),
-           "kernel": kernel, "qemu": find_qemu(guest), "timeout": timeout, "accel": accel}
-    if key["boot_id"] and (cached := _cached_smoke(guest, key)):
-        return cached
-    sm = _smoke(guest, kernel, timeout, accel)
-    if key["boot_id"] and sm.tested:
-        guest.run(f"cat > {SMOKE_CACHE}", input=json.dumps({"key": key, "smoke": dataclasses.asdict(sm)}))
-    return sm
-
-
-def _smoke(guest: Guest, kernel: str | None, timeout: int, accel: str) -> Smoke:
-    """One smoke boot."""
-    qemu = find_qemu(guest)
-    if qemu is None:
-        return Smoke("not tested", "QEMU is not installed (qemu-system-x86_64)", kernel=kernel, accel=accel)
-    if kernel is None:
-        return Smoke("not tested", "no kernel /boot/vmlinuz-* to boot", accel=accel)
+def smoke_boot(guest: Guest, timeout: int = 20, accel: str = "kvm") -> SmokeBoot:
+    """Boot the newest /boot/vmlinuz-* under QEMU with ``-accel kvm`` for at most
+    ``timeout`` seconds, and keep what it printed."""
+    kernel, qemu = newest_kernel(guest), find_qemu(guest)
+    boot = SmokeBoot(kernel, qemu, timeout, accel)
+    if qemu is None or kernel is None:
+        return boot
     start = time.monotonic()
-    wait = timeout + 30  # `timeout -k 5` ends QEMU by timeout + 5 s; the rest is the guest's margin
-    r = guest.run(smoke_command(kernel, timeout, accel, qemu), timeout=wait)
-    seconds = round(time.monotonic() - start, 1)
-    if r.rc == 124 and seconds >= wait - 5:
-        # the guest running the smoke boot stopped answering, not KVM failing in it
-        raise RunbookError(f"{guest.name} stalled during the KVM smoke boot: no answer within {seconds:.0f} s "
-                           f"({last_line(r.err) or 'no output'})",
-                           hint="the guest itself stopped answering (in the lab: L1's vCPUs stalled under TCG "
-                                "emulation); tear down with `--stages 99` and run again")
-    out = ANSI.sub("", r.out)
-    seen = last_line(r.out)
-    if "Kernel panic" in out or ("Linux version" in out and "panic" in out):
-        return Smoke("usable", f"the kernel booted to its expected panic in {seconds:.1f} s",
-                     seconds, seen, kernel, accel)
-    if r.rc == 124:
-        return Smoke("not usable", f"hung: no kernel panic within {timeout} s "
-                     f"(last line: {seen or 'nothing'!r})", seconds, seen, kernel, accel)
-    err = last_line(r.err) or f"exit code {r.rc}"
-    if re.search(r"could not load kernel|No such file|Permission denied.*vmlinuz", r.err, re.I):
-        return Smoke("not tested", f"QEMU could not load {kernel}: {err}", seconds, seen, kernel, accel)
-    return Smoke("not usable", f"QEMU failed: {err}", seconds, seen or err, kernel, accel)
+    boot.waited = timeout + 30  # `timeout -k 5` ends QEMU by timeout + 5 s; the rest is the guest's margin
+    r = guest.run(smoke_command(kernel, timeout, accel, qemu), timeout=boot.waited)
+    boot.seconds = round(time.monotonic() - start, 1)
+    boot.rc, boot.out, boot.err = r.rc, r.out, r.err
+    return boot
