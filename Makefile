@@ -4,13 +4,17 @@ PARAMS ?= parameters/lab.yaml
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test teardown images jupyter bench
+.PHONY: setup run check test teardown images jupyter bench
 
 setup:
 	@bash scripts/setup.sh
 
 run: setup
 	$(PY) -m helpers run --params $(PARAMS)
+
+# every stage planned and shown, nothing changed (a run folder of its own)
+check: setup
+	$(PY) -m helpers run --params $(PARAMS) --check
 
 test:
 	@bash scripts/setup.sh --test

@@ -1,7 +1,7 @@
 """Interactive runs: a form for a stage's parameters and a button per step.
 
-The buttons call the very helpers a batch run calls. A step that changes
-something shows what it will do first; a second click (Confirm) does it."""
+Rule of this layer: a button walks the very step a batch run walks; its preview is the
+step's plan itself, and Confirm applies that same plan (nothing changes before Confirm)."""
 from __future__ import annotations
 
 import typing
@@ -96,8 +96,69 @@ class ParamsForm:
 
 
 class StepButton:
-    """A button running one step. ``preview`` (for steps that change something)
-    says what will happen; then Confirm runs it."""
+    """A button for one ``helpers.steps.Step``. A click plans the step and shows the
+    plan; when it changes something, Confirm applies exactly that plan. A plan with no
+    change (or a read-only step) is applied on the click. In check mode nothing that
+    changes is applied: the plan is all."""
+
+    def __init__(self, ctx, step, run):
+        import ipywidgets as w
+
+        self.ctx, self.step, self.run_ = ctx, step, run
+        self.calls = 0
+        self.button = w.Button(description=step.label, button_style="" if step.reads_only else "warning",
+                               layout=w.Layout(width="auto", min_width="148px"))
+        self.confirm = w.Button(description="Confirm", button_style="danger", layout=w.Layout(display="none"))
+        self.output = w.Output()
+        self.button.on_click(lambda _: self.click())
+        self.confirm.on_click(lambda _: self.apply())
+        self.widget = w.VBox([w.HBox([self.button, self.confirm]), self.output])
+
+    @property
+    def preview(self) -> str:
+        """The text of the plan shown (empty before the first click)."""
+        from .ui import plan_text
+        return plan_text(self.run_.plan, self.ctx.mode) if self.run_.plan is not None else ""
+
+    def click(self) -> None:
+        from .errors import RunbookError
+        from .ui import show_plan
+        self.confirm.layout.display = "none"
+        with self.output:
+            self.output.clear_output()
+            try:
+                self.run_.plan = self.ctx.plan(self.step)
+            except RunbookError as e:
+                print(f"ERROR: {e}")
+                return
+            show_plan(self.run_.plan, self.ctx.mode)
+            plan = self.run_.plan
+            if plan.unknown or (self.ctx.check and not self.step.reads_only):
+                return
+            if plan.changes:
+                print("Press Confirm to go ahead.")
+                self.confirm.layout.display = ""
+                return
+        self.apply()
+
+    def apply(self) -> None:
+        """Apply the plan shown (never a new one)."""
+        from .errors import RunbookError
+        from .ui import show_plan
+        self.confirm.layout.display = "none"
+        with self.output:
+            self.output.clear_output()
+            show_plan(self.run_.plan, self.ctx.mode)
+            try:
+                self.ctx.apply(self.step, self.run_)
+                self.calls += 1
+            except RunbookError as e:
+                print(f"ERROR: {e}")
+
+
+class CallButton:
+    """A button running one call (``Stage.do``, for notebooks not yet made of Steps).
+    ``preview`` (for steps that change something) says what will happen; then Confirm runs it."""
 
     def __init__(self, label: str, fn: Callable, args: tuple, preview: Callable[[], str] | None,
                  show: Callable[[Any], None] | None, on_result: Callable[[Any], None] | None = None):

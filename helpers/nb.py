@@ -1,5 +1,8 @@
 """What every stage notebook starts with: parameters, run state, the way into
-each machine, and the display mode (interactive or batch)."""
+each machine, the display mode (interactive or batch) and the mode (run or check).
+
+Rule of this layer: a notebook cell runs one step with ``ctx.step(step)``; the step's plan
+is shown in every mode, and only ``Stage.step`` applies it (never in check mode)."""
 from __future__ import annotations
 
 import time
@@ -24,6 +27,7 @@ class Stage:
     params: params_mod.Params
     state: State
     interactive: bool = False
+    mode: str = "run"          # "run": plan, then apply each step; "check": plan and show only
     l0: Local = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
     _l1_checked: bool = False
@@ -38,6 +42,56 @@ class Stage:
         ui._display(f.widget)
         return f
 
+    @property
+    def check(self) -> bool:
+        return self.mode == "check"
+
+    def step(self, step):
+        """One step, the same in every mode; returns a ``helpers.steps.StepRun``.
+
+        Batch: plan, show the plan, apply it, record, show the result. Interactive: a
+        button; its preview is the plan, Confirm applies that same plan. Check mode: plan
+        and show it; a step that would change something is never applied (a read-only
+        step still reads, when its plan is known)."""
+        from .steps import StepRun
+        run = StepRun(step, self.mode)
+        if self.interactive:
+            from .forms import StepButton
+            run.button = StepButton(self, step, run)
+            ui._display(run.button.widget)
+            return run
+        run.plan = self.plan(step)
+        ui.show_plan(run.plan, self.mode)
+        if run.plan.unknown:
+            if not self.check:
+                raise RunbookError(f"step '{step.label}' cannot go on: unknown until {run.plan.unknown}",
+                                   hint="run the earlier steps (or stages) first")
+            return run
+        if self.check and not step.reads_only:
+            return run
+        self.apply(step, run)
+        return run
+
+    def plan(self, step):
+        """``step.plan(self)``, noted in the run state (the runner's summary lists each stage's plans)."""
+        plan = step.plan(self)
+        walked = self.state.get("steps", {})
+        walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
+                                                   **plan.record()})
+        self.state.set("steps", walked)
+        return plan
+
+    def apply(self, step, run) -> None:
+        """Carry out ``run.plan`` (already shown), record and show the result."""
+        result = step.apply(self, run.plan)
+        run.done(result)
+        walked = self.state.get("steps", {})
+        if walked.get(self.number):
+            walked[self.number][-1]["applied"] = True
+            self.state.set("steps", walked)
+        self.record(step.label, result)
+        step.show(result)
+
     def do(self, label: str, fn, *args, preview=None, show=None, by_hand=None):
         """One step. Batch runs call ``fn(*args)`` now and show the result.
         Interactive runs show a button; a step with a ``preview`` (it changes
@@ -46,11 +100,11 @@ class Stage:
         engineer would type for the step, computed before it runs: shown after the
         result, and in the preview."""
         if self.interactive:
-            from .forms import StepButton
+            from .forms import CallButton
             if by_hand is not None and preview is not None:
                 said = preview
                 preview = lambda: f"{said()}\nBy hand:\n{ui.by_hand_text(by_hand())}"  # noqa: E731
-            b = StepButton(label, fn, args, preview, show, on_result=lambda r: self.record(label, r))
+            b = CallButton(label, fn, args, preview, show, on_result=lambda r: self.record(label, r))
             ui._display(b.widget)
             return b
         commands = by_hand() if by_hand is not None else None  # the plan, before the step changes it
@@ -78,6 +132,12 @@ class Stage:
         L1 is checked to run and to answer SSH (a vanished L1 or a lost sshd is
         named as such instead of surfacing as some command's failure)."""
         from .access import check_l1, l1_guest
+        if not (self.state.get("l1") or {}).get("ssh"):  # a check run: derived from the parameters again
+            from .access import l1_ssh_spec
+            from .paths import paths
+            ps, lab = paths(self.params), self.params.l1.image == "lab"
+            self.state.update("l1", ssh=l1_ssh_spec(self.params, lab_key=ps.lab_key if lab else None,
+                                                    known_hosts=ps.known_hosts if lab else None))
         guest = l1_guest(self.params, self.state)
         if self.number in ("03", "04", "05") and not self._l1_checked:
             check_l1(self.params, guest, self.params_file)
@@ -91,9 +151,13 @@ class Stage:
 
 
 def stage(number: str, params_file: str, state_file: str = "", interactive: bool = False,
-          show_picture: bool = True) -> Stage:
-    """Load and validate the parameters and the run state; set the display mode."""
+          show_picture: bool = True, mode: str = "run") -> Stage:
+    """Load and validate the parameters and the run state; set the display mode and the
+    mode: "run" (each step is planned, then applied) or "check" (planned and shown only)."""
     ui.install_error_handler()
+    if mode not in ("run", "check"):
+        raise RunbookError(f"mode {mode!r} is not a mode: give 'run' (plan, then apply each step) "
+                           "or 'check' (plan and show only, change nothing)")
     wait.INTERACTIVE = bool(interactive)
     pfile = Path(params_file)
     if not pfile.is_absolute():
@@ -105,8 +169,13 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     if not state_file:  # stepping through by hand: the latest run's state, or a scratch one
         latest = ROOT / "outputs" / "latest"
         state_file = str((latest if latest.exists() else ROOT / "outputs" / "interactive") / "state.json")
-    ctx = Stage(number, pfile, p, State(state_file), bool(interactive))
-    print(f"stage {number}: parameters {pfile.name} ({p.name}), state {state_file}")
+    ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode)
+    walked = ctx.state.get("steps", {})
+    if walked.get(number):  # this stage's steps are walked anew
+        walked.pop(number)
+        ctx.state.set("steps", walked)
+    print(f"stage {number}: parameters {pfile.name} ({p.name}), state {state_file}"
+          + (" - check mode: every step is planned and shown, nothing is changed" if mode == "check" else ""))
     if show_picture:
         ui.picture(number)
     return ctx

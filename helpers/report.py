@@ -38,6 +38,8 @@ def _attempt_cells(run_dir: Path, entry: dict, anchor: str, title: str) -> list:
     head = f"<a id='{anchor}'></a>\n\n# Stage {html.escape(title)}: {verdict} ({_duration(entry)})"
     if verdict != "passed" and entry.get("error"):
         head += f"\n\n**{html.escape(entry.get('error', ''))}**\n\nHINT: {html.escape(entry.get('hint', ''))}"
+    if entry.get("note"):
+        head += f"\n\n_{html.escape(entry['note'])}_"
     cells = [nbformat.v4.new_markdown_cell(head)]
     path = run_dir / entry["notebook"]
     if not path.exists():
@@ -85,10 +87,27 @@ def combined_notebook(run_dir: Path, summary: dict) -> nbformat.NotebookNode:
            f"finished {summary.get('finished', '')}.\n\n"
            "<table class='runbook-toc'><tr><th>stage</th><th>verdict</th><th>duration</th></tr>"
            + "".join(rows) + "</table>")
+    if summary.get("mode") == "check":
+        toc += "\n\n" + plans_table(summary)
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell(toc)] + cells
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
+
+
+def plans_table(summary: dict) -> str:
+    """Check mode: every step of every stage with its plan in one line (each stage's
+    section below shows the plans whole: machine, commands, content)."""
+    rows = []
+    for entry in summary.get("stages", []):
+        for w in entry.get("steps", []):
+            rows.append(f"<tr><td>{entry['stage']}</td><td>{html.escape(w.get('step') or '')}</td>"
+                        f"<td>{html.escape(w.get('plan') or '')}</td></tr>")
+        if not entry.get("steps"):
+            rows.append(f"<tr><td>{entry['stage']}</td><td></td><td>{html.escape(entry.get('note') or entry.get('status', ''))}"
+                        "</td></tr>")
+    return ("**Check mode**: every step planned, nothing changed.\n\n<table class='runbook-toc'><tr><th>stage</th>"
+            "<th>step</th><th>plan</th></tr>" + "".join(rows) + "</table>")
 
 
 def write_report(run_dir: Path, summary: dict | None = None, hide_code: bool = False) -> Path:

@@ -1,6 +1,6 @@
 """The command line: run stages with papermill into a run folder.
 
-    python -m helpers run --params parameters/lab.yaml [--stages 01,02] [--from 03]
+    python -m helpers run --params parameters/lab.yaml [--stages 01,02] [--from 03] [--check]
 
 Each stage notebook runs headless into ``outputs/<run-id>/NN_stage.ipynb``
 with the parameter file and the run's state file. The first failing stage
@@ -30,7 +30,28 @@ NOTEBOOKS = ROOT / "notebooks"
 OUTPUTS = ROOT / "outputs"
 DEFAULT_PARAMS = ROOT / "parameters" / "lab.yaml"
 MAIN_STAGES = ("01", "02", "03", "04", "05")
-STAGE_PARAMETERS = ("params_file", "state_file", "interactive")  # what every notebook's parameters cell takes
+STAGE_PARAMETERS = ("params_file", "state_file", "interactive", "mode")  # what every notebook's parameters cell takes
+# Stages that only read (no step changes anything): in check mode they run even before their notebook
+# takes the `mode` parameter.
+READ_ONLY_STAGES = ("01",)
+
+
+def notebook_parameters(template: Path) -> set[str]:
+    """The names the notebook's parameters cell declares."""
+    try:
+        cells = json.loads(template.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return set()
+    for c in cells:
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            src = "".join(c["source"])
+            return set(re.findall(r"^(\w+)\s*[:=]", src, re.M))
+    return set()
+
+
+def plannable(stage: str, template: Path) -> bool:
+    """Can the stage run in check mode? Its notebook takes `mode`, or it only reads."""
+    return "mode" in notebook_parameters(template) or stage in READ_ONLY_STAGES
 
 
 def stages(notebooks: Path = NOTEBOOKS) -> dict[str, Path]:
@@ -126,22 +147,29 @@ def new_run_id() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run_dir_for(outputs: Path, run_id: str | None, resume: bool) -> Path:
-    """A new run folder, or the given/latest one when resuming."""
+def run_dir_for(outputs: Path, run_id: str | None, resume: bool, check: bool = False) -> Path:
+    """A new run folder, or the given/latest one when resuming. A check run always gets
+    a new folder of its own (``<time>-check``) and does not become ``latest``."""
     check_outputs(outputs)
     check_run_id(run_id, outputs)
     latest = outputs / "latest"
+    suffix = "-check" if check else ""
     if run_id:
         d = outputs / run_id
-    elif resume and latest.exists():
+        if check and d.exists():
+            raise RunbookError(f"--run-id {run_id}: {d} exists; a check run never writes into an earlier run: "
+                               "give a new name, or leave --run-id out")
+    elif resume and latest.exists() and not check:
         d = latest.resolve()
     else:
-        d = outputs / new_run_id()
+        d = outputs / (new_run_id() + suffix)
         n = 1
         while d.exists():
-            d = outputs / f"{new_run_id()}-{n}"
+            d = outputs / f"{new_run_id()}-{n}{suffix}"
             n += 1
     d.mkdir(parents=True, exist_ok=True)
+    if check:
+        return d
     if latest.is_symlink() or not latest.exists():
         if latest.is_symlink():
             latest.unlink()
@@ -248,7 +276,7 @@ class _Quiet:
 
 
 def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, state_file: Path,
-              timeout: int, log) -> dict:
+              timeout: int, log, mode: str = "run") -> dict:
     """Execute one stage notebook with papermill; return its summary entry. A
     KeyboardInterrupt (Ctrl-C) propagates: the caller records where it stopped."""
     import papermill as pm
@@ -259,7 +287,8 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
     try:
         pm.execute_notebook(
             str(template), str(out),
-            parameters={"params_file": str(params_file), "state_file": str(state_file), "interactive": False},
+            parameters={"params_file": str(params_file), "state_file": str(state_file), "interactive": False,
+                        **({"mode": mode} if "mode" in notebook_parameters(template) else {})},
             cwd=str(template.parent), kernel_name="python3", progress_bar=False,
             log_output=True, stdout_file=log, stderr_file=_Quiet(log), execution_timeout=timeout,
             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no transport warning on the console
@@ -315,10 +344,17 @@ def run(args) -> int:
         chosen = pick_stages(available, args.stages, args.start)
         check_outputs(Path(args.outputs))
         check_run_id(args.run_id, Path(args.outputs))
+        if args.check and args.run_id and (Path(args.outputs) / args.run_id).exists():
+            raise RunbookError(f"--run-id {args.run_id}: {Path(args.outputs) / args.run_id} exists; a check run "
+                               "never writes into an earlier run: give a new name, or leave --run-id out")
         p = params_mod.load(params_file)
         host_checks.check_host(p, params_file, chosen)
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    if args.check and args.teardown_on_failure:
+        print("ERROR: --check changes nothing, so it tears nothing down: leave out --teardown-on-failure",
+              file=sys.stderr)
         return 2
     from .runlock import L1Lock
     try:  # before the run folder exists: a refused run leaves nothing behind
@@ -327,7 +363,8 @@ def run(args) -> int:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     try:
-        run_dir = run_dir_for(Path(args.outputs), args.run_id, resume=bool(args.stages or args.start))
+        run_dir = run_dir_for(Path(args.outputs), args.run_id, resume=bool(args.stages or args.start),
+                              check=args.check)
         lock.name_run(run_dir.name)
         return run_locked(args, p, params_file, available, chosen, run_dir, lock)
     finally:
@@ -364,13 +401,22 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update(run_id=run_dir.name, params=str(params_file), started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
     results = {s["stage"]: s for s in summary.get("stages", [])}
-    print(f"run {run_dir.name}: stages {', '.join(chosen)} with {params_file.name} -> {run_dir}", flush=True)
+    mode = "check" if getattr(args, "check", False) else "run"
+    summary["mode"] = mode
+    print(f"run {run_dir.name}: stages {', '.join(chosen)} with {params_file.name} -> {run_dir}"
+          + (" (check mode: every step planned and shown, nothing changed)" if mode == "check" else ""), flush=True)
     for note in lock.notes:
         print(f"NOTE: {note}", flush=True)
     for stage in settle_dead_attempts(results):
         print(f"NOTE: stage {stage}'s earlier attempt was killed before it ended; its notebook is kept", flush=True)
     failed = interrupted = None
     for stage in chosen:
+        if mode == "check" and not plannable(stage, available[stage]):
+            results[stage] = {"stage": stage, "notebook": available[stage].name, "status": "not plannable",
+                              "seconds": 0.0, "note": f"{available[stage].name} is not made of steps yet (its "
+                                                      "notebook takes no `mode`): skipped, so nothing is changed"}
+            print(f"== stage {stage} not plannable yet: skipped in check mode", flush=True)
+            continue
         print(f"== stage {stage} ({available[stage].stem}) ...", flush=True)
         results[stage] = begin_attempt(run_dir, stage, available[stage], results.get(stage))
         summary["stages"] = [results[k] for k in sorted(results)]
@@ -378,7 +424,7 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
         try:
             with stop_kernels_on_sigint(lock.owner):
                 entry = run_stage(stage, available[stage], run_dir, params_file, state_file, args.cell_timeout,
-                                  open(os.devnull, "w") if args.quiet else sys.stdout)
+                                  open(os.devnull, "w") if args.quiet else sys.stdout, mode=mode)
         except KeyboardInterrupt:
             entry = {"stage": stage, "notebook": available[stage].name, "status": "interrupted",
                      "error": "interrupted (Ctrl-C / SIGINT) while the stage ran",
@@ -388,6 +434,8 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
         entry["earlier"] = results[stage].get("earlier", [])
         if not entry["earlier"]:
             entry.pop("earlier")
+        if walked := stage_steps(state_file, stage):
+            entry["steps"] = walked
         results[stage] = entry
         summary["stages"] = [results[k] for k in sorted(results)]
         write_summary(run_dir, summary)
@@ -403,7 +451,8 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
                                   open(os.devnull, "w"))
     summary["stages"] = [results[k] for k in sorted(results)]
     # the run's status covers every stage it has recorded, not only this invocation's
-    summary["status"] = "failed" if any(s["status"] != "passed" for s in summary["stages"]) else "passed"
+    summary["status"] = "failed" if any(s["status"] not in ("passed", "not plannable")
+                                        for s in summary["stages"]) else "passed"
     summary["finished"] = datetime.now().isoformat(timespec="seconds")
     write_summary(run_dir, summary)
     from .report import write_report
@@ -418,6 +467,17 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
               f"  {failed['error']}\nHINT: {failed['hint']}", file=sys.stderr)
         return 1
     return 0
+
+
+def stage_steps(state_file: Path, stage: str) -> list[dict]:
+    """The steps the stage walked, each with its plan (recorded by ``Stage.step``)."""
+    try:
+        walked = json.loads(state_file.read_text()).get("steps", {}).get(stage, [])
+    except (OSError, ValueError):
+        return []
+    return [{"step": w.get("step"), "class": w.get("class"), "plan": w.get("summary"),
+             "changes": w.get("changes"), "unknown": w.get("unknown") or "", "applied": bool(w.get("applied")),
+             "actions": w.get("actions", [])} for w in walked]
 
 
 def _started(entry: dict) -> float:
@@ -482,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cell-timeout", type=_positive, default=3600, help="seconds any one cell may take")
     r.add_argument("--teardown-on-failure", action="store_true", help="run stage 99 when a stage fails")
     r.add_argument("-q", "--quiet", action="store_true", help="do not stream the notebooks' cell output")
+    r.add_argument("--check", action="store_true",
+                   help="check mode: plan and show every step, change nothing (a new run folder of its own)")
     r.set_defaults(func=run)
     c = sub.add_parser("check-params", help="validate a parameter file, and against this host, then exit")
     c.add_argument("params")

@@ -153,3 +153,54 @@ def install_error_handler() -> None:
         shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
 
     ip.set_custom_exc((RunbookError,), handler)
+
+
+# --- plans (helpers.steps.Plan): the same rendering in the preview, in check mode and in the report ---------
+
+PROMPTS = {"L0": "root@L0", "L1": "root@L1", "L2": "root@L2"}
+
+
+def plan_text(plan, mode: str = "run") -> str:
+    """A step's plan for people: each action's machine, what, commands and content;
+    'no change: why', 'reads: ...' or 'unknown until ...'."""
+    head = f"Plan of '{plan.step}'" + (" (check mode: nothing is changed)" if mode == "check" else "")
+    if plan.unknown:
+        return f"{head}: unknown until {plan.unknown}"
+    if not plan.actions:
+        return f"{head}: {plan.reason or 'no change'}"
+    lines = [f"{head}: {len(plan.actions)} change{'s' if len(plan.actions) > 1 else ''}"]
+    for i, a in enumerate(plan.actions, 1):
+        lines.append(f"{i}. [{a.machine}] {a.what}")
+        prompt = PROMPTS.get(a.machine, a.machine)
+        lines += [f"     {c}" if c.startswith("#") else f"     [{prompt}] ~$ {c}" for c in a.commands]
+        if a.content:
+            lines += ["     --- content ---"] + [f"     {x}" for x in a.content.rstrip().splitlines()]
+    return "\n".join(lines)
+
+
+PLAN_COLORS = {"change": "#fff3cd", "no change": "#e2e3e5", "unknown": "#f8d7da", "reads": "#d1ecf1"}
+
+
+def plan_html(plan, mode: str = "run") -> str:
+    kind = ("unknown" if plan.unknown else "change" if plan.actions else
+            "reads" if plan.reason.startswith("reads") else "no change")
+    text = plan_text(plan, mode)
+    return (f"<div class='runbook-plan' data-plan='{kind}'><pre style='background:{PLAN_COLORS[kind]};padding:6px;"
+            f"white-space:pre-wrap'>{html.escape(text)}</pre></div>")
+
+
+class PlanView:
+    """A plan that shows as HTML in Jupyter and as text elsewhere."""
+
+    def __init__(self, plan, mode: str = "run"):
+        self.plan, self.mode = plan, mode
+
+    def _repr_html_(self) -> str:
+        return plan_html(self.plan, self.mode)
+
+    def __repr__(self) -> str:
+        return plan_text(self.plan, self.mode)
+
+
+def show_plan(plan, mode: str = "run") -> None:
+    _display(PlanView(plan, mode))

@@ -12,7 +12,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 PARAMETERS = '''params_file: str = "../parameters/lab.yaml"  # the parameter file (YAML) shared by every stage
 state_file: str = ""  # the run state (JSON) the runner passes between stages; empty: the latest run's
-interactive: bool = False  # True: a form and buttons for each step (JupyterLab); False: every step runs (papermill)'''
+interactive: bool = False  # True: a form and buttons for each step (JupyterLab); False: every step runs (papermill)
+mode: str = "run"  # "run": plan, then apply each step; "check": plan and show each step, change nothing'''
 
 
 def notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:

@@ -13,7 +13,11 @@ from helpers import runner
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = {"01_check_host", "02_build_l1", "03_configure_l1", "04_build_l2", "05_verify_benchmark", "99_teardown"}
-PARAMS = {"params_file": "str", "state_file": "str", "interactive": "bool"}
+PARAMS = {"params_file": "str", "state_file": "str", "interactive": "bool", "mode": "str"}
+# Notebooks another branch (issue 14b) makes of steps: until then they take no `mode` (the runner
+# passes it only to notebooks that declare it; in check mode it runs 01, which only reads, and skips 03).
+# The coordinator empties this set at the merge.
+NOT_YET_STEPS = {"01_check_host", "03_configure_l1"}
 
 
 def test_every_stage_has_its_notebook():
@@ -34,7 +38,8 @@ def test_parameters_cell_matches_the_runner(path):
     assert len(tagged) == 1
     from papermill.translators import PythonTranslator
     found = {p.name: p.inferred_type_name for p in PythonTranslator.inspect(tagged[0])}
-    assert found == PARAMS
+    want = {k: v for k, v in PARAMS.items() if k != "mode"} if path.stem in NOT_YET_STEPS else PARAMS
+    assert found == want
     # the runner passes exactly these names
     assert set(runner.STAGE_PARAMETERS) == set(PARAMS)
 
@@ -43,7 +48,7 @@ def test_parameters_cell_matches_the_runner(path):
 def test_papermill_help_lists_each_parameter_with_its_help(path):
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
                          capture_output=True, text=True, check=True).stdout
-    for name in PARAMS:
+    for name in (n for n in PARAMS if not (n == "mode" and path.stem in NOT_YET_STEPS)):
         assert name in out
     assert "the parameter file (YAML)" in out and "the run state (JSON)" in out
 

@@ -1,0 +1,151 @@
+"""The Step framework with fake steps: every mode walks the same step; check mode never
+applies a changing step; the interactive preview is the plan and Confirm applies that plan."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import nb, ui
+from helpers.errors import RunbookError
+from helpers.ops import did
+from helpers.steps import Action, Plan, Step, StepRun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Touch(Step):
+    """A fake changing step: creates a file; plans no change when it exists."""
+    label = "Touch the file"
+
+    def __init__(self, path: Path):
+        self.path, self.plans, self.applied = path, 0, []
+
+    def plan(self, ctx):
+        self.plans += 1
+        if self.path.exists():
+            return self.no_change(f"{self.path} exists")
+        return Plan(self.label, [Action("L0", f"create {self.path}", [f"touch {self.path}"], content="")],
+                    data=self.path)
+
+    def apply(self, ctx, plan):
+        self.applied.append(plan)
+        for _ in plan.actions:
+            plan.data.write_text("")
+        return [did(f"create {plan.data}")] if plan.actions else []
+
+
+class Look(Step):
+    label = "Look"
+    reads_only = True
+
+    def __init__(self, there: bool = True):
+        self.there, self.applied = there, 0
+
+    def plan(self, ctx):
+        return self.reads("ls /") if self.there else self.unknown("L1 is built (stage 02)")
+
+    def apply(self, ctx, plan):
+        self.applied += 1
+        return "seen"
+
+
+@pytest.fixture
+def params(tmp_path):
+    data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
+    data["host"]["workdir"] = str(tmp_path / "work")
+    data["nvme"]["backing_file"] = str(tmp_path / "work" / "nvme.raw")
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+def ctx_for(params, tmp_path, mode="run", interactive=False):
+    return nb.stage("02", str(params), str(tmp_path / "state.json"), interactive=interactive,
+                    show_picture=False, mode=mode)
+
+
+def test_batch_plans_shows_applies_and_records(params, tmp_path, capsys):
+    ctx = ctx_for(params, tmp_path)
+    step = Touch(tmp_path / "f")
+    run = ctx.step(step)
+    assert isinstance(run, StepRun) and run.applied and (tmp_path / "f").exists()
+    assert step.applied == [run.plan] and run.plan.changes  # apply got the very plan that was shown
+    out = capsys.readouterr().out
+    assert "Plan of 'Touch the file': 1 change" in out and f"[root@L0] ~$ touch {tmp_path / 'f'}" in out
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["steps"]["02"][0]["class"] == "Touch" and state["steps"]["02"][0]["applied"]
+    again = ctx.step(Touch(tmp_path / "f"))
+    assert not again.plan.changes and again.plan.reason == f"no change: {tmp_path / 'f'} exists"
+
+
+def test_check_mode_never_applies_a_changing_step(params, tmp_path, capsys):
+    ctx = ctx_for(params, tmp_path, mode="check")
+    step = Touch(tmp_path / "f")
+    run = ctx.step(step)
+    assert not run.applied and step.applied == [] and not (tmp_path / "f").exists()
+    assert run.plan.changes
+    with pytest.raises(RunbookError, match="only planned \\(check mode\\)"):
+        run.result
+    assert "check mode: nothing is changed" in capsys.readouterr().out
+
+
+def test_check_mode_reads_when_it_can_and_says_unknown_otherwise(params, tmp_path, capsys):
+    ctx = ctx_for(params, tmp_path, mode="check")
+    look = Look()
+    assert ctx.step(look).result == "seen" and look.applied == 1
+    blind = Look(there=False)
+    run = ctx.step(blind)
+    assert not run.applied and blind.applied == 0 and run.plan.unknown
+    assert "unknown until L1 is built (stage 02)" in capsys.readouterr().out
+
+
+def test_run_mode_refuses_a_step_it_cannot_plan(params, tmp_path):
+    ctx = ctx_for(params, tmp_path)
+    with pytest.raises(RunbookError, match="cannot go on: unknown until L1 is built"):
+        ctx.step(Look(there=False))
+
+
+def test_a_bad_mode_is_refused(params, tmp_path):
+    with pytest.raises(RunbookError, match="'dry' is not a mode"):
+        ctx_for(params, tmp_path, mode="dry")
+
+
+def test_interactive_preview_is_the_plan_and_confirm_applies_that_plan(params, tmp_path):
+    ctx = ctx_for(params, tmp_path, interactive=True)
+    target = tmp_path / "f"
+    step = Touch(target)
+    run = ctx.step(step)
+    assert run.plan is None and not run.applied  # nothing planned nor done before the click
+    with pytest.raises(RunbookError, match="not been applied yet"):
+        run.result
+    run.button.button.click()
+    assert not target.exists() and step.applied == [] and run.button.confirm.layout.display == ""
+    assert run.button.preview == ui.plan_text(run.plan)
+    assert f"touch {target}" in run.button.preview
+    shown = run.plan
+    run.button.confirm.click()
+    assert target.exists() and step.applied == [shown] and step.plans == 1  # the plan shown, not a new one
+    assert run.applied and run.result[0].changed
+
+
+def test_interactive_read_only_step_runs_on_one_click_and_check_mode_has_no_confirm(params, tmp_path):
+    ctx = ctx_for(params, tmp_path, interactive=True)
+    run = ctx.step(Look())
+    run.button.button.click()
+    assert run.result == "seen"
+    check = ctx_for(params, tmp_path, mode="check", interactive=True)
+    step = Touch(tmp_path / "g")
+    run = check.step(step)
+    run.button.button.click()
+    assert run.plan.changes and run.button.confirm.layout.display == "none" and not run.applied
+
+
+def test_plan_text_shows_machine_commands_content_and_reasons():
+    p = Plan("Define L1", [Action("L0", "define nested-kvm", ["virsh define nested-kvm.xml"], "<domain/>")])
+    text = ui.plan_text(p)
+    assert "1. [L0] define nested-kvm" in text and "[root@L0] ~$ virsh define nested-kvm.xml" in text
+    assert "<domain/>" in text and "data-plan='change'" in ui.plan_html(p)
+    assert ui.plan_text(Plan("x", reason="no change: it runs")).endswith(": no change: it runs")
+    assert "unknown until L1 runs" in ui.plan_text(Plan("x", unknown="L1 runs"))
+    assert Plan("x", unknown="L1 runs").summary() == "unknown until L1 runs"
