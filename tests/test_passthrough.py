@@ -5,7 +5,7 @@ import pytest
 
 from helpers.errors import RunbookError
 from helpers.facts import pci
-from helpers.ops import passthrough as pt
+from helpers.checks import passthrough as pt
 from helpers.params import Select
 from machines import Machine
 
@@ -118,3 +118,22 @@ def test_l1s_own_system_disk_is_refused():
 def test_a_group_with_a_bound_companion_is_refused_and_named():
     with pytest.raises(RunbookError, match=r"IOMMU group 7 of 0000:00:02.0 is not viable: 0000:00:02.1 \(driver e1000e\)"):
         pt.check_passable(_l1(companion="0000:00:02.1"), devices()[0])
+
+
+SEED_L2_LSPCI = ("0000:00:00.0 Host bridge [0600]: Intel Corporation 82G33/G31/P35/P31 Express DRAM Controller [8086:29c0]\n"
+                 "0000:05:00.0 Non-Volatile memory controller [0108]: Red Hat, Inc. QEMU NVM Express Controller "
+                 "[1b36:0010] (rev 02)\n")
+
+
+def test_what_l2_sees_is_read_by_facts_and_judged_by_checks():
+    from helpers.facts import storage
+    (c,) = storage.parse_lspci(SEED_L2_LSPCI)   # the seed's `lspci -Dnn|grep NVM` in L2
+    assert (c.bdf, c.pci_class, c.ids) == ("0000:05:00.0", "0108", "1b36:0010")
+    l2 = Machine(answers={r"^lspci -Dnn$": SEED_L2_LSPCI, r"^nvme list -o json$": '{"Devices": []}'}, name="l2")
+    assert pt.l2_controller(l2)[0] == c
+    with pytest.raises(RunbookError, match="`nvme list` in l2 shows no namespace"):
+        pt.l2_namespaces(l2)
+    bare = Machine(answers={r"^lspci -Dnn$": SEED_L2_LSPCI.splitlines()[0] + "\n"}, name="l2")
+    assert storage.nvme_controllers(bare)[0] == []                   # a fact: nothing there
+    with pytest.raises(RunbookError, match="l2 sees no NVMe controller"):  # a judgment: there must be one
+        pt.l2_controller(bare)

@@ -5,8 +5,10 @@ read the host (L0, through ``Local``) and L1 (through SSH). Judging the facts
 is the job of ``helpers.checks``.
 
 - ``cpu``: vendor, model, vmx/svm, online CPUs, NUMA nodes and thread siblings
-- ``kvm``: /dev/kvm, KVM modules, nested, kernel command line, a KVM smoke boot
+- ``kvm``: /dev/kvm, KVM modules, nested, kernel command line, what a KVM smoke boot printed
 - ``iommu``: ACPI DMAR/IVRS, kernel log lines, /sys/class/iommu, IOMMU groups
 - ``libvirt``: virsh version and capabilities, QEMU's device list
 - ``system``: memory, free disk at a path, os-release
+- ``pci``: PCI devices, NVMe serials, what may hold a device (mounts, IOMMU group), its driver
+- ``storage``: NVMe controllers in lspci, `nvme list`, signatures, mounts and df (as L2 sees them)
 """

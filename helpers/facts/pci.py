@@ -239,3 +239,36 @@ def nvme_list(guest: Guest) -> list[dict]:
     if not r.ok or not r.out.strip():
         return []
     return json.loads(r.out).get("Devices", [])
+
+
+@dataclass
+class Readiness:
+    """What tells whether a device may be passed through, as read before touching it:
+    its block devices, what is mounted on them, L1's root disk, and its IOMMU group's
+    members (each with its driver and PCI class)."""
+
+    disks: list[str]
+    mounts: list[str]
+    root_disk: str | None
+    group_members: dict[str, tuple[str | None, int]]
+
+
+def readiness(guest: Guest, dev: PciDevice) -> Readiness:
+    disks = block_devices(guest, dev.bdf)
+    return Readiness(disks, mounts_on(guest, disks), root_disk(guest),
+                     group_drivers(guest, dev.iommu_group) if dev.iommu_group is not None else {})
+
+
+@dataclass
+class Handover:
+    """After L2 started: the device's driver in L1, VFIO's node for its group, and `nvme list` in L1."""
+
+    driver: str | None
+    vfio_node: str
+    vfio_node_exists: bool
+    listed: list[dict]
+
+
+def handover(guest: Guest, dev: PciDevice) -> Handover:
+    node = f"/dev/vfio/{dev.iommu_group}"
+    return Handover(driver_of(guest, dev.bdf), node, guest.exists(node), nvme_list(guest))
