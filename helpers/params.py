@@ -142,6 +142,8 @@ class Network(Section):
     bridge: Optional[str] = F(None, "mode bridge: the host bridge L1 joins", example="bridge0")
     address: Optional[str] = F(None, "mode bridge: L1's address on the bridge, for SSH", example="192.168.9.131")
     queues: int = F(1, "virtio-net queues (mode bridge)", ge=1, le=64)
+    nics: int = F(1, "mode bridge: how many virtio NICs L1 gets on the bridge (the seed: 2, bonded in L1)",
+                  ge=1, le=8)
 
     @field_validator("bridge")
     @classmethod

@@ -12,8 +12,9 @@ DEB_PACKAGES=(
   openssh-client openssh-server libxml2-utils apt-utils python3-venv
 )
 # what only the test suite needs: Debian's headless browser and its WebDriver, which Selenium
-# drives through JupyterLab and the report (tests/test_browser.py); no browser is downloaded
-[ "${1:-}" = "--test" ] && DEB_PACKAGES+=(chromium chromium-driver)
+# drives through JupyterLab and the report (tests/test_browser.py); no browser is downloaded;
+# virtinst, whose real virt-install --print-xml reads the seed's command (tests/test_seed_virt_install.py)
+[ "${1:-}" = "--test" ] && DEB_PACKAGES+=(chromium chromium-driver virtinst)
 say() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then

@@ -489,7 +489,7 @@ def test_virt_install_command_has_the_seeds_flags():
     for flag in ("--machine q35", "--virt-type=kvm", "--name=nested-kvm", "--features kvm_hidden=on,ioapic.driver=qemu",
                  "--vcpus sockets=1,cores=8,threads=2,placement=static,cpuset=16-23,40-47",
                  "--cpu=host-passthrough", "--memory=32768",
-                 "--disk path=/kvm/nested/img-nested.qcow2,format=qcow2,cache=none,bus=virtio",
+                 "--disk path=/kvm/nested/img-nested.qcow2,driver.type=qcow2,cache=none,bus=virtio",
                  "--network bridge=bridge0,model=virtio,driver_name=vhost,driver_queues=8",
                  "--iommu model=intel,driver.intremap=on,driver.caching_mode=on,driver.iotlb=on",
                  "--qemu-commandline='-drive file=/kvm/nested/nvme-em/nvme.raw,if=none,id=nvm,format=raw'",

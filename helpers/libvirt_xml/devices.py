@@ -44,9 +44,12 @@ class Disk(XMLPart):
     cache: Optional[str] = None
     serial: Optional[str] = None
     readonly: bool = False
+    discard: Optional[Literal["unmap", "ignore"]] = None   # unmap: the guest's TRIM frees space in the image
 
     def __post_init__(self) -> None:
         one_of("disk format", self.format, ("raw", "qcow2"))
+        if self.discard is not None:
+            one_of("disk discard", self.discard, ("unmap", "ignore"))
         one_of("disk bus", self.bus, ("virtio", "nvme", "sata"))
         if self.cache is not None:
             one_of("disk cache", self.cache,
@@ -66,7 +69,7 @@ class Disk(XMLPart):
 
     def to_element(self) -> ET.Element:
         element = ET.Element("disk", type="block" if self.is_block else "file", device="disk")
-        sub(element, "driver", name="qemu", type=self.format, cache=self.cache)
+        sub(element, "driver", name="qemu", type=self.format, cache=self.cache, discard=self.discard)
         if self.is_block:
             sub(element, "source", dev=self.path)
         else:

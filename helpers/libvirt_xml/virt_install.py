@@ -34,8 +34,9 @@ def _qemu_arg_groups(args: list[str]) -> list[str]:
 def _device_flags(device: object) -> list[str]:
     q = shlex.quote
     if isinstance(device, Disk):
-        opts = _opts(("path", device.path), ("format", device.format), ("cache", device.cache),
-                     ("bus", device.bus), ("target.dev", device.target_dev if device.bus == "nvme" else None),
+        # driver.type, not format=: virt-install applies format= only to storage it creates
+        opts = _opts(("path", device.path), ("driver.type", device.format), ("cache", device.cache),
+                     ("discard", device.discard), ("bus", device.bus), ("target.dev", device.target_dev if device.bus == "nvme" else None),
                      ("serial", device.serial), ("readonly", "on" if device.readonly else None))
         return [f"--disk {q(opts)}"]
     if isinstance(device, Interface):

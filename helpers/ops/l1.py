@@ -183,7 +183,7 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
     interrupt remapping and device IOTLB, split irqchip, the emulated NVMe."""
     l1 = p.l1
     devices = [Disk(path=str(disk), format="qcow2" if str(disk).endswith("qcow2") else "raw",
-                    target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none"),
+                    target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none", discard="unmap"),
                IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True),
                Channel(),
                Serial(log_path=str(console_log)), RNG(),
@@ -197,8 +197,8 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
     if l1.network.mode == "user":
         qemu_args += user_net_qemu_args(l1.network.ssh_port)
     else:
-        devices.append(Interface(type="bridge", source_bridge=l1.network.bridge, model="virtio",
-                                 driver_name="vhost", queues=l1.network.queues))
+        devices += [Interface(type="bridge", source_bridge=l1.network.bridge, model="virtio",
+                              driver_name="vhost", queues=l1.network.queues) for _ in range(l1.network.nics)]
     return Domain(
         name=l1.name, type="kvm" if accel == "kvm" else "qemu", memory_mib=l1.memory_mib,
         vcpu=VCPU(count=l1.vcpus, cpuset=cpuset),
