@@ -179,7 +179,7 @@ class Baseline(Step):
     def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
         if ctx.state.get("baseline"):
-            return self.no_change("the L1 baseline is measured already in this run")
+            return self.no_change("already measured in this run")
         if not p.l2.baseline_consent:
             return self.no_change("skipped: l2.baseline_consent is false (fio writes to the disk)")
         dev = ctx.seen.get("dev")
