@@ -53,23 +53,43 @@ def size_arg(size_gib: float) -> str:
 
 # --- stage 02: L1 on the host ------------------------------------------------------------------
 
-def l1_files(workdir: Path, backing_file: Path, size_gib: float, overlay: tuple[Path, Path] | None = None,
+def mkdir(workdir: Path) -> list[str]:
+    return [f"mkdir -p {q(workdir)}"]
+
+
+def backing_file(path: Path, size_gib: float, create: bool = True) -> list[str]:
+    """The NVMe's raw backing file (sparse), given to QEMU's user."""
+    return ([f"qemu-img create -f raw {q(path)} {size_arg(size_gib)}   # sparse; skipped when it exists"]
+            if create else []) + [f"chown {QEMU_USER}:{QEMU_USER} {q(path)}   # QEMU runs as {QEMU_USER}"]
+
+
+def overlay(golden: Path, disk: Path) -> list[str]:
+    return [f"qemu-img create -f qcow2 -F raw -b {q(golden)} {q(disk)}   # L1's disk: an overlay"]
+
+
+def install_key(src: Path, dest: Path) -> list[str]:
+    return [f"install -m 600 {q(src)} {q(dest)}"]
+
+
+def known_hosts(path: Path, line: str) -> list[str]:
+    return [f"echo {q(line)} > {q(path)}   # L1's host key, from the image: no trust on first use"]
+
+
+def l1_files(workdir: Path, backing_file_: Path, size_gib: float, overlay: tuple[Path, Path] | None = None,
              ssh_key: tuple[Path, Path] | None = None, known_hosts: tuple[Path, str] | None = None) -> ByHand:
     """The workdir, the NVMe's raw backing file (sparse) readable by QEMU's user and, in the
     lab, L1's overlay disk, the run's copy of the SSH key and L1's pinned host key."""
-    cmds = [f"mkdir -p {q(workdir)}",
-            f"qemu-img create -f raw {q(backing_file)} {size_arg(size_gib)}   # sparse; skipped when it exists",
-            f"chown {QEMU_USER}:{QEMU_USER} {q(backing_file)}   # QEMU runs as {QEMU_USER}"]
+    cmds = mkdir(workdir) + backing_file(backing_file_, size_gib)
     if overlay:
-        golden, disk = overlay
-        cmds.append(f"qemu-img create -f qcow2 -F raw -b {q(golden)} {q(disk)}   # L1's disk: an overlay")
+        cmds += _overlay(*overlay)
     if ssh_key:
-        src, dest = ssh_key
-        cmds.append(f"install -m 600 {q(src)} {q(dest)}")
+        cmds += install_key(*ssh_key)
     if known_hosts:
-        path, line = known_hosts
-        cmds.append(f"echo {q(line)} > {q(path)}   # L1's host key, from the image: no trust on first use")
+        cmds += _known_hosts(*known_hosts)
     return ByHand("root@L0", cmds)
+
+
+_overlay, _known_hosts = overlay, known_hosts
 
 
 def define(name: str, xml_file: str, uri: str = DEFAULT_URI, prompt: str = "root@L0") -> ByHand:

@@ -30,6 +30,7 @@ class Stage:
     mode: str = "run"          # "run": plan, then apply each step; "check": plan and show only
     l0: Local = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
+    seen: dict = field(default_factory=dict)  # what this stage's read-only steps read, for the later steps' plans
     _l1_checked: bool = False
 
     def form(self, *sections: str):

@@ -403,6 +403,10 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
     results = {s["stage"]: s for s in summary.get("stages", [])}
     mode = "check" if getattr(args, "check", False) else "run"
     summary["mode"] = mode
+    if mode == "check" and not state_file.exists():
+        if earlier := seed_check_state(run_dir, params_file, state_file):
+            summary["state_from"] = earlier
+            print(f"check mode: starting from what run {earlier} learned (its state.json, copied)", flush=True)
     print(f"run {run_dir.name}: stages {', '.join(chosen)} with {params_file.name} -> {run_dir}"
           + (" (check mode: every step planned and shown, nothing changed)" if mode == "check" else ""), flush=True)
     for note in lock.notes:
@@ -467,6 +471,24 @@ def run_locked(args, p, params_file: Path, available: dict[str, Path], chosen: l
               f"  {failed['error']}\nHINT: {failed['hint']}", file=sys.stderr)
         return 1
     return 0
+
+
+def seed_check_state(run_dir: Path, params_file: Path, state_file: Path) -> str | None:
+    """A check run plans what resuming the latest run would do: it starts from a copy of
+    that run's state (what it learned: the accelerators, the BDF, the baseline) when the
+    latest run used the same parameter file. The latest run itself is left as it is."""
+    latest = run_dir.parent / "latest"
+    try:
+        earlier = latest.resolve()
+        used = json.loads((earlier / "summary.json").read_text()).get("params")
+        data = json.loads((earlier / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if used != str(params_file):
+        return None
+    data.pop("steps", None)
+    state_file.write_text(json.dumps(data, indent=2, sort_keys=True))
+    return earlier.name
 
 
 def stage_steps(state_file: Path, stage: str) -> list[dict]:

@@ -4,10 +4,12 @@
 
 1. the plain-QEMU floor: ../shared/tools/raw-chain.sh (kernel-only guests, no libvirt);
 2. a cold run of stages 01-05 (lab images already built, no guest running);
-3. a warm rerun of stages 01-04 with everything up: must change nothing;
-4. teardown.
+3. check mode on the warm lab, stages 01-04 (`--check`): every step planned, nothing changed;
+4. a warm rerun of stages 01-04 with everything up: must change nothing;
+5. teardown.
 Goals (from the issue): cold 01-04 plus 05's verification within 3x the floor,
-the whole run with the short benchmark within 4x, the warm rerun within 20 s.
+the whole run with the short benchmark within 4x, the warm rerun within 20 s, check mode on the
+warm lab no slower than the warm rerun.
 """
 from __future__ import annotations
 
@@ -74,6 +76,12 @@ def main() -> int:
     if floor:
         print(f"ratio-cold-through-verify-to-floor {through_verify / floor:.2f} (goal 3)")
         print(f"ratio-cold-total-to-floor {total / floor:.2f} (goal 4)")
+    check, r = runner(out, args.params, "--check", "--stages", "01,02,03,04", "--run-id", "warm-check")
+    steps = [w for s in json.loads((out / "warm-check" / "summary.json").read_text())["stages"]
+             for w in s.get("steps", [])] if (out / "warm-check" / "summary.json").exists() else []
+    print(f"check-01-04-seconds {check:.1f} steps {len(steps)} planned changes "
+          f"{sum(bool(w['changes']) for w in steps)} unknown {sum(bool(w['unknown']) for w in steps)} "
+          f"rc {r.returncode} (goal: no slower than the warm rerun, 0 changes)")
     warm, r = runner(out, args.params, "--stages", "01,02,03,04", "--run-id", "cold")
     changes = json.loads((out / "cold" / "state.json").read_text()).get("changes", {})
     did = sum(c["changed"] for st in ("01", "02", "03", "04") for step in changes.get(st, {}).values() for c in step)

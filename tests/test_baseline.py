@@ -24,24 +24,33 @@ def _ctx(tmp_path, consent=True, disks=("nvme0n1",), baseline=None):
     return Stage(number="04", params_file=ROOT / "parameters" / "lab.yaml", params=p, state=st)
 
 
+def _baseline(ctx, dev):
+    """Stage 04's Baseline step: its plan (which refuses), then its apply of that plan."""
+    ctx.seen["dev"] = dev
+    step = build_l2.Baseline()
+    plan = step.plan(ctx)
+    assert not plan.changes  # these tests never measure
+    return step.apply(ctx, plan)[0]
+
+
 def _dev(driver):
     return PciDevice(name="pci_0000_00_10_0", bdf="0000:00:10.0", pci_class=NVME_CLASS, driver=driver)
 
 
 def test_no_namespace_found_on_the_nvme_driver_fails_the_stage_with_consent(tmp_path):
     with pytest.raises(RunbookError) as e:
-        build_l2.baseline(_ctx(tmp_path, disks=()), _dev("nvme"))
+        _baseline(_ctx(tmp_path, disks=()), _dev("nvme"))
     assert "0000:00:10.0 is on the nvme driver in L1 but no namespace block device" in e.value.message
     assert "l2.baseline_consent: false" in e.value.hint
 
 
 def test_a_device_already_on_vfio_pci_is_named_as_such(tmp_path):
     with pytest.raises(RunbookError) as e:
-        build_l2.baseline(_ctx(tmp_path), _dev("vfio-pci"))
+        _baseline(_ctx(tmp_path), _dev("vfio-pci"))
     assert "is on the vfio-pci driver in L1 now, not nvme" in e.value.message
 
 
 def test_without_consent_or_with_a_baseline_nothing_is_measured(tmp_path):
-    assert build_l2.baseline(_ctx(tmp_path, consent=False, disks=()), _dev("nvme")).changed is False
-    done = build_l2.baseline(_ctx(tmp_path / "b", baseline=[{"layer": "L1"}]), _dev("vfio-pci"))
+    assert _baseline(_ctx(tmp_path, consent=False, disks=()), _dev("nvme")).changed is False
+    done = _baseline(_ctx(tmp_path / "b", baseline=[{"layer": "L1"}]), _dev("vfio-pci"))
     assert done.changed is False and "already measured" in done.detail

@@ -60,14 +60,42 @@ def lab(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("outputs")
     write_lab_params()
     runner(outputs, "--stages", "99", "--run-id", "pre-clean")
+    cold_check = cold_check_mode(outputs)
     # Once, with no retry: a stall or an L2 crash fails the suite and names itself (QEMU >= 8.1
     # under TCG is what setup installs; scripts/stall_runs.py counts them over many cold runs).
     r = runner(outputs, "--run-id", RUN_ID)
     run = outputs / RUN_ID
     print(r.stdout[-6000:], r.stderr[-3000:])
-    yield {"outputs": outputs, "run": run, "result": r}
+    yield {"outputs": outputs, "run": run, "result": r, "cold_check": cold_check}
     t = runner(outputs, "--stages", "99", "--run-id", "final-clean")
     print(t.stdout[-2000:], t.stderr[-2000:])
+
+
+def machine_snapshot(p) -> dict:
+    """What a check run must leave as it is: L1's domain, the files under the workdir and beside
+    the backing file, and the lab image cache's recipes."""
+    workdir, backing_dir = Path(p.host.workdir), Path(p.nvme.backing_file).parent
+    listing = lambda d: sorted(str(f) for f in d.rglob("*")) if d.exists() else None  # noqa: E731
+    cache = Path("/var/cache/nested-nvme/images")
+    return {"domain": virsh_l0("dominfo", p.l1.name).returncode == 0, "workdir": listing(workdir),
+            "backing_dir": listing(backing_dir), "images": sorted(x.name for x in cache.iterdir()) if cache.exists() else []}
+
+
+def cold_check_mode(outputs: Path) -> dict:
+    """`--check` before anything is built: timed, with what the machines looked like before and after."""
+    import time
+    p = params_mod.load(LAB)
+    before = machine_snapshot(p)
+    t0 = time.monotonic()
+    r = runner(outputs, "--check", "--run-id", "cold-check")
+    seconds = time.monotonic() - t0
+    print("cold check:", r.stdout[-3000:], r.stderr[-2000:])
+    return {"result": r, "seconds": seconds, "before": before, "after": machine_snapshot(p),
+            "run": outputs / "cold-check"}
+
+
+def check_summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
 
 
 def state(lab) -> dict:
@@ -89,6 +117,54 @@ def test_01_runs_stages_01_to_05(lab):
         ("01", "passed"), ("02", "passed"), ("03", "passed"), ("04", "passed"), ("05", "passed")]
     for s in summary["stages"]:
         assert (lab["run"] / s["notebook"]).exists()
+
+
+def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_plans(lab):
+    """The cold `--check` ran before stage 01-05 built anything: nothing changed (no domain,
+    no file, no image), no changing step was applied, and the report shows each plan; the
+    steps that need L1 say they are unknown until it runs."""
+    from helpers import runner as runner_mod
+    cold = lab["cold_check"]
+    assert cold["result"].returncode == 0, cold["result"].stdout[-3000:] + cold["result"].stderr[-3000:]
+    assert cold["before"] == cold["after"] and cold["after"]["domain"] is False
+    summary = check_summary(cold["run"])
+    assert summary["mode"] == "check" and summary["status"] == "passed"
+    walked = [(s["stage"], w) for s in summary["stages"] for w in s.get("steps", [])]
+    assert walked and not [w for _, w in walked if w["applied"] and w["changes"]]
+    plans = {(stage, w["step"]): w for stage, w in walked}
+    assert plans[("02", "Define L1")]["changes"] and plans[("02", "Start L1")]["changes"]
+    assert "runs" in plans[("02", "Wait for L1")]["unknown"]
+    assert all(w["unknown"] for (stage, _), w in plans.items() if stage in ("04", "05"))
+    for s in summary["stages"]:  # a stage not yet made of steps is skipped, never run
+        assert s["status"] == "passed" or (s["status"] == "not plannable"
+                                           and not runner_mod.plannable(s["stage"], ROOT / "notebooks" / s["notebook"]))
+    html = (cold["run"] / "report.html").read_text()
+    assert "Check mode" in html and "Plan of &#x27;Define L1&#x27;" in html and "unknown until" in html
+    assert not (lab["outputs"] / "latest").exists() or (lab["outputs"] / "latest").resolve() != cold["run"]
+    print(f"cold check: {cold['seconds']:.1f} s")
+
+
+def test_01b_each_executed_stage_walked_exactly_its_steps(lab):
+    from helpers.stages import build_l1, build_l2, verify_benchmark
+    from helpers.steps import walk_names
+    walked = state(lab)["steps"]
+    for stage, module in (("02", build_l1), ("04", build_l2), ("05", verify_benchmark)):
+        assert [w["class"] for w in walked[stage]] == walk_names(module.STEPS), stage
+        assert all(w["mode"] == "run" for w in walked[stage])
+
+
+def test_01c_check_mode_on_the_warm_lab_reports_no_change_for_stages_01_to_04(lab):
+    """Right after the run, with everything up: every step of 01-04 plans no change."""
+    import time
+    t0 = time.monotonic()
+    r = runner(lab["outputs"], "--check", "--stages", "01,02,03,04", "--run-id", "warm-check")
+    seconds = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = check_summary(lab["outputs"] / "warm-check")
+    walked = [(s["stage"], w) for s in summary["stages"] for w in s.get("steps", [])]
+    assert {s for s, _ in walked} >= {"02", "04"}
+    assert [(s, w["step"], w["plan"]) for s, w in walked if w["changes"] or w["unknown"]] == []
+    print(f"warm check 01-04: {seconds:.1f} s")
 
 
 def test_02_host_chose_tcg_and_l1_runs_under_it(lab):

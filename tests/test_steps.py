@@ -149,3 +149,81 @@ def test_plan_text_shows_machine_commands_content_and_reasons():
     assert ui.plan_text(Plan("x", reason="no change: it runs")).endswith(": no change: it runs")
     assert "unknown until L1 runs" in ui.plan_text(Plan("x", unknown="L1 runs"))
     assert Plan("x", unknown="L1 runs").summary() == "unknown until L1 runs"
+
+
+# --- each stage notebook walks exactly its module's STEPS ------------------------------------
+
+import ast  # noqa: E402
+
+import nbformat  # noqa: E402
+
+from helpers.stages import build_l1, build_l2, teardown, verify_benchmark  # noqa: E402
+from helpers.steps import walk_names  # noqa: E402
+
+STAGE_MODULES = {"02_build_l1": build_l1, "04_build_l2": build_l2, "05_verify_benchmark": verify_benchmark,
+                 "99_teardown": teardown}
+
+
+def notebook_steps(path: Path) -> list[str]:
+    """The step classes the notebook's cells pass to ctx.step(...), in order; one per cell."""
+    found = []
+    for c in nbformat.read(path, as_version=4).cells:
+        if c.cell_type != "code":
+            continue
+        calls = [n for n in ast.walk(ast.parse(c.source)) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and n.func.attr == "step"]
+        assert len(calls) <= 1, f"{path.name}: one step per cell:\n{c.source}"
+        for call in calls:
+            found.append(call.args[0].func.attr)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_MODULES))
+def test_each_stage_notebook_walks_its_modules_steps_in_order(name):
+    module = STAGE_MODULES[name]
+    assert notebook_steps(ROOT / "notebooks" / f"{name}.ipynb") == walk_names(module.STEPS)
+    for s in module.STEPS:
+        assert issubclass(s, Step) and s.label, s
+    src = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
+    assert "preview=" not in src and "ctx.do(" not in src  # the plan is the preview
+
+
+def test_check_mode_on_a_cold_host_plans_stage_02_without_changing_anything(params, tmp_path, monkeypatch):
+    """Stage 02's steps in check mode against fakes of libvirt and the image cache: every plan
+    is made, a changing one is never applied, and nothing appears on disk."""
+    from helpers.lab import images
+    from helpers.stages import build_l1 as b
+
+    class FakeLibvirt:
+        where = "fake:///"
+
+        def __init__(self, uri=None):
+            pass
+
+        def lib_version(self):
+            return 11_003_000
+
+        def inactive_xml(self, name):
+            return None
+
+        def is_active(self, name):
+            return False
+
+    monkeypatch.setattr(b, "PyLibvirt", FakeLibvirt)
+    monkeypatch.setattr(images, "load_images", lambda *a, **k: None)
+    applied = []
+    for cls in b.STEPS:
+        real = cls.apply
+        monkeypatch.setattr(cls, "apply", lambda self, ctx, plan, _r=real: applied.append(self.label) or _r(self, ctx, plan))
+    ctx = ctx_for(params, tmp_path, mode="check")
+    ctx.state.set("accel", "tcg")
+    runs = [ctx.step(cls()) for cls in b.STEPS]
+    plans = {r.step.label: r.plan for r in runs}
+    assert plans["Lab images"].changes and "build the lab images" in plans["Lab images"].actions[0].what
+    assert plans["Prepare files"].unknown == b.IMAGES_UNKNOWN
+    assert plans["Define L1"].changes and "<domain" in plans["Define L1"].actions[0].content
+    assert plans["Start L1"].actions[0].commands[0] == "virsh start nested-kvm"
+    assert "<iommu model=\"intel\">" in runs[1].result.xml  # the read-only step ran: L1's definition
+    assert plans["Wait for L1"].unknown and plans["Look inside L1"].unknown
+    assert applied == ["L1's definition"]  # the one read-only step that could plan; no changing step
+    assert not (tmp_path / "work").exists()

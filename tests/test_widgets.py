@@ -57,12 +57,13 @@ def test_a_changing_step_waits_for_confirm_then_runs_the_same_helper(lab_params,
     work.mkdir()
     leftover = work / "known_hosts"
     leftover.write_text("x")
-    button = ctx.do("Remove files", teardown.files, ctx, preview=lambda: "remove the files this runbook created")
+    run = ctx.step(teardown.RemoveFiles())
+    button = run.button
     button.button.click()
-    assert leftover.exists() and button.calls == 0  # only the preview so far
-    assert button.confirm.layout.display == ""
+    assert leftover.exists() and button.calls == 0  # only the preview (the plan) so far
+    assert button.confirm.layout.display == "" and f"rm -f {leftover}" in button.preview
     button.confirm.click()
-    assert not leftover.exists() and button.calls == 1
+    assert not leftover.exists() and button.calls == 1 and run.applied
     recorded = json.loads((tmp_path / "state.json").read_text())["changes"]["99"]["Remove files"]
     assert any(c["changed"] and "known_hosts" in c["what"] for c in recorded)
 

@@ -1,8 +1,6 @@
 """Stage 02: the files L1 needs, its domain, and waiting for it to answer."""
 from __future__ import annotations
 
-import os
-import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk,
 from ..params import Params
 from ..state import State
 from ..wait import wait_for
-from . import Change, did, no_change
+from . import Change
 
 NATIVE_NVME_VERSION = 11_005_000  # libvirt 11.5: <disk> on an NVMe controller
 QEMU_USER = "libvirt-qemu"
@@ -28,18 +26,8 @@ def cpu_mode(p: Params, accel: str) -> str:
 
 
 def _give_to_qemu(path: Path) -> None:
-    """libvirt does not relabel files named only in <qemu:commandline>: let QEMU's user use it."""
-    try:
-        u = pwd.getpwnam(QEMU_USER)
-    except KeyError:
-        return
-    os.chown(path, u.pw_uid, u.pw_gid)
-    for parent in path.parents:  # each folder above must be traversable
-        if parent == Path("/"):
-            break
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            os.chmod(parent, mode | 0o001)
+    from .l1_files import give_to_qemu
+    give_to_qemu(path)
 
 
 L1_FILES_MARGIN = 256 * 1024 ** 2  # L1's overlay grows while it runs; its console log and keys
@@ -88,31 +76,15 @@ def no_space(path: Path, e: OSError) -> RunbookError:
 
 
 def ensure_workdir(workdir: Path, state: State) -> Change:
-    """The folder for the run's files, traversable by QEMU's user."""
-    if workdir.is_dir():
-        return no_change(f"workdir {workdir}", "exists")
-    workdir.mkdir(parents=True, mode=0o755)
-    state.remember_created("dirs", str(workdir))
-    return did(f"workdir {workdir}", "created")
+    """The folder for the run's files (plan, then apply: ``ops.l1_files``)."""
+    from .l1_files import apply_op, plan_workdir
+    return apply_op(plan_workdir(workdir), state)
 
 
 def ensure_backing_file(path: Path, size_gib: float, state: State) -> Change:
     """The NVMe's raw backing file: created sparse at the size asked, never overwritten."""
-    size = int(size_gib * 1024 ** 3)
-    if path.exists():
-        _give_to_qemu(path)
-        have = path.stat().st_size
-        note = "" if have == size else f" (its size is {have / 1024 ** 3:.2f} GiB, not the {size_gib} GiB asked; left as it is)"
-        return no_change(f"NVMe backing file {path}", "exists, kept" + note)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(path, "wb") as f:
-            f.truncate(size)
-    except OSError as e:
-        raise no_space(path, e) from None
-    _give_to_qemu(path)
-    state.remember_created("files", str(path))
-    return did(f"NVMe backing file {path}", f"created raw, sparse, {size_gib} GiB")
+    from .l1_files import apply_op, plan_backing_file
+    return apply_op(plan_backing_file(path, size_gib), state)
 
 
 def overlay_backing(overlay: Path) -> str | None:
@@ -125,25 +97,9 @@ def overlay_backing(overlay: Path) -> str | None:
 
 
 def ensure_overlay(golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
-    """L1's system disk in the lab: a qcow2 overlay on the cached golden image.
-    An overlay on an older image (the recipe changed) is made anew unless L1 runs on it."""
-    what = f"L1 disk {overlay}"
-    if overlay.exists():
-        backing = overlay_backing(overlay)
-        if backing == str(golden):
-            return no_change(what, f"overlay on {golden.name} exists")
-        if running:
-            return no_change(what, f"L1 runs on an older image ({backing}); teardown and rerun to use the new one")
-        overlay.unlink()
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        if "No space left" in r.stderr:
-            raise no_space(overlay, OSError(28, "No space left on device"))
-        raise RunbookError(f"qemu-img could not create {overlay}: {r.stderr.strip()}",
-                           hint="check free space and that qemu-utils is installed")
-    state.remember_created("files", str(overlay))
-    return did(what, f"qcow2 overlay on {golden}")
+    """L1's system disk in the lab: a qcow2 overlay on the cached golden image."""
+    from .l1_files import apply_op, plan_overlay
+    return apply_op(plan_overlay(golden, overlay, running), state)
 
 
 def known_hosts_line(host: str, port: int, pubkey: str) -> str:
@@ -154,27 +110,14 @@ def known_hosts_line(host: str, port: int, pubkey: str) -> str:
 
 def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
     """Pin L1's host key (the one baked into the lab image)."""
-    key = " ".join(pubkey.split()[:2])
-    line = known_hosts_line(host, port, pubkey) + "\n"
-    if path.exists() and path.read_text() == line:
-        return no_change(f"known_hosts {path}", "pins L1's host key already")
-    path.write_text(line)
-    state.remember_created("files", str(path))
-    return did(f"known_hosts {path}", f"pins {key[:40]}...")
+    from .l1_files import apply_op, plan_known_hosts
+    return apply_op(plan_known_hosts(path, host, port, pubkey), state)
 
 
 def copy_key(key: Path, dest: Path, state: State) -> Change:
-    """The run keeps its own copy of the lab's SSH key (mode 0600), so a rebuilt
-    image cache never locks the runbook out of a running L1."""
-    data = key.read_bytes()
-    if dest.exists() and dest.read_bytes() == data:
-        return no_change(f"SSH key {dest}", "the lab key is in place")
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    dest.chmod(0o600)
-    state.remember_created("files", str(dest))
-    return did(f"SSH key {dest}", f"copied from {key.parent}")
+    """The run keeps its own copy of the lab's SSH key (mode 0600)."""
+    from .l1_files import apply_op, plan_key
+    return apply_op(plan_key(key, dest), state)
 
 
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,

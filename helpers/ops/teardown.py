@@ -1,5 +1,5 @@
-"""Stage 99: give everything back, in reverse order; each step says what it did
-or that there was nothing to do."""
+"""Stage 99's reads and checks (the steps are in ``stages/teardown.py``): is L1 reachable,
+which files the runbook may have made, and the NVMe back on L1's nvme driver."""
 from __future__ import annotations
 
 import time
@@ -10,25 +10,11 @@ from ..guest import Guest
 from ..params import Params
 from ..paths import paths
 from ..state import State
-from ..virt import Libvirt, Virsh
-from . import Change, did, domain, no_change
+from . import Change, no_change
 
 
 def l1_reachable(l1: Guest | None) -> bool:
     return l1 is not None and l1.run("true", timeout=20).ok
-
-
-def remove_l2(p: Params, l1: Guest | None, state: State) -> list[Change]:
-    """Stop and undefine L2 in L1; the managed hostdev goes back to L1's nvme driver."""
-    if not l1_reachable(l1):
-        return [no_change(f"remove {p.l2.name}", "L1 is not running: nothing to stop in it")]
-    lv = Virsh(l1)
-    changes = domain.remove(lv, p.l2.name)
-    disk = paths(p).l2_disk
-    if p.l2.image == "lab" and l1.run(["test", "-e", disk]).ok:
-        l1.run(["rm", "-f", disk], check=True)
-        changes.append(did(f"remove {disk} in L1", "L2's overlay"))
-    return changes
 
 
 def return_nvme(p: Params, l1: Guest | None, state: State, timeout: float = 60) -> list[Change]:
@@ -51,10 +37,6 @@ def return_nvme(p: Params, l1: Guest | None, state: State, timeout: float = 60) 
                    f"{bdf} driver {driver}; nvme list {'shows' if listed else 'does not show'} serial {serial}")]
 
 
-def remove_l1(p: Params, lv: Libvirt) -> list[Change]:
-    return domain.remove(lv, p.l1.name)
-
-
 def file_candidates(p: Params, state: State) -> list[Path]:
     """Files the runbook may have made, each once; the backing file only with consent."""
     ps = paths(p)
@@ -65,24 +47,3 @@ def file_candidates(p: Params, state: State) -> list[Path]:
     return list(dict.fromkeys(candidates))
 
 
-def remove_files(p: Params, state: State) -> list[Change]:
-    """Files the runbook made; the backing file only with consent."""
-    changes = []
-    for f in file_candidates(p, state):
-        if f == Path(p.nvme.backing_file) and not p.nvme.remove_backing_file:
-            changes.append(no_change(f"remove {f}", "kept: nvme.remove_backing_file is false"))
-            continue
-        if f.exists():
-            f.unlink()
-            state.forget_created("files", str(f))
-            changes.append(did(f"remove {f}"))
-    if not changes:
-        changes.append(no_change("remove the run's files", "none left"))
-    for d in state.created("dirs"):
-        try:
-            Path(d).rmdir()
-            state.forget_created("dirs", d)
-            changes.append(did(f"remove {d}", "empty"))
-        except OSError:
-            pass
-    return changes

@@ -1,5 +1,5 @@
-"""Stage 02: the lab's images, L1's plan (domain XML and the virt-install
-equivalent), its files, define, start, and wait until it answers."""
+"""Stage 02: the lab's images, L1's definition (domain XML and the virt-install
+equivalent), its files, define, start, wait until it answers, look inside: ``STEPS``."""
 from __future__ import annotations
 
 import time
@@ -14,35 +14,73 @@ from ..facts import iommu as iommu_facts
 from ..libvirt_xml import Domain, supports_native_nvme, virt_install_command
 from ..nb import Stage
 from ..numa import choose_cpuset
-from ..ops import Change, domain
+from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
+from ..ops import l1_files
+from ..steps import Action, Plan as StepPlan, Step
 from ..paths import paths
 from ..virt import PyLibvirt
 
 
-def lab_images(ctx: Stage, force: bool = False):
-    """The lab's L1 and L2 images, built once and cached (None on a real host)."""
-    p = ctx.params
-    if p.l1.image != "lab":
-        if not Path(p.l1.image).expanduser().exists():
-            raise RunbookError(f"l1.image {p.l1.image} does not exist",
-                               hint="give the path of your L1 base image (the seed used a CentOS 7 qcow2)")
-        return None
-    from ..lab.images import LabImageError, build_images
-    try:
-        imgs = build_images(force=force, progress=print)
-    except LabImageError as e:
-        raise RunbookError(f"building the lab images failed: {e}",
-                           hint="read /var/cache/nested-nvme/images/build.log") from None
-    ctx.state.set("lab", {"recipe": imgs.recipe, "l1_disk": str(imgs.l1_disk), "ssh_key": str(imgs.ssh_key),
-                          "ssh_host_pubkey": imgs.ssh_host_pubkey, "l2_root_in_l1": imgs.l2_root_in_l1,
-                          "l2_kernel_in_l1": imgs.l2_kernel_in_l1, "l2_initrd_in_l1": imgs.l2_initrd_in_l1,
-                          "l2_cmdline": imgs.l2_cmdline, "virt_packages_cached": imgs.virt_packages_cached})
-    return imgs
+def lab_info(ctx: Stage) -> dict | None:
+    """The lab images stage 02 uses: as recorded by its first step, else the cache's current
+    ones (read only: a check run); None when they are not built yet."""
+    if ctx.state.get("lab"):
+        return ctx.state["lab"]
+    from ..lab.images import load_images
+    imgs = load_images()
+    return _lab_record(imgs) if imgs else None
+
+
+def _lab_record(imgs) -> dict:
+    return {"recipe": imgs.recipe, "l1_disk": str(imgs.l1_disk), "ssh_key": str(imgs.ssh_key),
+            "ssh_host_pubkey": imgs.ssh_host_pubkey, "l2_root_in_l1": imgs.l2_root_in_l1,
+            "l2_kernel_in_l1": imgs.l2_kernel_in_l1, "l2_initrd_in_l1": imgs.l2_initrd_in_l1,
+            "l2_cmdline": imgs.l2_cmdline, "virt_packages_cached": imgs.virt_packages_cached}
+
+
+IMAGES_UNKNOWN = "the lab images are built (step 'Lab images')"
+
+
+class LabImages(Step):
+    """The lab's L1 and L2 images, built once and cached (a real host: its own image, checked)."""
+    label = "Lab images"
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        p = ctx.params
+        if p.l1.image != "lab":
+            if not Path(p.l1.image).expanduser().exists():
+                raise RunbookError(f"l1.image {p.l1.image} does not exist",
+                                   hint="give the path of your L1 base image (the seed used a CentOS 7 qcow2)")
+            return self.no_change(f"l1.image {p.l1.image} is yours (nothing to build)")
+        from ..lab.images import CACHE_DIR, load_images, recipe_hash
+        imgs = load_images()
+        if imgs:
+            return self.no_change(f"images up to date (recipe {imgs.recipe}) in {CACHE_DIR / imgs.recipe}", imgs)
+        recipe = recipe_hash()
+        return StepPlan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
+                                                  "with mmdebstrap (about two minutes)",
+                                            ["python -m helpers.lab.images   # make images"])])
+
+    def apply(self, ctx: Stage, plan: StepPlan):
+        if ctx.params.l1.image != "lab":
+            return [no_change("lab images", "l1.image is given")]
+        imgs = plan.data
+        if plan.changes:
+            from ..lab.images import LabImageError, build_images
+            try:
+                imgs = build_images(progress=print)
+            except LabImageError as e:
+                raise RunbookError(f"building the lab images failed: {e}",
+                                   hint="read /var/cache/nested-nvme/images/build.log") from None
+        ctx.state.set("lab", _lab_record(imgs))
+        return [did("lab images", f"built (recipe {imgs.recipe})") if plan.changes else
+                no_change("lab images", f"up to date (recipe {imgs.recipe})")]
 
 
 @dataclass
 class Plan:
+    """L1's definition."""
     domain: Domain
     xml: str
     virt_install: str
@@ -52,7 +90,7 @@ class Plan:
     native_nvme: bool
 
 
-def plan(ctx: Stage) -> Plan:
+def definition(ctx: Stage) -> Plan:
     """L1's definition from the parameters, the accelerator stage 01 chose and the host's NUMA layout."""
     p = ctx.params
     accel = ctx.state["accel"]
@@ -68,21 +106,181 @@ def plan(ctx: Stage) -> Plan:
     return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native)
 
 
-def prepare(ctx: Stage) -> list[Change]:
+class Definition(Step):
+    """L1's definition and the virt-install command the seed would type (reads only)."""
+    label = "L1's definition"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        if "accel" not in ctx.state:
+            return self.unknown("stage 01 has chosen the accelerator")
+        return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version")
+
+    def apply(self, ctx: Stage, plan: StepPlan) -> Plan:
+        return definition(ctx)
+
+    def show(self, d: Plan) -> None:
+        from .. import ui
+        print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
+        print(f"emulated NVMe: {'native <disk bus=nvme>' if d.native_nvme else '<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)'}")
+        ui.show_output("virt-install ... --print-xml", d.virt_install, prompt="root@L0")
+        ui.show_output(f"virsh dumpxml {d.domain.name}", d.xml, prompt="root@L0")
+
+
+class PrepareFiles(Step):
     """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host key."""
-    p, ps = ctx.params, paths(ctx.params)
-    l1_ops.check_space(ctx.l0, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, p.l1.image == "lab")
-    changes = [l1_ops.ensure_workdir(ps.workdir, ctx.state),
-               l1_ops.ensure_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib, ctx.state)]
-    if p.l1.image == "lab":
-        lab = ctx.state["lab"]
-        running = PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name)
-        changes.append(l1_ops.ensure_overlay(Path(lab["l1_disk"]), ps.l1_disk, ctx.state, running))
-        spec = l1_ssh_spec(p)
-        changes.append(l1_ops.write_known_hosts(ps.known_hosts, spec["host"], spec["port"],
-                                                lab["ssh_host_pubkey"], ctx.state))
-        changes.append(l1_ops.copy_key(Path(lab["ssh_key"]), ps.lab_key, ctx.state))
-    return changes
+    label = "Prepare files"
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        p, ps = ctx.params, paths(ctx.params)
+        lab = p.l1.image == "lab"
+        info = lab_info(ctx) if lab else None
+        if lab and info is None:
+            return self.unknown(IMAGES_UNKNOWN)
+        l1_ops.check_space(ctx.l0, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
+        ops = [l1_files.plan_workdir(ps.workdir), l1_files.plan_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib)]
+        if lab:
+            running = PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name)
+            spec = l1_ssh_spec(p)
+            ops += [l1_files.plan_overlay(Path(info["l1_disk"]), ps.l1_disk, running),
+                    l1_files.plan_known_hosts(ps.known_hosts, spec["host"], spec["port"], info["ssh_host_pubkey"]),
+                    l1_files.plan_key(Path(info["ssh_key"]), ps.lab_key)]
+        actions = [o.action for o in ops if o.action]
+        if not actions:
+            return self.no_change("; ".join(f"{o.what}: {o.detail}" for o in ops), ops)
+        return StepPlan(self.label, actions, data=ops)
+
+    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+        return [l1_files.apply_op(op, ctx.state) for op in plan.data]
+
+
+def _record_l1(ctx: Stage, d: Plan) -> None:
+    p = ctx.params
+    lab = ctx.state.get("lab") or {}
+    ps = paths(p)
+    spec = l1_ssh_spec(p, lab_key=ps.lab_key if lab else None, known_hosts=ps.known_hosts if lab else None)
+    ctx.state.update("l1", name=p.l1.name, accel=d.accel, cpuset=d.cpuset,
+                     console_log=str(ps.l1_console), ssh=spec, native_nvme=d.native_nvme)
+
+
+class DefineL1(Step):
+    """Define L1 from its definition (idempotent; a different one replaced only with l1.replace)."""
+    label = "Define L1"
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        if "accel" not in ctx.state:
+            return self.unknown("stage 01 has chosen the accelerator")
+        p = ctx.params
+        d = definition(ctx)
+        lv = PyLibvirt(p.host.libvirt_uri)
+        dp = domain.plan_define(lv, p.l1.name, d.xml, replace=p.l1.replace)
+        if not dp.how:
+            return self.no_change(f"{p.l1.name} is defined with this definition", (d, dp))
+        cmds = by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri).commands
+        if dp.how == "replace":
+            cmds = [by_hand.virsh("destroy", p.l1.name, uri=p.host.libvirt_uri) + "   # if it runs",
+                    by_hand.virsh("undefine", p.l1.name, uri=p.host.libvirt_uri)] + cmds
+            what = f"replace the definition of {p.l1.name} in {p.host.libvirt_uri} (l1.replace is true)"
+            content = "differences:\n  " + "\n  ".join(dp.diff) + "\n\n" + d.xml
+        else:
+            what, content = f"define {p.l1.name} in {p.host.libvirt_uri}", d.xml
+        return StepPlan(self.label, [Action("L0", what, cmds, content)], data=(d, dp))
+
+    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+        d, dp = plan.data
+        change = domain.apply_define(PyLibvirt(ctx.params.host.libvirt_uri), dp)
+        _record_l1(ctx, d)
+        return [change]
+
+
+class StartL1(Step):
+    label = "Start L1"
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        p = ctx.params
+        if PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name):
+            return self.no_change(f"{p.l1.name} is running")
+        return StepPlan(self.label, [Action("L0", f"start {p.l1.name}",
+                                            by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
+
+    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+        name = ctx.params.l1.name
+        if not plan.changes:
+            return [no_change(f"start {name}", "already running")]
+        lv = PyLibvirt(ctx.params.host.libvirt_uri)
+        lv.start(name)
+        ctx.state.update("l1", started_at=time.time())
+        ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
+        return [did(f"start {name}", f"started in {lv.where}")]
+
+
+def l1_not_up(ctx: Stage) -> str | None:
+    """Why a step in L1 cannot be planned yet (L1 not running), or None."""
+    p = ctx.params
+    if PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name):
+        return None
+    return f"L1 ({p.l1.name}) runs (stage 02 starts it)"
+
+
+class WaitL1(Step):
+    """Wait for L1's guest agent, then its SSH; record the times."""
+    label = "Wait for L1"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        if why := l1_not_up(ctx):
+            return self.unknown(why)
+        p = ctx.params
+        return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping), then SSH "
+                          f"(up to {p.l1.boot_timeout_s} s)")
+
+    def apply(self, ctx: Stage, plan: StepPlan) -> dict:
+        return wait(ctx)
+
+    def show(self, times: dict) -> None:
+        print(times)
+
+
+class InspectL1(Step):
+    """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log."""
+    label = "Look inside L1"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> StepPlan:
+        if why := l1_not_up(ctx):
+            return self.unknown(why)
+        return self.reads("lspci, dmesg and /proc/cmdline in L1")
+
+    def apply(self, ctx: Stage, plan: StepPlan):
+        return inspect(ctx)
+
+    def show(self, result) -> None:
+        from .. import ui
+        shown, before = result
+        for cmd, out in shown.items():
+            ui.show_output(cmd, out, prompt="root@L1")
+        ui.show_table(before, ["what the line proves", "in L1's kernel log now"])
+
+
+plan = definition  # the name earlier code used
+
+STEPS = [LabImages, Definition, PrepareFiles, DefineL1, StartL1, WaitL1, InspectL1]
+
+
+def wait(ctx: Stage) -> dict:
+    """Wait for L1's guest agent, then its SSH; record the times."""
+    p = ctx.params
+    lv = PyLibvirt(p.host.libvirt_uri)
+    log = paths(p).l1_console
+    t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
+    t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
+    started = ctx.state.get("l1", {}).get("started_at")
+    since = round(time.time() - started, 1) if started else None
+    times = {"agent_wait_s": round(t_agent, 1), "ssh_wait_s": round(t_ssh, 1), "since_start_s": since}
+    if repaired:
+        times["sshd"] = repaired
+    ctx.state.update("l1", boot=times)
+    return times
 
 
 def by_hand_files(ctx: Stage) -> by_hand.ByHand:
@@ -105,45 +303,6 @@ def by_hand_define(ctx: Stage) -> by_hand.ByHand:
 
 def by_hand_start(ctx: Stage) -> by_hand.ByHand:
     return by_hand.start(ctx.params.l1.name, ctx.params.host.libvirt_uri)
-
-
-def define(ctx: Stage, the_plan: Plan) -> Change:
-    """Define L1 (idempotent); record how to reach it."""
-    p = ctx.params
-    lv = PyLibvirt(p.host.libvirt_uri)
-    change = domain.define(lv, p.l1.name, the_plan.xml, replace=p.l1.replace)
-    lab = ctx.state.get("lab") or {}
-    ps = paths(p)
-    spec = l1_ssh_spec(p, lab_key=ps.lab_key if lab else None,
-                       known_hosts=ps.known_hosts if lab else None)
-    ctx.state.update("l1", name=p.l1.name, accel=the_plan.accel, cpuset=the_plan.cpuset,
-                     console_log=str(ps.l1_console), ssh=spec, native_nvme=the_plan.native_nvme)
-    return change
-
-
-def start(ctx: Stage) -> Change:
-    lv = PyLibvirt(ctx.params.host.libvirt_uri)
-    ch = domain.start(lv, ctx.params.l1.name)
-    if ch.changed:
-        ctx.state.update("l1", started_at=time.time())
-        ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
-    return ch
-
-
-def wait(ctx: Stage) -> dict:
-    """Wait for L1's guest agent, then its SSH; record the times."""
-    p = ctx.params
-    lv = PyLibvirt(p.host.libvirt_uri)
-    log = paths(p).l1_console
-    t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
-    t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
-    started = ctx.state.get("l1", {}).get("started_at")
-    since = round(time.time() - started, 1) if started else None
-    times = {"agent_wait_s": round(t_agent, 1), "ssh_wait_s": round(t_ssh, 1), "since_start_s": since}
-    if repaired:
-        times["sshd"] = repaired
-    ctx.state.update("l1", boot=times)
-    return times
 
 
 def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:

@@ -1,5 +1,5 @@
 """Stage 04: find the NVMe in L1, check it may go, measure it in L1, then
-define and start L2 with it as a PCI hostdev, and check L1 gave it up."""
+define and start L2 with it as a PCI hostdev, and check L1 gave it up: ``STEPS``."""
 from __future__ import annotations
 
 import time
@@ -14,6 +14,7 @@ from ..libvirt_xml import CPU, OS, VCPU, Channel, Controller, Disk, Domain, Feat
 from ..nb import Stage
 from ..ops import Change, did, domain, no_change
 from ..ops import passthrough
+from ..steps import Action, Plan, Step
 from ..paths import paths
 from ..virt import Virsh
 from ..wait import wait_for
@@ -55,48 +56,6 @@ def select(ctx: Stage, devs: list[PciDevice]) -> PciDevice:
     return dev
 
 
-def baseline(ctx: Stage, dev: PciDevice) -> list[dict] | Change:
-    """fio on the NVMe in L1 before it goes to L2: the baseline for stage 05 (writes need consent)."""
-    p = ctx.params
-    if ctx.state.get("baseline"):
-        return no_change("L1 baseline", "already measured in this run")
-    if not p.l2.baseline_consent:
-        return no_change("L1 baseline", "skipped: l2.baseline_consent is false (fio writes to the disk)")
-    disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or []
-    how = ("or set `l2.baseline_consent: false` in the parameters to go on without an L1 baseline "
-           "(stage 05 then has no L2-versus-L1 table)")
-    if dev.driver != "nvme":
-        raise RunbookError(
-            f"the L1 baseline cannot be measured: {dev.bdf} is on the {dev.driver or 'no'} driver in L1 now, "
-            "not nvme (passed through by an earlier run that has no baseline recorded)",
-            hint=f"resume the run that passed it through (`--from 04`), or tear down (`--stages 99`) and run again, {how}")
-    if not disks:
-        raise RunbookError(
-            f"the L1 baseline cannot be measured: {dev.bdf} is on the nvme driver in L1 but no namespace "
-            "block device of it was found (looked in its controller folder and its NVMe subsystem in sysfs)",
-            hint=f"look at `nvme list` and `ls /sys/bus/pci/devices/{dev.bdf}/nvme/*/` in L1, {how}")
-    b = p.bench
-    rows = fio.run_profiles(ctx.l1(), "L1", f"/dev/{disks[0]}", list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
-    ctx.state.set("baseline", rows)
-    return rows
-
-
-def prepare_disk(ctx: Stage) -> Change:
-    """The lab's L2 disk in L1: a qcow2 overlay on the L2 image baked into L1's image."""
-    p = ctx.params
-    disk = paths(p).l2_disk
-    l1 = ctx.l1()
-    if p.l2.image != "lab":
-        if not l1.exists(disk):
-            raise RunbookError(f"l2.image {disk} does not exist in L1", hint="copy your L2 image into L1 first")
-        return no_change(f"L2 disk {disk}", "the image given in the parameters")
-    if l1.exists(disk):
-        return no_change(f"L2 disk {disk}", "exists")
-    base = ctx.state["lab"]["l2_root_in_l1"]
-    l1.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, disk], check=True)
-    return did(f"L2 disk {disk}", f"qcow2 overlay on {base} (qemu-img, from stage 03's qemu-utils)")
-
-
 def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
     """The seed's L2 (virt-install --hostdev pci_0000_00_02_0), with the lab's direct kernel boot."""
     p = ctx.params
@@ -117,32 +76,6 @@ def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
                  Channel(), Serial(log_path=ps.l2_console), Memballoon(),
                  Controller(type="usb", model="none")],  # headless: no USB to probe at boot
         description="L2 of the nested NVMe runbook: the NVMe by VFIO")
-
-
-def define(ctx: Stage, dom: Domain) -> Change:
-    return domain.define(Virsh(ctx.l1()), ctx.params.l2.name, dom.to_xml(), replace=ctx.params.l2.replace)
-
-
-def start(ctx: Stage) -> Change:
-    """Start L2 unless it runs; a running L2 whose kernel crashed, or that booted and
-    no longer answers, is started again."""
-    from ..access import l2_crash, l2_stopped_answering
-    lv = Virsh(ctx.l1())
-    if lv.is_active(ctx.params.l2.name):
-        panic = l2_crash(ctx.params, ctx.l1())
-        why = (f"its kernel had crashed ({panic[:80]})" if panic else
-               "it had stopped answering (its guest agent did not answer a ping in 10 s)"
-               if l2_stopped_answering(ctx.params, ctx.l1()) else None)
-        if why:
-            lv.destroy(ctx.params.l2.name)
-            lv.wait_stopped(ctx.params.l2.name)
-            lv.start(ctx.params.l2.name)
-            ctx.state.update("l2", started_at=time.time(), restarted_after=why)
-            return did(f"start {ctx.params.l2.name}", f"restarted: {why}")
-    ch = domain.start(lv, ctx.params.l2.name)
-    if ch.changed:
-        ctx.state.update("l2", started_at=time.time())
-    return ch
 
 
 def given_up(ctx: Stage, dev: PciDevice) -> dict:
@@ -171,23 +104,261 @@ def wait(ctx: Stage) -> float:
     return took
 
 
-def by_hand_baseline(ctx: Stage) -> by_hand.ByHand:
-    """The L1 baseline as one fio command at L1's prompt (the same one ``baseline`` runs)."""
-    b = ctx.params.bench
-    disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or ["nvme0n1"]
-    target = f"/dev/{disks[0]}"
-    return by_hand.fio(target, fio.fio_command(target, list(b.profiles), b.runtime_s, b.size_mib), b.repeats,
-                       "root@L1")
+# --- the steps ---------------------------------------------------------------------------------
+
+def _l1_not_up(ctx: Stage) -> str | None:
+    from .build_l1 import l1_not_up
+    return l1_not_up(ctx)
 
 
-def by_hand_disk(ctx: Stage) -> by_hand.ByHand:
-    p = ctx.params
-    if p.l2.image != "lab":
-        return by_hand.ByHand("root@L1", [f"# L2's image {paths(p).l2_disk}: yours, copied into L1 beforehand"])
-    return by_hand.l2_disk(ctx.state["lab"]["l2_root_in_l1"], paths(p).l2_disk)
+def _l2_running(ctx: Stage) -> bool:
+    return Virsh(ctx.l1()).is_active(ctx.params.l2.name)
 
 
-def by_hand_l2(ctx: Stage, dev: PciDevice) -> by_hand.ByHand:
-    """``define`` and ``start`` in L1, with the ``nodedev-detach`` libvirt does for a managed hostdev."""
-    name = ctx.params.l2.name
-    return by_hand.l2_define_start(name, f"{name}.xml", dev.bdf, dev.iommu_group)
+NO_DEVICE = "the NVMe is chosen in L1 (step 'Choose the NVMe': L1 runs)"
+
+
+class Devices(Step):
+    """L1's PCI devices, from sysfs and lspci in one round trip."""
+    label = "L1's PCI devices"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _l1_not_up(ctx):
+            return self.unknown(why)
+        return self.reads("L1's PCI devices (sysfs and lspci -nn, one command)")
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[PciDevice]:
+        ctx.seen["devices"] = devices(ctx)
+        return ctx.seen["devices"]
+
+    def show(self, devs) -> None:
+        from .. import ui
+        ui.show_table(device_rows(devs), DEVICE_COLUMNS)
+
+
+class SelectNVMe(Step):
+    """The NVMe the parameters mean; refused with the reason when it may not be passed through."""
+    label = "Choose the NVMe"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if "devices" not in ctx.seen:
+            return self.unknown("L1's PCI devices are read (step 'L1's PCI devices': L1 runs)")
+        return self.reads(f"serial and model of each NVMe in L1, its IOMMU group and mounts "
+                          f"(l2.select: {ctx.params.l2.select.model_dump(exclude_none=True)})")
+
+    def apply(self, ctx: Stage, plan: Plan) -> PciDevice:
+        ctx.seen["dev"] = select(ctx, ctx.seen["devices"])
+        self.serial = ctx.state["nvme"]["serial"]
+        return ctx.seen["dev"]
+
+    def show(self, dev: PciDevice) -> None:
+        print(f"selected {dev.bdf}: {dev.vendor} {dev.product}, IOMMU group {dev.iommu_group}, serial {self.serial}")
+
+
+def show_nvme(ctx: Stage, run) -> None:
+    """The chosen NVMe's BDF fields, ``lspci -k`` and its node device XML in L1 (when it was chosen)."""
+    from .. import ui
+    if not run.applied:
+        return
+    dev = run.result
+    f = pci.bdf_fields(dev.bdf)
+    ui.show_table([(dev.bdf, f["domain"], f["bus"], f["device"], f["function"], dev.driver, dev.iommu_group,
+                    ", ".join(dev.group_members))],
+                  ["BDF", "domain", "bus", "device", "function", "driver", "IOMMU group", "group members"])
+    ui.show_output(f"lspci -k -s {dev.bdf}", ctx.l1().run(["lspci", "-k", "-s", dev.bdf]).out, prompt="root@L1")
+    ui.show_output(f"virsh nodedev-dumpxml {dev.name}",
+                   ctx.l1().run(["virsh", "-c", "qemu:///system", "nodedev-dumpxml", dev.name]).out, prompt="root@L1")
+
+
+class Baseline(Step):
+    """fio on the NVMe in L1 before it goes to L2: the baseline for stage 05 (writes need consent)."""
+    label = "Measure the L1 baseline"
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if ctx.state.get("baseline"):
+            return self.no_change("already measured in this run")
+        if not p.l2.baseline_consent:
+            return self.no_change("skipped: l2.baseline_consent is false (fio writes to the disk)")
+        dev = ctx.seen.get("dev")
+        if dev is None:
+            return self.unknown(NO_DEVICE)
+        disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or []
+        how = ("or set `l2.baseline_consent: false` in the parameters to go on without an L1 baseline "
+               "(stage 05 then has no L2-versus-L1 table)")
+        if dev.driver != "nvme":
+            raise RunbookError(
+                f"the L1 baseline cannot be measured: {dev.bdf} is on the {dev.driver or 'no'} driver in L1 now, "
+                "not nvme (passed through by an earlier run that has no baseline recorded)",
+                hint=f"resume the run that passed it through (`--from 04`), or tear down (`--stages 99`) and run again, {how}")
+        if not disks:
+            raise RunbookError(
+                f"the L1 baseline cannot be measured: {dev.bdf} is on the nvme driver in L1 but no namespace "
+                "block device of it was found (looked in its controller folder and its NVMe subsystem in sysfs)",
+                hint=f"look at `nvme list` and `ls /sys/bus/pci/devices/{dev.bdf}/nvme/*/` in L1, {how}")
+        b = p.bench
+        target = f"/dev/{disks[0]}"
+        cmd = by_hand.fio(target, fio.fio_command(target, list(b.profiles), b.runtime_s, b.size_mib), b.repeats,
+                          "root@L1").commands
+        return Plan(self.label, [Action("L1", f"run fio on {target} ({dev.bdf}) in L1: reads and WRITES to the disk "
+                                              f"({', '.join(b.profiles)}, {b.repeats} times)", cmd)], data=target)
+
+    def apply(self, ctx: Stage, plan: Plan):
+        if not plan.changes:
+            return [no_change("L1 baseline", plan.reason.removeprefix("no change: "))]
+        b = ctx.params.bench
+        rows = fio.run_profiles(ctx.l1(), "L1", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
+        ctx.state.set("baseline", rows)
+        return rows
+
+
+class PrepareL2Disk(Step):
+    """The lab's L2 disk in L1: a qcow2 overlay on the L2 image baked into L1's image."""
+    label = "Prepare L2's disk"
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _l1_not_up(ctx):
+            return self.unknown(why)
+        p = ctx.params
+        disk = paths(p).l2_disk
+        l1 = ctx.l1()
+        if p.l2.image != "lab":
+            if not l1.exists(disk):
+                raise RunbookError(f"l2.image {disk} does not exist in L1", hint="copy your L2 image into L1 first")
+            return self.no_change(f"L2's disk {disk} is the image given in the parameters")
+        if l1.exists(disk):
+            return self.no_change(f"L2's disk {disk} exists in L1")
+        from .build_l1 import IMAGES_UNKNOWN, lab_info
+        info = lab_info(ctx)
+        if info is None:
+            return self.unknown(IMAGES_UNKNOWN)
+        base = info["l2_root_in_l1"]
+        return Plan(self.label, [Action("L1", f"create {disk}: a qcow2 overlay on {base}",
+                                        by_hand.l2_disk(base, disk).commands)],
+                    data=["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, disk])
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        disk = paths(ctx.params).l2_disk
+        if not plan.changes:
+            return [no_change(f"L2 disk {disk}", plan.reason.removeprefix("no change: "))]
+        ctx.l1().run(plan.data, check=True)
+        return [did(f"L2 disk {disk}", f"qcow2 overlay on {plan.data[-2]} (qemu-img, from stage 03's qemu-utils)")]
+
+
+class DefineL2(Step):
+    """L2's definition, with the NVMe as a managed PCI hostdev, defined in L1's libvirt."""
+    label = "Define L2"
+
+    def plan(self, ctx: Stage) -> Plan:
+        dev = ctx.seen.get("dev")
+        if dev is None:
+            return self.unknown(NO_DEVICE)
+        if "accel" not in (ctx.state.get("l2") or {}):
+            return self.unknown("stage 03 has chosen L2's accelerator")
+        p = ctx.params
+        dom = l2_domain(ctx, dev)
+        dp = domain.plan_define(Virsh(ctx.l1()), p.l2.name, dom.to_xml(), replace=p.l2.replace)
+        if not dp.how:
+            return self.no_change(f"{p.l2.name} is defined in L1 with this definition", dp)
+        cmds = by_hand.define(p.l2.name, f"{p.l2.name}.xml", prompt="root@L1").commands
+        what = (f"replace the definition of {p.l2.name} in L1 (l2.replace is true)" if dp.how == "replace"
+                else f"define {p.l2.name} in L1's libvirt, with {dev.bdf} as a managed PCI hostdev")
+        content = ("differences:\n  " + "\n  ".join(dp.diff) + "\n\n" if dp.diff else "") + dp.xml
+        return Plan(self.label, [Action("L1", what, cmds, content)], data=dp)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        return [domain.apply_define(Virsh(ctx.l1()), plan.data)]
+
+
+class StartL2(Step):
+    """Start L2 unless it runs; a running L2 whose kernel crashed, or that booted and
+    no longer answers, is started again. libvirt moves the NVMe to vfio-pci at start."""
+    label = "Start L2"
+
+    def plan(self, ctx: Stage) -> Plan:
+        from ..access import l2_crash, l2_stopped_answering
+        if why := _l1_not_up(ctx):
+            return self.unknown(why)
+        p = ctx.params
+        dev = ctx.seen.get("dev")
+        bh = by_hand.l2_define_start(p.l2.name, f"{p.l2.name}.xml", dev.bdf if dev else "<bdf>",
+                                     dev.iommu_group if dev else None).commands[1:]
+        if Virsh(ctx.l1()).is_active(p.l2.name):
+            panic = l2_crash(p, ctx.l1())
+            why = (f"its kernel had crashed ({panic[:80]})" if panic else
+                   "it had stopped answering (its guest agent did not answer a ping in 10 s)"
+                   if l2_stopped_answering(p, ctx.l1()) else None)
+            if not why:
+                return self.no_change(f"{p.l2.name} is running in L1")
+            return Plan(self.label, [Action("L1", f"restart {p.l2.name}: {why}",
+                                            [by_hand.virsh("destroy", p.l2.name)] + bh)], data=why)
+        return Plan(self.label, [Action("L1", f"start {p.l2.name}" + (f": {dev.bdf} moves from L1's nvme driver to "
+                                                                       "vfio-pci" if dev else ""), bh)])
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        name = ctx.params.l2.name
+        if not plan.changes:
+            return [no_change(f"start {name}", "already running")]
+        lv = Virsh(ctx.l1())
+        if plan.data:  # restart
+            lv.destroy(name)
+            lv.wait_stopped(name)
+        lv.start(name)
+        ctx.state.update("l2", started_at=time.time(), **({"restarted_after": plan.data} if plan.data else {}))
+        return [did(f"start {name}", f"restarted: {plan.data}" if plan.data else f"started in {lv.where}")]
+
+
+def _l2_not_up(ctx: Stage) -> str | None:
+    if why := _l1_not_up(ctx):
+        return why
+    if not _l2_running(ctx):
+        return f"L2 ({ctx.params.l2.name}) runs in L1 (stage 04 starts it)"
+    return None
+
+
+class GivenUp(Step):
+    """In L1: driver vfio-pci, /dev/vfio/<group>, and the disk gone from `nvme list`."""
+    label = "L1 has given the NVMe up"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _l2_not_up(ctx):
+            return self.unknown(why)
+        if "dev" not in ctx.seen:
+            return self.unknown(NO_DEVICE)
+        return self.reads("the NVMe's driver in L1, /dev/vfio/<group>, nvme list in L1")
+
+    def apply(self, ctx: Stage, plan: Plan) -> dict:
+        dev = ctx.seen["dev"]
+        res = given_up(ctx, dev)
+        from .. import ui
+        ui.show_output(f"lspci -k -s {dev.bdf}", ctx.l1().run(["lspci", "-k", "-s", dev.bdf]).out, prompt="root@L1")
+        ui.show_output("nvme list", ctx.l1().run("nvme list").out, prompt="root@L1")
+        return res
+
+    def show(self, after: dict) -> None:
+        from .. import ui
+        ui.show_table([(after["driver"], after["vfio_node"], after["vfio_node_exists"], after["disk_gone_from_l1"])],
+                      ["driver in L1", "VFIO group node", "exists", "disk gone from L1"])
+
+
+class WaitL2(Step):
+    """Wait until L2's guest agent answers through L1's libvirt."""
+    label = "Wait for L2"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _l2_not_up(ctx):
+            return self.unknown(why)
+        return self.reads(f"L2's guest agent through L1 (virsh qemu-agent-command {ctx.params.l2.name} guest-ping)")
+
+    def apply(self, ctx: Stage, plan: Plan) -> float:
+        return wait(ctx)
+
+    def show(self, seconds: float) -> None:
+        print(f"L2's guest agent answered after {seconds} s")
+
+
+STEPS = [Devices, SelectNVMe, Baseline, PrepareL2Disk, DefineL2, StartL2, GivenUp, WaitL2]

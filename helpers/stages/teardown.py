@@ -1,71 +1,166 @@
-"""Stage 99: L2 away, the NVMe back to L1's nvme driver, L1 away, the run's files removed."""
+"""Stage 99: L2 away, the NVMe back to L1's nvme driver, L1 away, the run's files removed: ``STEPS``."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .. import by_hand
 from ..errors import RunbookError
+from ..facts import pci
 from ..nb import Stage
-from ..ops import Change, teardown
+from ..ops import Change, did, no_change, teardown
 from ..paths import paths
-from ..virt import PyLibvirt
+from ..steps import Action, Plan, Step
+from ..virt import PyLibvirt, Virsh
 
 
 def _l1_or_none(ctx: Stage):
+    """L1 over SSH when it runs and answers, else None (nothing to do inside it)."""
+    p = ctx.params
+    if not PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name):
+        return None
     try:
-        return ctx.l1()
+        l1 = ctx.l1()
     except RunbookError:
         return None
+    return l1 if teardown.l1_reachable(l1) else None
 
 
-def l2(ctx: Stage) -> list[Change]:
-    if not ctx.params.teardown.l2:
-        return []
-    l1 = _l1_or_none(ctx)
-    return teardown.remove_l2(ctx.params, l1, ctx.state) + teardown.return_nvme(ctx.params, l1, ctx.state)
+class RemoveL2(Step):
+    """Stop and undefine L2 in L1; the managed hostdev goes back to L1's nvme driver."""
+    label = "Remove L2"
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.teardown.l2:
+            return self.no_change("teardown.l2 is false: L2 stays")
+        l1 = _l1_or_none(ctx)
+        if l1 is None:
+            return self.no_change(f"L1 ({p.l1.name}) is not running: nothing to stop in it")
+        lv, name = Virsh(l1), p.l2.name
+        disk = paths(p).l2_disk if p.l2.image == "lab" else None
+        bdf = (ctx.state.get("nvme") or {}).get("bdf_in_l1")
+        todo = {"destroy": lv.is_active(name), "undefine": lv.exists(name),
+                "disk": bool(disk) and l1.run(["test", "-e", disk]).ok, "bdf": bdf,
+                "reattach": bool(bdf) and pci.driver_of(l1, bdf) == "vfio-pci"}
+        actions = []
+        if todo["destroy"]:
+            actions.append(Action("L1", f"stop {name} (like pulling its power)", [by_hand.virsh("destroy", name)]))
+        if todo["undefine"]:
+            actions.append(Action("L1", f"undefine {name}", [by_hand.virsh("undefine", name)]))
+        if todo["disk"]:
+            actions.append(Action("L1", f"remove L2's disk {disk}", [f"rm -f {by_hand.q(disk)}"]))
+        if todo["reattach"]:
+            actions.append(Action("L1", f"the NVMe {bdf} back to L1's nvme driver (libvirt does it for a managed "
+                                        "hostdev when L2 stops; by hand if it did not)",
+                                  [f"virsh nodedev-reattach {by_hand.node_device(bdf)}   # only if still on vfio-pci",
+                                   f"lspci -k -s {bdf}   # check: Kernel driver in use: nvme",
+                                   "nvme list   # check: the disk is back in L1"]))
+        if not actions:
+            return self.no_change(f"{name} is not defined in L1" + (f"; the NVMe {bdf} is on L1's nvme driver"
+                                                                     if bdf else ""), todo)
+        return Plan(self.label, actions, data=todo)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        p, todo = ctx.params, plan.data
+        if todo is None:
+            return [no_change(f"remove {p.l2.name}", plan.reason.removeprefix("no change: "))]
+        l1 = ctx.l1()
+        lv, name = Virsh(l1), p.l2.name
+        changes = []
+        if todo["destroy"]:
+            lv.destroy(name)
+            lv.wait_stopped(name)
+            changes.append(did(f"stop {name}", f"destroyed in {lv.where}"))
+        if todo["undefine"]:
+            lv.undefine(name)
+            changes.append(did(f"undefine {name}", f"removed from {lv.where}"))
+        if todo["disk"]:
+            disk = paths(p).l2_disk
+            l1.run(["rm", "-f", disk], check=True)
+            changes.append(did(f"remove {disk} in L1", "L2's overlay"))
+        if todo["bdf"]:  # wait for libvirt's reattach (by hand if it did not), then check nvme list
+            back = teardown.return_nvme(p, l1, ctx.state)
+            if not (todo["destroy"] or todo["reattach"]):
+                back = [no_change(c.what, c.detail) for c in back]
+            changes += back
+        return changes or [no_change(f"remove {name}", "nothing to do")]
 
 
-def l1(ctx: Stage) -> list[Change]:
-    if not ctx.params.teardown.l1:
-        return []
-    changes = teardown.remove_l1(ctx.params, PyLibvirt(ctx.params.host.libvirt_uri))
-    l1 = _l1_or_none(ctx)
-    if l1 is not None:
-        l1.close()
-    return changes
+class RemoveL1(Step):
+    label = "Remove L1"
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.teardown.l1:
+            return self.no_change("teardown.l1 is false: L1 stays")
+        lv, name, uri = PyLibvirt(p.host.libvirt_uri), p.l1.name, p.host.libvirt_uri
+        todo = {"destroy": lv.is_active(name), "undefine": lv.exists(name)}
+        actions = ([Action("L0", f"stop {name}", [by_hand.virsh("destroy", name, uri=uri)])] if todo["destroy"] else []) \
+            + ([Action("L0", f"undefine {name}", [by_hand.virsh("undefine", name, uri=uri)])] if todo["undefine"] else [])
+        if not actions:
+            return self.no_change(f"{name} is not defined in {uri}")
+        return Plan(self.label, actions, data=todo)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        name = ctx.params.l1.name
+        if not plan.changes:
+            return [no_change(f"remove {name}", plan.reason.removeprefix("no change: "))]
+        lv = PyLibvirt(ctx.params.host.libvirt_uri)
+        changes = []
+        if plan.data["destroy"]:
+            lv.destroy(name)
+            lv.wait_stopped(name)
+            changes.append(did(f"stop {name}", f"destroyed in {lv.where}"))
+        if plan.data["undefine"]:
+            lv.undefine(name)
+            changes.append(did(f"undefine {name}", f"removed from {lv.where}"))
+        try:
+            ctx.l1().close()
+        except RunbookError:
+            pass
+        return changes
 
 
-def files(ctx: Stage) -> list[Change]:
-    if not ctx.params.teardown.l1:
-        return []
-    return teardown.remove_files(ctx.params, ctx.state)
+class RemoveFiles(Step):
+    """The files the runbook made that are still there; the backing file only with consent."""
+    label = "Remove files"
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.teardown.l1:
+            return self.no_change("teardown.l1 is false: the files stay with L1")
+        backing = Path(p.nvme.backing_file)
+        found = [f for f in teardown.file_candidates(p, ctx.state) if f.exists()]
+        kept = [backing] if backing.exists() and not p.nvme.remove_backing_file else []
+        files = [f for f in found if f not in kept]
+        dirs = [Path(d) for d in ctx.state.created("dirs") if Path(d).is_dir()
+                and all(x in files for x in Path(d).iterdir())]
+        actions = []
+        if files:
+            actions.append(Action("L0", "remove " + ", ".join(str(f) for f in files),
+                                  by_hand.remove_files(files).commands))
+        if dirs:
+            actions.append(Action("L0", "remove the folders the runbook made: " + ", ".join(map(str, dirs)),
+                                  ["rmdir " + " ".join(by_hand.q(d) for d in dirs)]))
+        note = f"; kept: {backing} (nvme.remove_backing_file is false)" if kept else ""
+        if not actions:
+            return self.no_change("none of the run's files is left" + note)
+        return Plan(self.label, actions, reason=note.lstrip("; "), data=(files, dirs))
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        if not plan.changes:
+            return [no_change("remove the run's files", plan.reason.removeprefix("no change: "))]
+        files, dirs = plan.data
+        changes = []
+        for f in files:
+            f.unlink(missing_ok=True)
+            ctx.state.forget_created("files", str(f))
+            changes.append(did(f"remove {f}"))
+        for d in dirs:
+            d.rmdir()
+            ctx.state.forget_created("dirs", str(d))
+            changes.append(did(f"remove {d}", "empty"))
+        return changes
 
 
-def by_hand_l2(ctx: Stage) -> by_hand.ByHand:
-    """L2 away in L1, and the NVMe back on L1's nvme driver, as commands at L1's prompt."""
-    p = ctx.params
-    if not p.teardown.l2:
-        return by_hand.ByHand("root@L1", ["# teardown.l2 is false: L2 stays"])
-    bdf = (ctx.state.get("nvme") or {}).get("bdf_in_l1")
-    return by_hand.remove_l2(p.l2.name, paths(p).l2_disk if p.l2.image == "lab" else None, bdf)
-
-
-def by_hand_l1(ctx: Stage) -> by_hand.ByHand:
-    if not ctx.params.teardown.l1:
-        return by_hand.ByHand("root@L0", ["# teardown.l1 is false: L1 stays"])
-    return by_hand.remove_l1(ctx.params.l1.name, ctx.params.host.libvirt_uri)
-
-
-def by_hand_files(ctx: Stage) -> by_hand.ByHand:
-    """The files the runbook made that are still there, and the folders it created."""
-    p = ctx.params
-    if not p.teardown.l1:
-        return by_hand.ByHand("root@L0", ["# teardown.l1 is false: the files stay with L1"])
-    found = [f for f in teardown.file_candidates(p, ctx.state) if f.exists()]
-    backing = Path(p.nvme.backing_file)
-    kept = [backing] if backing.exists() and not p.nvme.remove_backing_file else []
-    cmds = by_hand.remove_files([f for f in found if f not in kept], kept)
-    dirs = [d for d in ctx.state.created("dirs") if Path(d).is_dir()]
-    if dirs:
-        cmds.commands.append("rmdir " + " ".join(dirs) + "   # only if empty")
-    return cmds
+STEPS = [RemoveL2, RemoveL1, RemoveFiles]
