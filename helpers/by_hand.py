@@ -102,43 +102,7 @@ def start(name: str, uri: str = DEFAULT_URI, prompt: str = "root@L0") -> ByHand:
     return ByHand(prompt, [virsh("start", name, uri=uri), virsh("list", uri=uri) + f"   # {name} is running"])
 
 
-# --- stage 03: inside L1 -----------------------------------------------------------------------
-
-def kernel_args(way: str, args: Sequence[str], mkconfig: str = "update-grub") -> ByHand:
-    """Add ``args`` to every boot entry, the distribution's way (stage 03's ``bootloader()``)."""
-    a = " ".join(args)
-    if way == "grubby":
-        return ByHand("root@L1", [f"grubby --update-kernel ALL --args {q(a)}",
-                                  "grubby --info=ALL | grep ^args   # check: each entry has them"])
-    if way == "grub":
-        cmds = ["cp /etc/default/grub /etc/default/grub.before-runbook",
-                f"sed -i 's/^GRUB_CMDLINE_LINUX=\"\\(.*\\)\"/GRUB_CMDLINE_LINUX=\"\\1 {a}\"/' /etc/default/grub",
-                "grep ^GRUB_CMDLINE_LINUX= /etc/default/grub   # check the line",
-                mkconfig + ("   # Debian's short form of: grub-mkconfig -o /boot/grub/grub.cfg"
-                            if mkconfig == "update-grub" else "")]
-        return ByHand("root@L1", cmds)
-    return ByHand("root@L1", [f"echo \"$(cat /etc/kernel/cmdline) {a}\" > /etc/kernel/cmdline",
-                              'kernel-install add "$(uname -r)" "/lib/modules/$(uname -r)/vmlinuz"'])
-
-
-def reboot(args: Sequence[str]) -> ByHand:
-    return ByHand("root@L1", ["reboot", "# ... log in again, then:",
-                              f"cat /proc/cmdline   # check: it has {' '.join(args)}",
-                              "dmesg | grep -e DMAR -e IOMMU"])
-
-
-def package_manager(distro_id: str, id_like: str = "") -> str:
-    """apt-get for the Debian family, yum for the RHEL family (the seed's CentOS 7)."""
-    family = f"{distro_id} {id_like}"
-    return "apt-get" if any(d in family for d in ("debian", "ubuntu")) else "yum"
-
-
-def install_virt(pm: str, packages: Sequence[str], uri: str = DEFAULT_URI) -> ByHand:
-    """The seed: ``yum install libvirt qemu-kvm virt-install``; ``systemctl start libvirtd``."""
-    install = (f"apt-get install -y {shlex.join(packages)}" if pm == "apt-get"
-               else f"{pm} install -y {shlex.join(packages)}")
-    return ByHand("root@L1", [install, "systemctl enable --now libvirtd",
-                              virsh("version", uri=uri) + "   # check: libvirt answers"])
+# --- stage 03: inside L1: the plans of helpers.distro's classes carry the commands -----------
 
 
 # --- stage 04: L2 inside L1 --------------------------------------------------------------------

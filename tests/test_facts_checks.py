@@ -568,3 +568,26 @@ def test_a_check_that_answers_under_another_name_is_a_bug():
             C.judge(f, params(), "l1")
     finally:
         C.REGISTRY.pop()
+
+
+def test_stage_01_verdict_stops_a_run_and_lets_check_mode_go_on(tmp_path, capsys):
+    """With the seed's parameters on a host that fails them, a run stops at the verdict; check
+    mode lists the failures and goes on, so that stage 02 still shows L1's definition."""
+    from pathlib import Path
+
+    from helpers import nb
+    from helpers.errors import RunbookError
+    from helpers.stages import check_host
+    seed = Path(__file__).parent.parent / "parameters" / "seed-xeon4214.yaml"
+    for mode in ("run", "check"):
+        ctx = nb.stage("01", str(seed), str(tmp_path / f"{mode}.json"), show_picture=False, mode=mode)
+        ctx.l0 = host("lab-pvm")   # this lab's host: no VT-x, no IOMMU, 4 CPUs for the seed's 16
+        ran = [ctx.step(cls()) for cls in check_host.STEPS[:2]]
+        assert ran[0].applied and ran[1].result[0] == "kvm"   # host.accel: kvm, whatever the host offers
+        if mode == "run":
+            with pytest.raises(RunbookError, match=r"check\(s\) failed on the host"):
+                ctx.step(check_host.Verdict())
+        else:
+            verdict = ctx.step(check_host.Verdict())
+            assert verdict.applied and any(c.verdict == "fail" for c in verdict.result)
+            assert "a run stops here" in capsys.readouterr().out

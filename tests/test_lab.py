@@ -145,10 +145,11 @@ def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_p
 
 
 def test_01b_each_executed_stage_walked_exactly_its_steps(lab):
-    from helpers.stages import build_l1, build_l2, verify_benchmark
+    from helpers.stages import build_l1, build_l2, check_host, configure_l1, verify_benchmark
     from helpers.steps import walk_names
     walked = state(lab)["steps"]
-    for stage, module in (("02", build_l1), ("04", build_l2), ("05", verify_benchmark)):
+    for stage, module in (("01", check_host), ("02", build_l1), ("03", configure_l1), ("04", build_l2),
+                          ("05", verify_benchmark)):
         assert [w["class"] for w in walked[stage]] == walk_names(module.STEPS), stage
         assert all(w["mode"] == "run" for w in walked[stage])
 

@@ -14,10 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = {"01_check_host", "02_build_l1", "03_configure_l1", "04_build_l2", "05_verify_benchmark", "99_teardown"}
 PARAMS = {"params_file": "str", "state_file": "str", "interactive": "bool", "mode": "str"}
-# Notebooks another branch (issue 14b) makes of steps: until then they take no `mode` (the runner
-# passes it only to notebooks that declare it; in check mode it runs 01, which only reads, and skips 03).
-# The coordinator empties this set at the merge.
-NOT_YET_STEPS = {"01_check_host", "03_configure_l1"}
+# Notebooks not made of steps yet (they take no `mode`): none since issue 14b made 01 and 03 of steps.
+NOT_YET_STEPS: set[str] = set()
 
 
 def test_every_stage_has_its_notebook():

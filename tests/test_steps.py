@@ -157,11 +157,11 @@ import ast  # noqa: E402
 
 import nbformat  # noqa: E402
 
-from helpers.stages import build_l1, build_l2, teardown, verify_benchmark  # noqa: E402
+from helpers.stages import build_l1, build_l2, check_host, configure_l1, teardown, verify_benchmark  # noqa: E402
 from helpers.steps import walk_names  # noqa: E402
 
-STAGE_MODULES = {"02_build_l1": build_l1, "04_build_l2": build_l2, "05_verify_benchmark": verify_benchmark,
-                 "99_teardown": teardown}
+STAGE_MODULES = {"01_check_host": check_host, "02_build_l1": build_l1, "03_configure_l1": configure_l1,
+                 "04_build_l2": build_l2, "05_verify_benchmark": verify_benchmark, "99_teardown": teardown}
 
 
 def notebook_steps(path: Path) -> list[str]:

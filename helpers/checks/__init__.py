@@ -38,22 +38,24 @@ from .smoke import Smoke, kvm_smoke
 L1_SMOKE_MIN_S = 60            # in L1 (itself under TCG in the lab) a nested boot is slower
 
 __all__ = ["Check", "HostFacts", "Judging", "KvmUsability", "Smoke", "REGISTRY", "VERDICTS", "check",
-           "choose_accel", "kvm_usability", "kvm_smoke", "gather", "judge", "host_checks", "environment",
+           "choose_accel", "forced_accel", "kvm_usability", "kvm_smoke", "gather", "judge", "host_checks", "environment",
            "by_name", "format_table", "qemu_device_check"]
 
 
-def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True) -> HostFacts:
+def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True,
+           keep_smoke: bool = True) -> HostFacts:
     """Read every fact the checks need. The smoke boot runs only when /dev/kvm
     is there, acceleration is not forced to TCG and ``smoke`` is true; its
-    timeout is host.kvm_smoke_timeout_s (at least 60 s in L1)."""
+    timeout is host.kvm_smoke_timeout_s (at least 60 s in L1). ``keep_smoke``
+    false (check mode): a new smoke verdict is not written to the machine's /run."""
     if role not in ("l0", "l1"):
         raise ValueError("role must be 'l0' (the host) or 'l1'")
     from .smoke import CACHE
     with guest.snapshot(*cpu_facts.READS, *kvm_facts.READS, CACHE, *iommu_facts.READS, *system_facts.READS):
-        return _gather(guest, params, role, smoke)
+        return _gather(guest, params, role, smoke, keep_smoke)
 
 
-def _gather(guest: Guest, params: Params, role: str, smoke: bool) -> HostFacts:
+def _gather(guest: Guest, params: Params, role: str, smoke: bool, keep_smoke: bool = True) -> HostFacts:
     c = cpu_facts.cpu(guest)
     cmd = kvm_facts.cmdline(guest)
     k = kvm_facts.kvm(guest)
@@ -66,7 +68,7 @@ def _gather(guest: Guest, params: Params, role: str, smoke: bool) -> HostFacts:
         sm = Smoke("not tested", "smoke test turned off")
     else:
         timeout = params.host.kvm_smoke_timeout_s
-        sm = kvm_smoke(guest, timeout if role == "l0" else max(timeout, L1_SMOKE_MIN_S))
+        sm = kvm_smoke(guest, timeout if role == "l0" else max(timeout, L1_SMOKE_MIN_S), keep=keep_smoke)
     lv = libvirt_facts.libvirt(guest, params.host.libvirt_uri)
     binary = lv.emulator or kvm_facts.find_qemu(guest) or "qemu-system-x86_64"
     return HostFacts(

@@ -78,13 +78,14 @@ def _cached(guest: Guest, key: dict) -> Smoke | None:
     return sm
 
 
-def kvm_smoke(guest: Guest, timeout: int = 20, accel: str = "kvm") -> Smoke:
-    """The smoke verdict for ``guest``: kept from earlier in this boot, or a new smoke boot judged."""
+def kvm_smoke(guest: Guest, timeout: int = 20, accel: str = "kvm", keep: bool = True) -> Smoke:
+    """The smoke verdict for ``guest``: kept from earlier in this boot, or a new smoke boot judged
+    (and kept, unless ``keep`` is false: check mode writes nothing, not even to /run)."""
     key = {"boot_id": kvm_facts.boot_id(guest), "kernel": kvm_facts.newest_kernel(guest),
            "qemu": kvm_facts.find_qemu(guest), "timeout": timeout, "accel": accel}
     if key["boot_id"] and (cached := _cached(guest, key)):
         return cached
     sm = verdict(guest.name, kvm_facts.smoke_boot(guest, timeout, accel))
-    if key["boot_id"] and sm.tested:
+    if keep and key["boot_id"] and sm.tested:
         guest.run(f"cat > {CACHE}", input=json.dumps({"key": key, "smoke": dataclasses.asdict(sm)}))
     return sm

@@ -1,13 +1,17 @@
-"""Stage 03: reboot when needed and libvirtd inside L1 (kernel arguments and packages: ``helpers.distro``)."""
+"""Stage 03: reboot L1 when its running kernel lacks the arguments, and libvirtd inside L1
+(kernel arguments and packages: ``helpers.distro``). Each job has a read-only part that
+says what would happen and a part that does it."""
 from __future__ import annotations
 
 import time
 
+from ..distro import missing_args
 from ..errors import RunbookError
 from ..guest import Guest
 from ..wait import wait_for
-from . import Change, did, no_change
-from ..distro import missing_args
+from . import Change, did
+
+REBOOT = "nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &"
 
 
 def boot_id(guest: Guest) -> str | None:
@@ -15,14 +19,15 @@ def boot_id(guest: Guest) -> str | None:
     return r.out.strip() if r.ok else None
 
 
-def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None) -> Change:
-    """Reboot when the running kernel lacks ``wanted``; wait until it is back with them."""
-    cmdline = guest.run("cat /proc/cmdline", check=True).out
-    lacking = missing_args(cmdline, wanted)
-    if not lacking:
-        return no_change(f"reboot {guest.name}", f"the running kernel already has {' '.join(wanted)}")
+def running_lacks(guest: Guest, wanted: list[str]) -> list[str]:
+    """Read only: the arguments of ``wanted`` the running kernel's command line lacks."""
+    return missing_args(guest.run("cat /proc/cmdline", check=True).out, wanted)
+
+
+def reboot(guest: Guest, wanted: list[str], timeout: float, log=None) -> Change:
+    """Reboot and wait until the kernel is back with ``wanted`` on its command line."""
     before = boot_id(guest)
-    guest.run("nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &", timeout=20)
+    guest.run(REBOOT, timeout=20)
     t0 = time.monotonic()
     wait_for(lambda: (b := boot_id(guest)) is not None and b != before,
              f"{guest.name}: reboot", timeout, interval=1, log=log,
@@ -35,13 +40,18 @@ def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None) 
     return did(f"reboot {guest.name}", f"back after {time.monotonic() - t0:.0f} s with {' '.join(wanted)}")
 
 
-def ensure_libvirtd(guest: Guest, uri: str = "qemu:///system", timeout: float = 120) -> Change:
-    """libvirtd (or the modular virtqemud) enabled and answering at ``uri``."""
-    what = f"libvirt in {guest.name}"
-    if guest.run(["virsh", "-c", uri, "version"], timeout=60).ok:
-        return no_change(what, f"{uri} answers")
-    unit = "libvirtd" if guest.run("systemctl cat libvirtd.service").ok else "virtqemud"
+def libvirt_answers(guest: Guest, uri: str = "qemu:///system") -> bool:
+    """Read only: does ``virsh -c uri version`` answer?"""
+    return guest.run(["virsh", "-c", uri, "version"], timeout=60).ok
+
+
+def libvirt_unit(guest: Guest) -> str:
+    """Read only: libvirtd, or the modular daemons' virtqemud where libvirtd is not installed."""
+    return "libvirtd" if guest.run("systemctl cat libvirtd.service").ok else "virtqemud"
+
+
+def start_libvirtd(guest: Guest, unit: str, uri: str = "qemu:///system", timeout: float = 120) -> Change:
+    """``systemctl enable --now unit``, then wait until ``uri`` answers."""
     guest.run(f"systemctl enable --now {unit}", timeout=120, check=True)
-    wait_for(lambda: guest.run(["virsh", "-c", uri, "version"], timeout=60).ok,
-             f"{guest.name}: {uri}", timeout, interval=1)
-    return did(what, f"systemctl enable --now {unit}; {uri} answers")
+    wait_for(lambda: libvirt_answers(guest, uri), f"{guest.name}: {uri}", timeout, interval=1)
+    return did(f"libvirt in {guest.name}", f"systemctl enable --now {unit}; {uri} answers")

@@ -1,16 +1,19 @@
-"""Stage 03: the IOMMU on in L1 (kernel arguments, reboot, dmesg), the
-virtualization stack in L1, L1's own checks, and L2's accelerator."""
+"""Stage 03: the IOMMU on in L1 (kernel arguments, reboot, dmesg), the virtualization stack
+in L1, L1's own checks, and L2's accelerator: ``STEPS``. The distribution's ways (bootloader,
+package manager) are ``helpers.distro`` classes, chosen once by the first step."""
 from __future__ import annotations
 
-from .. import by_hand, checks
+from .. import checks
+from .. import distro as distros
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
 from ..nb import Stage
-from ..ops import Change
 from ..ops import l1_config
-from .. import distro as distros
 from ..paths import paths
+from ..steps import Action, Plan, Step
+
+URI = "qemu:///system"   # libvirt inside L1, as the seed's `virsh` uses it
 
 
 def iommu_kind(ctx: Stage) -> str:
@@ -31,40 +34,16 @@ def wanted_args(ctx: Stage) -> list[str]:
 
 
 def distro(ctx: Stage) -> dict:
-    osr = system_facts.os_release(ctx.l1())
-    way = distros.bootloader(ctx.l1()).name
-    info = {"distro": osr.pretty_name or osr.id, "id": osr.id, "id_like": osr.id_like, "bootloader": way}
-    ctx.state.update("l1", distro=info)
-    return info
-
-
-def set_kernel_args(ctx: Stage) -> Change:
+    """L1's distribution and the classes that do its kernel arguments and packages (kept in
+    ``ctx.seen`` for the later steps), and the arguments the IOMMU needs."""
     l1 = ctx.l1()
-    boot = distros.bootloader(l1)
-    return boot.apply(l1, boot.plan(l1, wanted_args(ctx)))
-
-
-def by_hand_kernel_args(ctx: Stage, args: list[str]) -> by_hand.ByHand:
-    """``set_kernel_args`` as commands at L1's prompt (the way and ``args`` found in step 1)."""
-    info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
-    debian = by_hand.package_manager(info.get("id", ""), info.get("id_like", "")) == "apt-get"
-    mkconfig = "update-grub" if debian else "grub2-mkconfig -o /boot/grub2/grub.cfg"
-    return by_hand.kernel_args(info["bootloader"], args, mkconfig)
-
-
-def by_hand_reboot(ctx: Stage, args: list[str]) -> by_hand.ByHand:
-    return by_hand.reboot(args)
-
-
-def by_hand_install(ctx: Stage) -> by_hand.ByHand:
-    info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
-    return by_hand.install_virt(by_hand.package_manager(info.get("id", ""), info.get("id_like", "")),
-                                ctx.params.l1.virt_packages)
-
-
-def reboot(ctx: Stage) -> Change:
-    return l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
-                                      log=paths(ctx.params).l1_console)
+    osr = system_facts.os_release(l1)
+    boot, pm = distros.bootloader(l1), distros.package_manager(l1)
+    ctx.seen.update(boot=boot, pm=pm, args=wanted_args(ctx))
+    info = {"distro": osr.pretty_name or osr.id, "id": osr.id, "id_like": osr.id_like, "bootloader": boot.name,
+            "package_manager": pm.name}
+    ctx.state.update("l1", distro=info)
+    return {**info, "args": ctx.seen["args"]}
 
 
 def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
@@ -91,20 +70,12 @@ def before_after(ctx: Stage, f: iommu_facts.IOMMU) -> list[tuple[str, str, str]]
             for what, now in iommu_facts.markers(f.lines, f.kind or "intel")]
 
 
-def install_virt(ctx: Stage) -> Change:
-    l1 = ctx.l1()
-    pm = distros.package_manager(l1)
-    return pm.apply(l1, pm.plan(l1, ctx.params.l1.virt_packages))
-
-
-def libvirtd(ctx: Stage) -> Change:
-    return l1_config.ensure_libvirtd(ctx.l1())
-
-
 def l1_checks(ctx: Stage) -> list[checks.Check]:
     """Stage 01's checks, inside L1, through SSH."""
     from .check_host import run_checks
-    return run_checks(ctx, role="l1", guest=ctx.l1())
+    found = run_checks(ctx, role="l1", guest=ctx.l1())
+    ctx.seen["l1_checks"] = found
+    return found
 
 
 def l2_accel(ctx: Stage) -> tuple[str, str]:
@@ -119,3 +90,190 @@ def l2_accel(ctx: Stage) -> tuple[str, str]:
                            hint="enable nested KVM on the host (kvm_intel nested=1), or set l2.accel: auto")
     ctx.state.update("l2", accel=accel, accel_reason=why)
     return accel, why
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+DISTRO = "L1's distribution and bootloader"
+NOT_READ = f"L1's distribution is read (step '{DISTRO}': L1 runs)"
+
+
+def _from_distro(plan, label: str, unchanged: str = "") -> Plan:
+    """A ``helpers.distro`` plan as the step's Plan: its edits as actions in L1, or no change."""
+    if plan.changes:
+        return Plan(label, plan.actions("L1"), data=plan)
+    return Plan(label, [], reason=f"no change: {plan.reason or unchanged}", data=plan)
+
+
+def _not_ready(ctx: Stage) -> str | None:
+    from .build_l1 import l1_not_up
+    if why := l1_not_up(ctx):
+        return why
+    return None if "boot" in ctx.seen else NOT_READ
+
+
+class Distro(Step):
+    """Which distribution L1 runs, its bootloader tool and package manager, the IOMMU arguments."""
+    label = DISTRO
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        from .build_l1 import l1_not_up
+        if why := l1_not_up(ctx):
+            return self.unknown(why)
+        return self.reads("L1's /etc/os-release, its bootloader tool (grubby, /etc/default/grub or kernel-install), "
+                          "its package manager (apt-get, dnf or yum) and its ACPI IOMMU table (DMAR or IVRS)")
+
+    def apply(self, ctx: Stage, plan: Plan) -> dict:
+        return distro(ctx)
+
+    def show(self, info: dict) -> None:
+        from .. import ui
+        ui.show_table([(info["distro"], info["bootloader"], info["package_manager"], " ".join(info["args"]))],
+                      ["L1 distribution", "kernel arguments set with", "packages installed with", "arguments"])
+
+
+class KernelArgs(Step):
+    """The IOMMU arguments for the next boot, the distribution's way (``helpers.distro.boot``)."""
+    label = "Set kernel arguments"
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        return _from_distro(ctx.seen["boot"].plan(ctx.l1(), ctx.seen["args"]), self.label)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list:
+        return [ctx.seen["boot"].apply(ctx.l1(), plan.data)]
+
+
+class Reboot(Step):
+    """Reboot L1 when its running kernel lacks the arguments; wait until it is back with them."""
+    label = "Reboot L1"
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        args = ctx.seen["args"]
+        lacking = l1_config.running_lacks(ctx.l1(), args)
+        ctx.seen["reboot_pending"] = bool(lacking)
+        if not lacking:
+            return self.no_change(f"the running kernel has {' '.join(args)} (/proc/cmdline)")
+        return Plan(self.label, [Action("L1", f"reboot L1: its running kernel lacks {' '.join(lacking)}; wait until "
+                                              f"it is back with them (up to {ctx.params.l1.boot_timeout_s} s)",
+                                        ["reboot", "# ... log in again, then:",
+                                         f"cat /proc/cmdline   # check: it has {' '.join(args)}"])], data=args)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list:
+        done = l1_config.reboot(ctx.l1(), plan.data, ctx.params.l1.boot_timeout_s, log=paths(ctx.params).l1_console)
+        ctx.seen["reboot_pending"] = False
+        return [done]
+
+
+class IommuOn(Step):
+    """After the reboot: the kernel log shows DMA and interrupt remapping, and IOMMU groups exist."""
+    label = "L1's IOMMU after the reboot"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        if ctx.seen.get("reboot_pending"):
+            return self.unknown("L1 is rebooted with the arguments (step 'Reboot L1')")
+        return self.reads("L1's kernel log (DMAR, IOMMU, AMD-Vi lines) and /sys/kernel/iommu_groups")
+
+    def apply(self, ctx: Stage, plan: Plan) -> iommu_facts.IOMMU:
+        self.rows = before_after(ctx, f := iommu_lines(ctx))
+        return f
+
+    def show(self, f: iommu_facts.IOMMU) -> None:
+        from .. import ui
+        ui.show_output("dmesg | grep -E 'DMAR|IOMMU|AMD-Vi'", "\n".join(iommu_facts.excerpt(f.lines)), prompt="root@L1")
+        ui.show_table(self.rows, ["what the line proves", "stage 02 (before)", "now"])
+        print(f"IOMMU groups in L1: {f.groups}; interrupt remapping: {'on' if f.irq_remapping else 'off'}")
+
+
+class InstallVirt(Step):
+    """libvirt and QEMU in L1 (l1.virt_packages), with L1's package manager (``helpers.distro.packages``)."""
+    label = "Install the virtualization stack"
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        planned = ctx.seen["pm"].plan(ctx.l1(), list(ctx.params.l1.virt_packages))
+        ctx.seen["install_pending"] = planned.changes
+        return _from_distro(planned, self.label)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list:
+        done = ctx.seen["pm"].apply(ctx.l1(), plan.data)
+        ctx.seen["install_pending"] = False
+        return [done]
+
+
+class StartLibvirt(Step):
+    """libvirtd (or virtqemud) enabled and qemu:///system answering inside L1."""
+    label = "Start libvirt in L1"
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        if ctx.seen.get("install_pending"):
+            return self.unknown("the packages are installed (step 'Install the virtualization stack')")
+        l1 = ctx.l1()
+        ctx.seen["libvirt_pending"] = not l1_config.libvirt_answers(l1, URI)
+        if not ctx.seen["libvirt_pending"]:
+            return self.no_change(f"{URI} answers in L1 (virsh version)")
+        unit = l1_config.libvirt_unit(l1)
+        return Plan(self.label, [Action("L1", f"enable and start {unit}; wait until {URI} answers",
+                                        [f"systemctl enable --now {unit}", "virsh version   # check: libvirt answers"])],
+                    data=unit)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list:
+        done = l1_config.start_libvirtd(ctx.l1(), plan.data, URI)
+        ctx.seen["libvirt_pending"] = False
+        return [done]
+
+
+class L1Checks(Step):
+    """Stage 01's checks, inside L1 (role 'l1': L2 is the guest to come)."""
+    label = "Stage 01's checks in L1"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        for pending, until in (("reboot_pending", "L1 is rebooted with the arguments (step 'Reboot L1')"),
+                               ("install_pending", "libvirt and QEMU are installed in L1 (step 'Install the "
+                                                   "virtualization stack')"),
+                               ("libvirt_pending", "libvirt answers in L1 (step 'Start libvirt in L1')")):
+            if ctx.seen.get(pending):
+                return self.unknown(until)
+        from .check_host import what_is_read
+        return self.reads(what_is_read(ctx, "L1, through SSH", "L2"))
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[checks.Check]:
+        return l1_checks(ctx)
+
+    def show(self, found) -> None:
+        from .. import ui
+        ui.show_checks(found)
+
+
+class L2Accel(Step):
+    """KVM for L2 when a kernel boots under KVM inside L1, TCG otherwise (or what l2.accel forces)."""
+    label = "L2's accelerator"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        if "l1_checks" not in ctx.seen:
+            return self.unknown("L1's own checks ran (step \"Stage 01's checks in L1\")")
+        return self.reads("the accelerator the checks in L1 chose for L2 (run state)")
+
+    def apply(self, ctx: Stage, plan: Plan) -> tuple[str, str]:
+        return l2_accel(ctx)
+
+    def show(self, choice) -> None:
+        accel, why = choice
+        print(f"L2 will run under {accel.upper()}: {why}")
+
+
+STEPS = [Distro, KernelArgs, Reboot, IommuOn, InstallVirt, StartLibvirt, L1Checks, L2Accel]
