@@ -99,11 +99,21 @@ def ctx(tmp_path):
     return c
 
 
-def test_stage_02_files_and_define(ctx, tmp_path):
-    text = build_l1.by_hand_files(ctx).text()
+def test_stage_02_files_and_define(ctx, tmp_path, monkeypatch):
+    """The plans' commands are the by-hand ones (one source: helpers.by_hand)."""
+    class NoL1:
+        def __init__(self, uri=None):
+            pass
+
+        def is_active(self, name):
+            return False
+    monkeypatch.setattr(build_l1, "PyLibvirt", NoL1)
+    plan = build_l1.PrepareFiles().plan(ctx)
+    text = "\n".join(c for a in plan.actions for c in a.commands)
     assert f"qemu-img create -f raw {tmp_path}/work/nvme.raw 1G" in text
     assert "-b /cache/l1.raw" in text and "'[127.0.0.1]:2222 ssh-ed25519 AAAA'" in text
-    assert build_l1.by_hand_define(ctx).commands[0].startswith("virsh define nested-kvm.xml")
+    assert [a.machine for a in plan.actions] == ["L0"] * 5 and not (tmp_path / "work").exists()
+    assert by_hand.define("nested-kvm", "nested-kvm.xml").commands[0].startswith("virsh define nested-kvm.xml")
 
 
 def test_stage_05_and_99(ctx, tmp_path):

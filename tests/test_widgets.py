@@ -100,3 +100,15 @@ def test_papermill_batch_shows_no_widget_and_interactive_shows_buttons(tmp_path,
     state = json.loads((tmp_path / "s.json").read_text())
     assert "99" in state["changes"]  # the batch run did the steps (nothing to remove: no change)
     assert all(not c["changed"] for step in state["changes"]["99"].values() for c in step)
+
+
+@pytest.mark.parametrize("name", ["02_build_l1", "04_build_l2", "05_verify_benchmark", "99_teardown"])
+def test_an_interactive_stage_changes_nothing_until_a_button_is_pressed(tmp_path, lab_params, name):
+    """Every step is a button: executing the notebook interactively builds nothing, writes no
+    state and no file (before issue 14 stage 02 built the images and read L1 at once)."""
+    from helpers.stages import build_l1, build_l2, teardown as td, verify_benchmark
+    steps = {"02_build_l1": build_l1, "04_build_l2": build_l2, "05_verify_benchmark": verify_benchmark,
+             "99_teardown": td}[name].STEPS
+    inter = _execute(ROOT / "notebooks" / f"{name}.ipynb", True, tmp_path, lab_params)
+    assert len(_widgets(inter)) == 1 + len(steps)  # the form and one button per step
+    assert not (tmp_path / "s.json").exists() and not (tmp_path / "work").exists()

@@ -1,5 +1,7 @@
 """Facts: what a machine is, read through a ``Guest`` and never changed.
 
+Rule: a fact only reads a machine, never changes it; judging the facts is elsewhere.
+
 Each fact is a function ``(guest) -> dataclass or value``; the same functions
 read the host (L0, through ``Local``) and L1 (through SSH). Judging the facts
 is the job of ``helpers.checks``.

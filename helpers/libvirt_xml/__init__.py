@@ -1,5 +1,7 @@
 """libvirt XML for the runbook: one small class per libvirt part, typed fields in, XML out.
 
+Rule: XML in and out only: no libvirt connection, no machine.
+
 Build a ``Domain`` from the parts, print it with ``to_xml()``, check a defined
 domain against it with ``differences()``, show the equivalent ``virt-install``
 command with ``virt_install_command()``.

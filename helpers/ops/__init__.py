@@ -1,5 +1,7 @@
 """Operations: each changes one thing only when needed and says what it did.
 
+Rule: an operation plans from facts first (read only), then its apply does exactly that plan.
+
 Every operation returns a ``Change``: ``changed`` is False and the detail says
 why when the machine was already as asked ("no change")."""
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Each stage's steps: small functions a notebook calls one per cell, and the
-interactive form calls from its buttons. Facts and operations do the work;
-a step records what later stages need in the run state and returns what the
-notebook shows."""
+"""Each stage's steps (``helpers.steps.Step``), listed in order in the module's ``STEPS``:
+a notebook calls ``ctx.step(module.SomeStep())`` once per cell, in that order.
+
+Rule: a step's ``plan`` reads only and says exactly what ``apply`` will do; nothing in a stage
+changes a machine outside a step's ``apply``.
+
+Facts, checks, operations and libvirt XML do the work; a step records what later stages need
+in the run state and returns what the notebook shows."""

@@ -283,28 +283,6 @@ def wait(ctx: Stage) -> dict:
     return times
 
 
-def by_hand_files(ctx: Stage) -> by_hand.ByHand:
-    """What ``prepare`` does, as commands at L0's prompt."""
-    p, ps = ctx.params, paths(ctx.params)
-    lab = ctx.state.get("lab") if p.l1.image == "lab" else None
-    extra = {}
-    if lab:
-        spec = l1_ssh_spec(p)
-        extra = {"overlay": (Path(lab["l1_disk"]), ps.l1_disk), "ssh_key": (Path(lab["ssh_key"]), ps.lab_key),
-                 "known_hosts": (ps.known_hosts, l1_ops.known_hosts_line(spec["host"], spec["port"],
-                                                                         lab["ssh_host_pubkey"]))}
-    return by_hand.l1_files(ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, **extra)
-
-
-def by_hand_define(ctx: Stage) -> by_hand.ByHand:
-    p = ctx.params
-    return by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri)
-
-
-def by_hand_start(ctx: Stage) -> by_hand.ByHand:
-    return by_hand.start(ctx.params.l1.name, ctx.params.host.libvirt_uri)
-
-
 def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """What the seed looks at in a fresh L1: the NVMe on the PCI bus, DMAR in the kernel log
     (trimmed, keeping every line that tells the IOMMU's state), the command line; and those
