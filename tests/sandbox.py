@@ -27,6 +27,7 @@ esac''',
     "kernel-install": 'test "$1" = add || exit 2; mkdir -p /boot/loader; '
                       'echo "options $(cat /etc/kernel/cmdline)" > /boot/loader/entry.conf',
     "apt-get": "exit 0", "dnf": "exit 0", "yum": "exit 0",
+    "virsh": 'echo "Compiled against library: libvirt 9.0.0"', "systemctl": "exit 0", "reboot": "exit 0",
 }
 
 

@@ -81,3 +81,24 @@ def test_a_run_applies_exactly_the_plan_and_a_rerun_plans_no_change(stage):
     again = make("run")
     again.step(c3.Distro())
     assert again.step(c3.KernelArgs()).plan.reason == "no change: /etc/default/grub has them"
+
+
+@needs_unshare
+def test_a_run_with_nothing_to_do_reboots_nothing_and_starts_nothing(tmp_path, monkeypatch, stage):
+    """A rerun: the kernel runs with the arguments and libvirt answers: the plans say no change
+    and applying them runs no tool (no reboot, no systemctl)."""
+    make, _ = stage
+    box = Sandbox(tmp_path / "l1-done", {"/etc/os-release": (FIX / "os-release-debian12").read_text(),
+                                         "/etc/default/grub": (FIX / "default-grub-debian12").read_text()},
+                  tools=["update-grub", "apt-get", "virsh", "systemctl", "reboot"],
+                  cmdline=CMDLINE.strip() + " intel_iommu=on iommu=pt\n", name="l1")
+    ctx = make("run")
+    ctx.l1 = lambda: box
+    ctx.step(c3.Distro())
+    reboot = ctx.step(c3.Reboot())
+    assert not reboot.plan.changes and reboot.plan.reason.startswith("no change: the running kernel has")
+    assert reboot.applied and not reboot.result[0].changed
+    libvirt = ctx.step(c3.StartLibvirt())
+    assert libvirt.plan.reason == "no change: qemu:///system answers in L1 (virsh version)"
+    assert not libvirt.result[0].changed
+    assert box.calls() == ["virsh -c qemu:///system version"]   # read only: no reboot, no systemctl

@@ -9,7 +9,7 @@ from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
 from ..nb import Stage
-from ..ops import l1_config
+from ..ops import l1_config, no_change
 from ..paths import paths
 from ..steps import Action, Plan, Step
 
@@ -164,6 +164,8 @@ class Reboot(Step):
                                          f"cat /proc/cmdline   # check: it has {' '.join(args)}"])], data=args)
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
+        if not plan.changes:
+            return [no_change(f"reboot {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
         done = l1_config.reboot(ctx.l1(), plan.data, ctx.params.l1.boot_timeout_s, log=paths(ctx.params).l1_console)
         ctx.seen["reboot_pending"] = False
         return [done]
@@ -228,6 +230,8 @@ class StartLibvirt(Step):
                     data=unit)
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
+        if not plan.changes:
+            return [no_change(f"libvirt in {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
         done = l1_config.start_libvirtd(ctx.l1(), plan.data, URI)
         ctx.seen["libvirt_pending"] = False
         return [done]
