@@ -11,7 +11,7 @@ import yaml
 from helpers import by_hand, nb, ui
 from helpers.bench import fio
 from helpers.ops import l1 as l1_ops
-from helpers.stages import build_l1, configure_l1, teardown, verify_benchmark
+from helpers.stages import build_l1, teardown, verify_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -141,10 +141,6 @@ def runbook_l1(p=None, disk=None, console=None):
                      native_nvme=supports_native_nvme(SEED_LIBVIRT))
 
 
-def _find(root, path):
-    return root.find(path)
-
-
 def _qemu_args(root) -> list[str]:
     return [a.get("value") for a in root.iter(f"{Q}arg")]
 
