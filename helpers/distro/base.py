@@ -1,4 +1,4 @@
-"""What a distribution class's ``plan`` returns."""
+"""What a distribution class's ``plan`` returns (a stage's step makes its Actions of the edits)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,11 +13,6 @@ class Edit:
     commands: list[str] = field(default_factory=list)
     content: str | None = None
 
-    def action(self, machine: str):
-        """As a ``helpers.steps.Action`` on ``machine`` (L0, L1, L2)."""
-        from ..steps import Action
-        return Action(machine=machine, what=self.what, commands=list(self.commands), content=self.content)
-
 
 @dataclass
 class DistroPlan:
@@ -31,9 +26,6 @@ class DistroPlan:
     @property
     def changes(self) -> bool:
         return bool(self.edits)
-
-    def actions(self, machine: str) -> list:
-        return [e.action(machine) for e in self.edits]
 
     def commands(self) -> list[str]:
         return [c for e in self.edits for c in e.commands]

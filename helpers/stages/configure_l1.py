@@ -101,7 +101,7 @@ NOT_READ = f"L1's distribution is read (step '{DISTRO}': L1 runs)"
 def _from_distro(plan, label: str, unchanged: str = "") -> Plan:
     """A ``helpers.distro`` plan as the step's Plan: its edits as actions in L1, or no change."""
     if plan.changes:
-        return Plan(label, plan.actions("L1"), data=plan)
+        return Plan(label, [Action("L1", e.what, list(e.commands), e.content) for e in plan.edits], data=plan)
     return Plan(label, [], reason=f"no change: {plan.reason or unchanged}", data=plan)
 
 
