@@ -9,7 +9,7 @@ from pathlib import Path
 from . import params as params_mod
 from . import ui, wait
 from .errors import RunbookError
-from .guest import Local
+from .guest import Guest, Local
 from .state import State
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,14 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Stage:
-    """A stage's context: ``params``, ``state`` and the guests ``l0``, ``l1()``, ``l2()``."""
+    """A stage's context: ``params``, ``state`` and the guests ``l0``, ``l1()``, ``l2()``.
+    ``l0`` is this machine or, with ``host.ssh``, a server over SSH (``helpers.l0``)."""
 
     number: str
     params_file: Path
     params: params_mod.Params
     state: State
     interactive: bool = False
-    l0: Local = field(default_factory=Local)
+    l0: Guest = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
     _l1_checked: bool = False
 
@@ -80,7 +81,7 @@ class Stage:
         from .access import check_l1, l1_guest
         guest = l1_guest(self.params, self.state)
         if self.number in ("03", "04", "05") and not self._l1_checked:
-            check_l1(self.params, guest, self.params_file)
+            check_l1(self.params, guest, self.params_file, self.l0)
             self._l1_checked = True
         return guest
 
@@ -105,7 +106,8 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     if not state_file:  # stepping through by hand: the latest run's state, or a scratch one
         latest = ROOT / "outputs" / "latest"
         state_file = str((latest if latest.exists() else ROOT / "outputs" / "interactive") / "state.json")
-    ctx = Stage(number, pfile, p, State(state_file), bool(interactive))
+    from . import l0
+    ctx = Stage(number, pfile, p, State(state_file), bool(interactive), l0=l0.guest(p))
     print(f"stage {number}: parameters {pfile.name} ({p.name}), state {state_file}")
     if show_picture:
         ui.picture(number)

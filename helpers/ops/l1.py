@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import pwd
-import subprocess
+import shlex
 import time
 from pathlib import Path
 
 from ..errors import RunbookError
-from ..guest import SSH, Agent, libvirt_agent_call
+from ..guest import SSH, Agent, Guest, libvirt_agent_call
 from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk, Domain, Features, Interface,
                            QemuCommandline, Serial, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
@@ -27,31 +26,25 @@ def cpu_mode(p: Params, accel: str) -> str:
     return "host-passthrough" if accel == "kvm" else "maximum"
 
 
-def _give_to_qemu(path: Path) -> None:
-    """libvirt does not relabel files named only in <qemu:commandline>: let QEMU's user use it."""
-    try:
-        u = pwd.getpwnam(QEMU_USER)
-    except KeyError:
-        return
-    os.chown(path, u.pw_uid, u.pw_gid)
-    for parent in path.parents:  # each folder above must be traversable
-        if parent == Path("/"):
-            break
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            os.chmod(parent, mode | 0o001)
+def _give_to_qemu(l0: Guest, path: Path) -> None:
+    """libvirt does not relabel files named only in <qemu:commandline>: let QEMU's user
+    use it, and make each folder above traversable (on L0, through its command interface)."""
+    q = shlex.quote(str(path))
+    l0.run(f"if id -u {QEMU_USER} >/dev/null 2>&1; then chown {QEMU_USER}:{QEMU_USER} {q}; fi; "
+           f"d=$(dirname {q}); while [ \"$d\" != / ]; do case $(stat -c %A \"$d\") in *[xt]) ;; "
+           f"*) chmod o+x \"$d\";; esac; d=$(dirname \"$d\"); done", check=True)
 
 
 L1_FILES_MARGIN = 256 * 1024 ** 2  # L1's overlay grows while it runs; its console log and keys
 
 
-def check_space(guest, workdir: Path, backing_file: Path, size_gib: float, lab: bool) -> None:
+def check_space(guest: Guest, workdir: Path, backing_file: Path, size_gib: float, lab: bool) -> None:
     """Refuse before anything is created when the files stage 02 makes cannot fit:
     the NVMe backing file at its full size (sparse, but mkfs and fio in L2 write to
     it) and, in the lab, room for L1's overlay and logs."""
     from ..facts.system import free_disk
     need = {}
-    if not backing_file.exists():
+    if not guest.exists(str(backing_file)):
         need[str(backing_file)] = int(size_gib * 1024 ** 3)
     if lab:
         need[str(workdir)] = need.get(str(workdir), 0) + L1_FILES_MARGIN
@@ -72,75 +65,67 @@ def check_space(guest, workdir: Path, backing_file: Path, size_gib: float, lab: 
                      "on a filesystem with room; nothing was created")
 
 
-def no_space(path: Path, e: OSError) -> RunbookError:
-    """A write that ran out of room: remove the half-made file and say which filesystem."""
-    import errno
+def no_space(l0: Guest, path: Path, said: str) -> RunbookError:
+    """A write that failed (the filesystem full, ...): remove the half-made file and say which filesystem."""
     from ..facts.system import free_disk
-    from ..guest import Local
-    try:
-        path.unlink()
-    except OSError:
-        pass
-    mount = free_disk(Local(), str(path)).mount or "?"
-    why = "the filesystem is full" if e.errno == errno.ENOSPC else e.strerror
+    l0.run(["rm", "-f", str(path)])
+    mount = free_disk(l0, str(path)).mount or "?"
+    why = "the filesystem is full" if "no space left" in said.lower() else said.strip().splitlines()[-1] if said.strip() else "failed"
     return RunbookError(f"could not write {path}: {why} (filesystem at {mount}); the half-made file was removed",
                         hint=f"free space on {mount} or point the parameters at a filesystem with room, then rerun")
 
 
-def ensure_workdir(workdir: Path, state: State) -> Change:
-    """The folder for the run's files, traversable by QEMU's user."""
-    if workdir.is_dir():
+def ensure_workdir(l0: Guest, workdir: Path, state: State) -> Change:
+    """The folder for the run's files on L0, traversable by QEMU's user."""
+    if l0.is_dir(str(workdir)):
         return no_change(f"workdir {workdir}", "exists")
-    workdir.mkdir(parents=True, mode=0o755)
+    l0.mkdir(str(workdir), 0o755)
     state.remember_created("dirs", str(workdir))
     return did(f"workdir {workdir}", "created")
 
 
-def ensure_backing_file(path: Path, size_gib: float, state: State) -> Change:
-    """The NVMe's raw backing file: created sparse at the size asked, never overwritten."""
+def ensure_backing_file(l0: Guest, path: Path, size_gib: float, state: State) -> Change:
+    """The NVMe's raw backing file on L0: created sparse at the size asked, never overwritten."""
     size = int(size_gib * 1024 ** 3)
-    if path.exists():
-        _give_to_qemu(path)
-        have = path.stat().st_size
+    have = l0.size(str(path))
+    if have is not None:
+        _give_to_qemu(l0, path)
         note = "" if have == size else f" (its size is {have / 1024 ** 3:.2f} GiB, not the {size_gib} GiB asked; left as it is)"
         return no_change(f"NVMe backing file {path}", "exists, kept" + note)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(path, "wb") as f:
-            f.truncate(size)
-    except OSError as e:
-        raise no_space(path, e) from None
-    _give_to_qemu(path)
+    q = shlex.quote(str(path))
+    r = l0.run(f"mkdir -p {shlex.quote(str(path.parent))} && truncate -s {size} {q}", timeout=120)
+    if not r.ok:
+        raise no_space(l0, path, r.err or r.out) from None
+    _give_to_qemu(l0, path)
     state.remember_created("files", str(path))
     return did(f"NVMe backing file {path}", f"created raw, sparse, {size_gib} GiB")
 
 
-def overlay_backing(overlay: Path) -> str | None:
-    """The backing file a qcow2 overlay points at (qemu-img info)."""
-    r = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], capture_output=True, text=True)
-    if r.returncode:
+def overlay_backing(l0: Guest, overlay: Path) -> str | None:
+    """The backing file a qcow2 overlay points at (qemu-img info, on L0)."""
+    r = l0.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], timeout=60)
+    if not r.ok:
         return None
     import json
-    return json.loads(r.stdout).get("backing-filename")
+    return json.loads(r.out).get("backing-filename")
 
 
-def ensure_overlay(golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
+def ensure_overlay(l0: Guest, golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
     """L1's system disk in the lab: a qcow2 overlay on the cached golden image.
     An overlay on an older image (the recipe changed) is made anew unless L1 runs on it."""
     what = f"L1 disk {overlay}"
-    if overlay.exists():
-        backing = overlay_backing(overlay)
+    if l0.exists(str(overlay)):
+        backing = overlay_backing(l0, overlay)
         if backing == str(golden):
             return no_change(what, f"overlay on {golden.name} exists")
         if running:
             return no_change(what, f"L1 runs on an older image ({backing}); teardown and rerun to use the new one")
-        overlay.unlink()
-    r = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        if "No space left" in r.stderr:
-            raise no_space(overlay, OSError(28, "No space left on device"))
-        raise RunbookError(f"qemu-img could not create {overlay}: {r.stderr.strip()}",
+        l0.remove(str(overlay))
+    r = l0.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)], timeout=120)
+    if not r.ok:
+        if "No space left" in r.err:
+            raise no_space(l0, overlay, "No space left on device")
+        raise RunbookError(f"qemu-img could not create {overlay}: {r.err.strip()}",
                            hint="check free space and that qemu-utils is installed")
     state.remember_created("files", str(overlay))
     return did(what, f"qcow2 overlay on {golden}")
@@ -152,29 +137,44 @@ def known_hosts_line(host: str, port: int, pubkey: str) -> str:
     return f"[{host}]:{port} {key}" if port != 22 else f"{host} {key}"
 
 
-def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
-    """Pin L1's host key (the one baked into the lab image)."""
+def write_known_hosts(machine: Guest, path: Path, host: str, port: int, pubkey: str, state: State | None) -> Change:
+    """Pin L1's host key (the one baked into the lab image) in ``path`` on ``machine``."""
     key = " ".join(pubkey.split()[:2])
     line = known_hosts_line(host, port, pubkey) + "\n"
-    if path.exists() and path.read_text() == line:
+    if machine.read_text(str(path)) == line:
         return no_change(f"known_hosts {path}", "pins L1's host key already")
-    path.write_text(line)
-    state.remember_created("files", str(path))
+    machine.write_text(str(path), line, 0o644)
+    if state is not None:
+        state.remember_created("files", str(path))
     return did(f"known_hosts {path}", f"pins {key[:40]}...")
 
 
-def copy_key(key: Path, dest: Path, state: State) -> Change:
-    """The run keeps its own copy of the lab's SSH key (mode 0600), so a rebuilt
+def copy_key(l0: Guest, key: Path, dest: Path, state: State) -> Change:
+    """The run keeps its own copy of the lab's SSH key on L0 (mode 0600), so a rebuilt
     image cache never locks the runbook out of a running L1."""
-    data = key.read_bytes()
-    if dest.exists() and dest.read_bytes() == data:
+    s, d = shlex.quote(str(key)), shlex.quote(str(dest))
+    if l0.run(f"cmp -s {s} {d}").ok:
         return no_change(f"SSH key {dest}", "the lab key is in place")
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    dest.chmod(0o600)
+    l0.run(f"t=$(mktemp {d}.XXXXXX) && cat {s} > \"$t\" && chmod 600 \"$t\" && mv -f \"$t\" {d}", check=True)
     state.remember_created("files", str(dest))
     return did(f"SSH key {dest}", f"copied from {key.parent}")
+
+
+def fetch_key(l0: Guest, key: Path, dest: Path) -> Change:
+    """A remote L0: this machine's copy of the lab's SSH key into L1 (mode 0600, in a
+    0700 folder), read from L0 through its command interface; the ssh client runs here."""
+    text = l0.read_text(str(key))
+    if text is None:
+        raise RunbookError(f"cannot read the lab's SSH key {key} on L0",
+                           hint="rebuild the lab images (stage 02 does), then rerun stage 02")
+    if dest.exists() and dest.read_text() == text:
+        return no_change(f"SSH key {dest} (this machine)", "the lab key is in place")
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    dest.chmod(0o600)
+    return did(f"SSH key {dest} (this machine)", f"read from {key} on L0")
 
 
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,

@@ -56,7 +56,7 @@ def remove_l1(p: Params, lv: Libvirt) -> list[Change]:
 
 
 def file_candidates(p: Params, state: State) -> list[Path]:
-    """Files the runbook may have made, each once; the backing file only with consent."""
+    """Files on L0 the runbook may have made, each once; the backing file only with consent."""
     ps = paths(p)
     candidates = [ps.l1_console, ps.known_hosts, ps.lab_key, ps.l0_bench] + ([ps.l1_disk] if p.l1.image == "lab" else [])
     candidates += [Path(f) for f in state.created("files")]
@@ -65,24 +65,28 @@ def file_candidates(p: Params, state: State) -> list[Path]:
     return list(dict.fromkeys(candidates))
 
 
-def remove_files(p: Params, state: State) -> list[Change]:
-    """Files the runbook made; the backing file only with consent."""
+def remove_files(p: Params, state: State, l0: Guest) -> list[Change]:
+    """Files the runbook made on L0 (through its command interface); the backing file
+    only with consent. With a remote L0, also this machine's copies of L1's key and host key."""
     changes = []
     for f in file_candidates(p, state):
         if f == Path(p.nvme.backing_file) and not p.nvme.remove_backing_file:
             changes.append(no_change(f"remove {f}", "kept: nvme.remove_backing_file is false"))
             continue
-        if f.exists():
-            f.unlink()
+        if l0.remove(str(f)):
             state.forget_created("files", str(f))
             changes.append(did(f"remove {f}"))
+    from .. import l0 as l0_mod
+    if l0_mod.remote(p):
+        from ..access import lab_credentials
+        for f in lab_credentials(p):
+            if f is not None and f.exists():
+                f.unlink()
+                changes.append(did(f"remove {f} (this machine)"))
     if not changes:
         changes.append(no_change("remove the run's files", "none left"))
     for d in state.created("dirs"):
-        try:
-            Path(d).rmdir()
+        if l0.rmdir(d):
             state.forget_created("dirs", d)
             changes.append(did(f"remove {d}", "empty"))
-        except OSError:
-            pass
     return changes

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import by_hand
-from ..access import l1_ssh_spec
+from .. import l0
+from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
 from ..facts import iommu as iommu_facts
@@ -17,28 +18,35 @@ from ..numa import choose_cpuset
 from ..ops import Change, domain
 from ..ops import l1 as l1_ops
 from ..paths import paths
-from ..virt import PyLibvirt
+from ..guest import Local
 
 
 def lab_images(ctx: Stage, force: bool = False):
-    """The lab's L1 and L2 images, built once and cached (None on a real host)."""
+    """The lab's L1 and L2 images, built once on L0 and cached there (None on a real host).
+    Nothing about them goes into the run state: later steps find them again from the recipe."""
     p = ctx.params
     if p.l1.image != "lab":
-        if not Path(p.l1.image).expanduser().exists():
-            raise RunbookError(f"l1.image {p.l1.image} does not exist",
+        if not ctx.l0.exists(str(Path(p.l1.image).expanduser())):
+            raise RunbookError(f"l1.image {p.l1.image} does not exist on L0",
                                hint="give the path of your L1 base image (the seed used a CentOS 7 qcow2)")
         return None
-    from ..lab.images import LabImageError, build_images
+    from ..lab.images import LabImageError, ensure_images
     try:
-        imgs = build_images(force=force, progress=print)
+        return ensure_images(ctx.l0, force=force, progress=print)
     except LabImageError as e:
         raise RunbookError(f"building the lab images failed: {e}",
-                           hint="read /var/cache/nested-nvme/images/build.log") from None
-    ctx.state.set("lab", {"recipe": imgs.recipe, "l1_disk": str(imgs.l1_disk), "ssh_key": str(imgs.ssh_key),
-                          "ssh_host_pubkey": imgs.ssh_host_pubkey, "l2_root_in_l1": imgs.l2_root_in_l1,
-                          "l2_kernel_in_l1": imgs.l2_kernel_in_l1, "l2_initrd_in_l1": imgs.l2_initrd_in_l1,
-                          "l2_cmdline": imgs.l2_cmdline, "virt_packages_cached": imgs.virt_packages_cached})
-    return imgs
+                           hint="read /var/cache/nested-nvme/images/build.log on L0") from None
+
+
+def _lab(ctx: Stage):
+    """The current lab images on L0 (found again from the recipe, never built here)."""
+    from ..lab import images
+    from ..lab.sources import recipe_hash
+    found = images.load_images(ctx.l0, images.CACHE_DIR, recipe_hash(ctx.l0))
+    if found is None:
+        raise RunbookError("the lab images of the current recipe are not in L0's cache",
+                           hint="run stage 02 from its first step (it builds them): `python -m helpers run --from 02`")
+    return found
 
 
 @dataclass
@@ -61,7 +69,7 @@ def plan(ctx: Stage) -> Plan:
     else:
         topo = cpu_facts.topology(ctx.l0)
         cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
-    lv = PyLibvirt(p.host.libvirt_uri)
+    lv = l0.libvirt(p)
     native = supports_native_nvme(lv.lib_version())
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native)
@@ -69,32 +77,39 @@ def plan(ctx: Stage) -> Plan:
 
 
 def prepare(ctx: Stage) -> list[Change]:
-    """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host key."""
-    p, ps = ctx.params, paths(ctx.params)
-    l1_ops.check_space(ctx.l0, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, p.l1.image == "lab")
-    changes = [l1_ops.ensure_workdir(ps.workdir, ctx.state),
-               l1_ops.ensure_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib, ctx.state)]
+    """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host
+    key, all on L0 through its command interface; with a remote L0, also this machine's
+    copies of the lab key and L1's host key (the ssh client into L1 runs here)."""
+    p, ps, m = ctx.params, paths(ctx.params), ctx.l0
+    l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, p.l1.image == "lab")
+    changes = [l1_ops.ensure_workdir(m, ps.workdir, ctx.state),
+               l1_ops.ensure_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib, ctx.state)]
     if p.l1.image == "lab":
-        lab = ctx.state["lab"]
-        running = PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name)
-        changes.append(l1_ops.ensure_overlay(Path(lab["l1_disk"]), ps.l1_disk, ctx.state, running))
+        lab = _lab(ctx)
+        running = l0.libvirt(p).is_active(p.l1.name)
+        changes.append(l1_ops.ensure_overlay(m, lab.l1_disk, ps.l1_disk, ctx.state, running))
         spec = l1_ssh_spec(p)
-        changes.append(l1_ops.write_known_hosts(ps.known_hosts, spec["host"], spec["port"],
-                                                lab["ssh_host_pubkey"], ctx.state))
-        changes.append(l1_ops.copy_key(Path(lab["ssh_key"]), ps.lab_key, ctx.state))
+        changes.append(l1_ops.write_known_hosts(m, ps.known_hosts, spec["host"], spec["port"],
+                                                lab.ssh_host_pubkey, ctx.state))
+        changes.append(l1_ops.copy_key(m, lab.ssh_key, ps.lab_key, ctx.state))
+        if l0.remote(p):
+            key, known = lab_credentials(p)
+            changes.append(l1_ops.fetch_key(m, ps.lab_key, key))
+            changes.append(l1_ops.write_known_hosts(Local(), known, spec["host"], spec["port"],
+                                                    lab.ssh_host_pubkey, None))
     return changes
 
 
 def by_hand_files(ctx: Stage) -> by_hand.ByHand:
     """What ``prepare`` does, as commands at L0's prompt."""
     p, ps = ctx.params, paths(ctx.params)
-    lab = ctx.state.get("lab") if p.l1.image == "lab" else None
     extra = {}
-    if lab:
+    if p.l1.image == "lab":
+        lab = _lab(ctx)
         spec = l1_ssh_spec(p)
-        extra = {"overlay": (Path(lab["l1_disk"]), ps.l1_disk), "ssh_key": (Path(lab["ssh_key"]), ps.lab_key),
+        extra = {"overlay": (lab.l1_disk, ps.l1_disk), "ssh_key": (lab.ssh_key, ps.lab_key),
                  "known_hosts": (ps.known_hosts, l1_ops.known_hosts_line(spec["host"], spec["port"],
-                                                                         lab["ssh_host_pubkey"]))}
+                                                                         lab.ssh_host_pubkey))}
     return by_hand.l1_files(ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, **extra)
 
 
@@ -110,20 +125,14 @@ def by_hand_start(ctx: Stage) -> by_hand.ByHand:
 def define(ctx: Stage, the_plan: Plan) -> Change:
     """Define L1 (idempotent); record how to reach it."""
     p = ctx.params
-    lv = PyLibvirt(p.host.libvirt_uri)
-    change = domain.define(lv, p.l1.name, the_plan.xml, replace=p.l1.replace)
-    lab = ctx.state.get("lab") or {}
-    ps = paths(p)
-    spec = l1_ssh_spec(p, lab_key=ps.lab_key if lab else None,
-                       known_hosts=ps.known_hosts if lab else None)
-    ctx.state.update("l1", name=p.l1.name, accel=the_plan.accel, cpuset=the_plan.cpuset,
-                     console_log=str(ps.l1_console), ssh=spec, native_nvme=the_plan.native_nvme)
+    change = domain.define(l0.libvirt(p), p.l1.name, the_plan.xml, replace=p.l1.replace)
+    # what was decided here; the way in (SSH, keys, console log) follows from the parameters
+    ctx.state.update("l1", accel=the_plan.accel, cpuset=the_plan.cpuset, native_nvme=the_plan.native_nvme)
     return change
 
 
 def start(ctx: Stage) -> Change:
-    lv = PyLibvirt(ctx.params.host.libvirt_uri)
-    ch = domain.start(lv, ctx.params.l1.name)
+    ch = domain.start(l0.libvirt(ctx.params), ctx.params.l1.name)
     if ch.changed:
         ctx.state.update("l1", started_at=time.time())
         ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
@@ -133,8 +142,8 @@ def start(ctx: Stage) -> Change:
 def wait(ctx: Stage) -> dict:
     """Wait for L1's guest agent, then its SSH; record the times."""
     p = ctx.params
-    lv = PyLibvirt(p.host.libvirt_uri)
-    log = paths(p).l1_console
+    lv = l0.libvirt(p)
+    log = l0.Log(ctx.l0, paths(p).l1_console)
     t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
     t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
     started = ctx.state.get("l1", {}).get("started_at")

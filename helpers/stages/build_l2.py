@@ -7,6 +7,7 @@ import time
 from .. import by_hand
 from ..bench import fio
 from ..errors import RunbookError
+from ..lab import sources as lab_layout  # where the lab image puts L2's files in L1
 from ..facts import pci
 from ..facts.pci import PciDevice
 from ..guest import Agent
@@ -92,7 +93,7 @@ def prepare_disk(ctx: Stage) -> Change:
         return no_change(f"L2 disk {disk}", "the image given in the parameters")
     if l1.exists(disk):
         return no_change(f"L2 disk {disk}", "exists")
-    base = ctx.state["lab"]["l2_root_in_l1"]
+    base = lab_layout.L2_ROOT_IN_L1
     l1.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, disk], check=True)
     return did(f"L2 disk {disk}", f"qcow2 overlay on {base} (qemu-img, from stage 03's qemu-utils)")
 
@@ -103,8 +104,8 @@ def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
     accel = ctx.state["l2"]["accel"]
     ps = paths(p)
     if p.l2.image == "lab":
-        lab = ctx.state["lab"]
-        os_ = OS(machine="q35", kernel=lab["l2_kernel_in_l1"], initrd=lab["l2_initrd_in_l1"], cmdline=lab["l2_cmdline"])
+        os_ = OS(machine="q35", kernel=lab_layout.L2_KERNEL_IN_L1, initrd=lab_layout.L2_INITRD_IN_L1,
+                 cmdline=lab_layout.L2_CMDLINE)
     else:
         os_ = OS(machine="q35", boot_dev="hd")
     return Domain(
@@ -184,7 +185,7 @@ def by_hand_disk(ctx: Stage) -> by_hand.ByHand:
     p = ctx.params
     if p.l2.image != "lab":
         return by_hand.ByHand("root@L1", [f"# L2's image {paths(p).l2_disk}: yours, copied into L1 beforehand"])
-    return by_hand.l2_disk(ctx.state["lab"]["l2_root_in_l1"], paths(p).l2_disk)
+    return by_hand.l2_disk(lab_layout.L2_ROOT_IN_L1, paths(p).l2_disk)
 
 
 def by_hand_l2(ctx: Stage, dev: PciDevice) -> by_hand.ByHand:

@@ -3,6 +3,7 @@ virtualization stack in L1, L1's own checks, and L2's accelerator."""
 from __future__ import annotations
 
 from .. import by_hand, checks
+from .. import l0
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
@@ -61,7 +62,7 @@ def by_hand_install(ctx: Stage) -> by_hand.ByHand:
 
 def reboot(ctx: Stage) -> Change:
     return l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
-                                      log=paths(ctx.params).l1_console)
+                                      log=l0.Log(ctx.l0, paths(ctx.params).l1_console))
 
 
 def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:

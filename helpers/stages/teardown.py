@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import by_hand
+from .. import by_hand, l0
 from ..errors import RunbookError
 from ..nb import Stage
 from ..ops import Change, teardown
 from ..paths import paths
-from ..virt import PyLibvirt
 
 
 def _l1_or_none(ctx: Stage):
@@ -28,7 +27,7 @@ def l2(ctx: Stage) -> list[Change]:
 def l1(ctx: Stage) -> list[Change]:
     if not ctx.params.teardown.l1:
         return []
-    changes = teardown.remove_l1(ctx.params, PyLibvirt(ctx.params.host.libvirt_uri))
+    changes = teardown.remove_l1(ctx.params, l0.libvirt(ctx.params))
     l1 = _l1_or_none(ctx)
     if l1 is not None:
         l1.close()
@@ -38,7 +37,7 @@ def l1(ctx: Stage) -> list[Change]:
 def files(ctx: Stage) -> list[Change]:
     if not ctx.params.teardown.l1:
         return []
-    return teardown.remove_files(ctx.params, ctx.state)
+    return teardown.remove_files(ctx.params, ctx.state, ctx.l0)
 
 
 def by_hand_l2(ctx: Stage) -> by_hand.ByHand:
@@ -61,11 +60,11 @@ def by_hand_files(ctx: Stage) -> by_hand.ByHand:
     p = ctx.params
     if not p.teardown.l1:
         return by_hand.ByHand("root@L0", ["# teardown.l1 is false: the files stay with L1"])
-    found = [f for f in teardown.file_candidates(p, ctx.state) if f.exists()]
+    found = [f for f in teardown.file_candidates(p, ctx.state) if ctx.l0.exists(str(f))]
     backing = Path(p.nvme.backing_file)
-    kept = [backing] if backing.exists() and not p.nvme.remove_backing_file else []
+    kept = [backing] if ctx.l0.exists(str(backing)) and not p.nvme.remove_backing_file else []
     cmds = by_hand.remove_files([f for f in found if f not in kept], kept)
-    dirs = [d for d in ctx.state.created("dirs") if Path(d).is_dir()]
+    dirs = [d for d in ctx.state.created("dirs") if ctx.l0.is_dir(d)]
     if dirs:
         cmds.commands.append("rmdir " + " ".join(dirs) + "   # only if empty")
     return cmds

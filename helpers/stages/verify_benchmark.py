@@ -6,7 +6,6 @@ from datetime import datetime
 from .. import by_hand
 from ..bench import fio, results
 from ..errors import RunbookError
-from ..guest import Local
 from ..nb import Stage
 from ..ops import Change, no_change
 from ..ops import verify
@@ -78,7 +77,7 @@ def bench_l0(ctx: Stage) -> list[dict] | Change:
         return no_change("L0 benchmark", "already measured in this run (a new run id measures again)")
     target = paths(ctx.params).l0_bench
     ctx.state.remember_created("files", str(target))
-    rows = fio.run_profiles(Local(), "L0", str(target), list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
+    rows = fio.run_profiles(ctx.l0, "L0", str(target), list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
     ctx.state.set("bench_l0", rows)
     return rows
 
