@@ -13,7 +13,7 @@ libvirt is one URI; everything here follows from the parameters alone.
 """
 from __future__ import annotations
 
-import functools
+import atexit
 import hashlib
 import os
 import shlex
@@ -86,10 +86,26 @@ def libvirt_uri(p: Params) -> str:
     return f"{driver}+ssh://{quote(s.user)}@{host}:{s.port}{path}?" + "&".join(query)
 
 
-@functools.lru_cache(maxsize=None)
+_CONNECTIONS: dict = {}
+
+
 def _connection(uri: str):
     from .virt import PyLibvirt
-    return PyLibvirt(uri)
+    if uri not in _CONNECTIONS:
+        if not _CONNECTIONS:
+            atexit.register(_close_all)
+        _CONNECTIONS[uri] = PyLibvirt(uri)
+    return _CONNECTIONS[uri]
+
+
+def _close_all() -> None:
+    """Close the connections before the interpreter tears libvirt's module down."""
+    for lv in _CONNECTIONS.values():
+        try:
+            lv._conn.close()
+        except Exception:
+            pass
+    _CONNECTIONS.clear()
 
 
 def libvirt(p: Params):

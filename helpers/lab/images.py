@@ -105,8 +105,9 @@ def bundle() -> str:
 def run_remote(l0: Guest, args: list[str], timeout: float = 7200):
     """Run ``python3 -m helpers.lab.images ARGS`` on L0 from a copy of this code in a
     temp folder there (removed afterwards)."""
-    cmd = ("d=$(mktemp -d /tmp/nested-nvme-lab.XXXXXX) && trap 'rm -rf \"$d\"' EXIT && "
-           "base64 -d | tar -xz -C \"$d\" && cd \"$d\" && python3 -m helpers.lab.images " + shlex.join(args))
+    cmd = ("d=$(mktemp -d /tmp/nested-nvme-lab.XXXXXX) || exit 1; echo \"lab code copied to $d\" >&2; "
+           "base64 -d | tar -xz -C \"$d\" && (cd \"$d\" && python3 -m helpers.lab.images " + shlex.join(args) +
+           "); rc=$?; rm -rf \"$d\"; exit $rc")
     return l0.run(cmd, input=bundle(), timeout=timeout)
 
 
