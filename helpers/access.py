@@ -26,15 +26,32 @@ def l1_ssh_spec(p: Params, lab_key: Path | None = None, known_hosts: Path | None
             "config": str(_path(p.l1.ssh.config)) if p.l1.ssh.config else None}
 
 
-def l1_guest(p: Params, state: State) -> SSH:
-    """SSH into L1 as recorded by stage 02."""
-    spec = state.get("l1", {}).get("ssh")
-    if not spec:
-        raise RunbookError("no way into L1 is recorded in the run state",
-                           hint="run stage 02 (build L1) first: `python -m helpers run --from 02`")
+def lab_credentials(p: Params) -> tuple[Path | None, Path | None]:
+    """In the lab, the key into L1 and the file pinning L1's host key, where this
+    process's ssh reads them: the run's copies in host.workdir when L0 is this
+    machine; this machine's own copies (``l0.runner_dir``) when L0 is remote, since
+    the ssh client runs here and only jumps through L0. None, None on a real host."""
+    if p.l1.image != "lab":
+        return None, None
+    from . import l0
+    from .paths import paths
+    if l0.remote(p):
+        d = l0.runner_dir(p)
+        return d / "lab_key", d / "known_hosts"
+    ps = paths(p)
+    return ps.lab_key, ps.known_hosts
+
+
+def l1_guest(p: Params, state: State | None = None) -> SSH:
+    """SSH into L1, from the parameters alone: when L0 is remote, through L0
+    (a jump with L0's own key and known_hosts), since L1's forwarded port is on
+    L0's 127.0.0.1."""
+    from . import l0
+    spec = l1_ssh_spec(p, *lab_credentials(p))
+    jump = l0.guest(p) if l0.remote(p) else None
     return SSH(host=spec["host"], port=int(spec["port"]), user=spec["user"],
                identity=_path(spec.get("identity")), known_hosts=_path(spec.get("known_hosts")),
-               config=_path(spec.get("config")), name="l1")
+               config=_path(spec.get("config")), jump=jump, name="l1")
 
 
 def l2_crash(p: Params, l1: Guest) -> str | None:
@@ -47,17 +64,15 @@ def l2_crash(p: Params, l1: Guest) -> str | None:
 STALL = re.compile(r"watchdog: BUG: soft lockup[^\r\n]*|rcu: INFO: rcu_\w+ detected stalls[^\r\n]*")
 
 
-def l1_stall(p: Params) -> str | None:
+def l1_stall(p: Params, l0: Guest | None = None) -> str | None:
     """The first soft-lockup or RCU-stall line of L1's current boot in its console
-    log (on this host), if any: L1's vCPUs stopped making progress."""
+    log (on L0), if any: L1's vCPUs stopped making progress."""
+    from . import l0 as l0_mod
     from .paths import paths
-    try:
-        with open(paths(p).l1_console, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 512 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError:
+    r = (l0 or l0_mod.guest(p)).run(["tail", "-c", str(512 * 1024), str(paths(p).l1_console)], timeout=60)
+    if not r.ok:
         return None
+    text = r.out
     text = text[text.rfind("Booting `") + 1:]  # GRUB's line that starts each boot
     m = STALL.search(text)
     return m.group(0).strip() if m else None
@@ -76,8 +91,9 @@ def l1_silent(l1: Guest, timeout: float = 20) -> str | None:
 def l1_domain_state(p: Params, l0: Guest | None = None) -> tuple[str, str]:
     """L1's state and its reason on L0's libvirt: ('running', 'booted'),
     ('shut off', 'destroyed'), ('undefined', '') ... (``virsh domstate --reason``)."""
-    from .guest import Local
-    r = (l0 or Local()).run(["virsh", "-c", p.host.libvirt_uri, "domstate", "--reason", p.l1.name], timeout=60)
+    from . import l0 as l0_mod
+    r = (l0 or l0_mod.guest(p)).run(["virsh", "-c", p.host.libvirt_uri, "domstate", "--reason", p.l1.name],
+                                    timeout=60)
     if not r.ok:
         said = (r.err or r.out).strip()
         return ("undefined", "") if "failed to get domain" in said.lower() else ("unknown", said)
@@ -109,10 +125,10 @@ def l1_ssh_lost(p: Params, l1: Guest) -> str | None:
     why = l1_silent(l1)
     if why is None:
         return None
+    from . import l0
     from .ops.l1 import l1_agent, sshd_stopped
-    from .virt import PyLibvirt
     try:
-        agent = l1_agent(PyLibvirt(p.host.libvirt_uri), p.l1.name)
+        agent = l1_agent(l0.libvirt(p), p.l1.name)
     except RunbookError:
         return None
     if not agent.ping(timeout=10) or l1_booting(agent):
@@ -131,11 +147,11 @@ def l1_booting(agent: Agent) -> bool:
         return False
 
 
-def check_l1(p: Params, l1: Guest, params_file) -> None:
+def check_l1(p: Params, l1: Guest, params_file, l0: Guest | None = None) -> None:
     """Before a stage works in L1: L1 runs, and SSH into it works. Each failure is
     named as what it is, with the way back. An L1 that is booting (a reboot that a
     killed run was waiting for) is waited for, with the boot timeout."""
-    if why := l1_not_running(p):
+    if why := l1_not_running(p, l0):
         raise RunbookError(f"{why}; it was stopped outside the runbook (the runbook stops L1 only in "
                            "teardown)", hint=back_from_02(params_file))
     if why := l1_ssh_lost(p, l1):
@@ -145,7 +161,8 @@ def check_l1(p: Params, l1: Guest, params_file) -> None:
         from .ops.l1 import wait_for_ssh
         from .paths import paths
         print("L1 does not answer SSH yet: it is booting (or stalled); waiting for it", flush=True)
-        wait_for_ssh(l1, p.l1.boot_timeout_s, paths(p).l1_console)
+        from . import l0 as l0_mod
+        wait_for_ssh(l1, p.l1.boot_timeout_s, l0_mod.Log(l0 or l0_mod.guest(p), paths(p).l1_console))
 
 
 L2_RESTART_HINT = ("resume with `python -m helpers run --from 04` (stage 04 restarts an L2 that crashed or "

@@ -119,6 +119,38 @@ class Guest:
     def which(self, program: str) -> bool:
         return self.run(f"command -v {shlex.quote(program)}").ok
 
+    # Writing files: on the machine itself, whichever it is (never by this process's
+    # own file calls, so a remote L0 gets its files over SSH like L1 does).
+    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Write ``text`` to ``path`` atomically (a temp file beside it, then renamed),
+        with ``mode``; the folder must exist. Raises GuestError with the machine's words."""
+        q = shlex.quote(str(path))
+        self.run(f"t=$(mktemp {q}.XXXXXX) && cat > \"$t\" && chmod {mode:o} \"$t\" && mv -f \"$t\" {q} "
+                 f"|| {{ rc=$?; rm -f \"$t\"; exit $rc; }}", input=text, check=True)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        """mkdir -p; the last folder gets ``mode``."""
+        self.run(["mkdir", "-p", "-m", f"{mode:o}", str(path)], check=True)
+
+    def remove(self, path: str) -> bool:
+        """Remove a file; False when there was none."""
+        if not self.exists(str(path)):
+            return False
+        self.run(["rm", "-f", str(path)], check=True)
+        return True
+
+    def rmdir(self, path: str) -> bool:
+        """Remove an empty folder; False when it is not there or not empty."""
+        return self.run(["rmdir", str(path)]).ok
+
+    def is_dir(self, path: str) -> bool:
+        return self.run(["test", "-d", str(path)]).ok
+
+    def size(self, path: str) -> int | None:
+        """A file's size in bytes, or None when it is not there."""
+        r = self.run(["stat", "-c", "%s", str(path)])
+        return int(r.out.strip()) if r.ok and r.out.strip().isdigit() else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -220,8 +252,8 @@ class SSH(Guest):
     """
 
     host: str
-    user: str = "root"
-    port: int = 22
+    user: str | None = "root"
+    port: int | None = 22
     identity: Path | None = None
     known_hosts: Path | None = None
     jump: "SSH | None" = None
@@ -231,7 +263,10 @@ class SSH(Guest):
     name: str = "ssh"
 
     def target(self) -> str:
-        return f"{self.user}@{self.host}"
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def port_args(self) -> list[str]:
+        return ["-p", str(self.port)] if self.port else []
 
     def options(self) -> list[str]:
         """ssh options shared by the command and by a jump to it."""
@@ -268,10 +303,10 @@ class SSH(Guest):
                 pass
 
     def argv(self, cmd: str) -> list[str]:
-        argv = ["ssh", *self.options(), "-p", str(self.port)]
+        argv = ["ssh", *self.options(), *self.port_args()]
         if self.jump:
             j = self.jump
-            proxy = shlex.join(["ssh", *j.options(), "-p", str(j.port), "-W", "%h:%p", j.target()])
+            proxy = shlex.join(["ssh", *j.options(), *j.port_args(), "-W", "%h:%p", j.target()])
             argv += ["-o", f"ProxyCommand={proxy}"]
         return argv + [self.target(), "--", cmd]
 
@@ -284,7 +319,7 @@ class SSH(Guest):
         except FileNotFoundError:
             raise GuestError("ssh is not installed: install openssh-client")
         if p.returncode == 255:
-            return Result(255, p.stdout, p.stderr or f"ssh to {self.target()} port {self.port} failed")
+            return Result(255, p.stdout, p.stderr or f"ssh to {self.target()} port {self.port or 22} failed")
         return Result(p.returncode, p.stdout, p.stderr)
 
 

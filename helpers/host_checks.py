@@ -88,15 +88,19 @@ def room_for(path: Path) -> Room:
     return Room(here, mount, fstype, st.f_bavail * st.f_frsize, biggest_file(fstype, st.f_bsize))
 
 
-def listening_inodes(port: int, net_root: Path = Path("/proc/net")) -> list[int]:
-    """Socket inodes listening on ``port`` where they keep 127.0.0.1:port from QEMU."""
+def listening_inodes(port: int, net_root: Path = Path("/proc/net"), tables: list[str] | None = None) -> list[int]:
+    """Socket inodes listening on ``port`` where they keep 127.0.0.1:port from QEMU
+    (``tables``: the texts of /proc/net/tcp and tcp6 read elsewhere, e.g. on a remote L0)."""
     inodes = []
-    for name in ("tcp", "tcp6"):
-        try:
-            rows = (net_root / name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
+    if tables is None:
+        tables = []
+        for name in ("tcp", "tcp6"):
+            try:
+                tables.append((net_root / name).read_text())
+            except OSError:
+                continue
+    for table in tables:
+        for row in table.splitlines()[1:]:
             f = row.split()
             if len(f) < 10 or f[3] != LISTEN:
                 continue
@@ -232,8 +236,66 @@ def host_problems(p: Params, stages: list[str] | None = None) -> list[tuple[str,
     return out
 
 
+def remote_problems(p: Params, g, stages: list[str] | None = None) -> list[tuple[str, str]]:
+    """``host_problems`` for an L0 reached over SSH: the same questions, asked on L0
+    through its command interface (the SSH files into L1 stay on this machine, where
+    the ssh client runs)."""
+    out = [(k, m) for k, m in file_problems(p, image=False)]
+    if stages is not None and set(stages) <= {"99"}:
+        return out
+    if p.l1.image != "lab" and not g.exists(p.l1.image):
+        out.append(("l1.image", f"{p.l1.image} does not exist on L0: put L1's disk image there (prepared "
+                                "beforehand), or fix the path"))
+    f = str(p.nvme.backing_file)
+    if not g.exists(f):
+        from .facts.system import free_disk
+        d = free_disk(g, f)
+        if d.avail_bytes is not None:
+            bs = g.run(["stat", "-f", "-c", "%S", d.checked or "/"])
+            block = int(bs.out.strip()) if bs.ok and bs.out.strip().isdigit() else 4096
+            out += space_problems(p, Room(Path(d.checked or "/"), d.mount or "/", d.fstype, d.avail_bytes,
+                                          biggest_file(d.fstype, block)))
+    net = p.l1.network
+    if net.mode == "user":
+        tables = [t for t in (g.read_text("/proc/net/tcp"), g.read_text("/proc/net/tcp6")) if t]
+        inodes = listening_inodes(net.ssh_port, tables=tables)
+        if inodes:
+            r = g.run("for f in /proc/[0-9]*/fd/*; do case $(readlink $f 2>/dev/null) in " +
+                      "|".join(f"'socket:[{i}]'" for i in inodes) +
+                      ") p=${f#/proc/}; p=${p%%/*}; echo $p; tr '\\0' ' ' < /proc/$p/cmdline; echo; exit 0;; "
+                      "esac; done", timeout=60)
+            lines = r.out.splitlines()
+            argv = lines[1].split() if len(lines) > 1 else []
+            if qemu_domain(argv) != p.l1.name:
+                who = f"pid {lines[0]} ({' '.join(argv)[:80]})" if lines else "a process L0 does not show"
+                out.append(("l1.network.ssh_port", f"127.0.0.1:{net.ssh_port} on L0 is taken by {who}: stop it, "
+                                                   "or choose another free port"))
+    elif not g.is_dir(f"/sys/class/net/{net.bridge}/bridge"):
+        out.append(("l1.network.bridge", f"no bridge `{net.bridge}` on L0: create it, or give one "
+                                         "`ip -br link show type bridge` lists on L0"))
+    return out
+
+
 def check_host(p: Params, path: str | Path, stages: list[str] | None = None) -> None:
-    """Refuse, one line a problem, what this host cannot give the parameters."""
+    """Refuse, one line a problem, what this host cannot give the parameters. With
+    host.ssh, L0 is first checked to answer (RunbookError naming what to fix), then
+    asked the same questions over SSH."""
+    from . import l0
+    if l0.remote(p):
+        l0.check(p)
+        g = l0.guest(p)
+        lines = []
+        if stages is None or not set(stages) <= {"99"}:
+            online = (g.read_text("/sys/devices/system/cpu/online") or "0").strip()
+            m = re.search(r"MemTotal:\s+(\d+)", g.read_text("/proc/meminfo") or "")
+            try:
+                check_against_host(p, parse_cpuset(online), int(m.group(1)) // 1024 if m else 0, path)
+            except ParamsError as e:
+                lines += str(e).splitlines()
+        lines += [f"{path}: {key}: {msg}" for key, msg in remote_problems(p, g, stages)]
+        if lines:
+            raise ParamsError("\n".join(lines))
+        return
     lines = []
     if stages is None or not set(stages) <= {"99"}:
         cpus, mem = cpus_and_memory()

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import params as params_mod
 from . import ui, wait
 from .errors import RunbookError
-from .guest import Local
+from .guest import Guest, Local
 from .state import State
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Stage:
-    """A stage's context: ``params``, ``state`` and the guests ``l0``, ``l1()``, ``l2()``."""
+    """A stage's context: ``params``, ``state`` and the guests ``l0``, ``l1()``, ``l2()``.
+    ``l0`` is this machine or, with ``host.ssh``, a server over SSH (``helpers.l0``)."""
 
     number: str
     params_file: Path
@@ -28,7 +29,7 @@ class Stage:
     state: State
     interactive: bool = False
     mode: str = "run"          # "run": plan, then apply each step; "check": plan and show only
-    l0: Local = field(default_factory=Local)
+    l0: Guest = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
     seen: dict = field(default_factory=dict)  # what this stage's read-only steps read, for the later steps' plans
     _l1_checked: bool = False
@@ -133,15 +134,9 @@ class Stage:
         L1 is checked to run and to answer SSH (a vanished L1 or a lost sshd is
         named as such instead of surfacing as some command's failure)."""
         from .access import check_l1, l1_guest
-        if not (self.state.get("l1") or {}).get("ssh"):  # a check run: derived from the parameters again
-            from .access import l1_ssh_spec
-            from .paths import paths
-            ps, lab = paths(self.params), self.params.l1.image == "lab"
-            self.state.update("l1", ssh=l1_ssh_spec(self.params, lab_key=ps.lab_key if lab else None,
-                                                    known_hosts=ps.known_hosts if lab else None))
         guest = l1_guest(self.params, self.state)
         if self.number in ("03", "04", "05") and not self._l1_checked:
-            check_l1(self.params, guest, self.params_file)
+            check_l1(self.params, guest, self.params_file, self.l0)
             self._l1_checked = True
         return guest
 
@@ -170,7 +165,8 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     if not state_file:  # stepping through by hand: the latest run's state, or a scratch one
         latest = ROOT / "outputs" / "latest"
         state_file = str((latest if latest.exists() else ROOT / "outputs" / "interactive") / "state.json")
-    ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode)
+    from . import l0
+    ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode, l0=l0.guest(p))
     walked = ctx.state.get("steps", {})
     if walked.get(number):  # this stage's steps are walked anew
         walked.pop(number)

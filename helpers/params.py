@@ -112,10 +112,54 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Host(Section):
-    """L0, the machine the runbook starts on."""
+class HostSSH(Section):
+    """L0 reached over SSH from the machine that runs the runbook (a workstation):
+    keys only, host key checked. Either ``address`` (with user, port, identity,
+    known_hosts) or ``config_host``, an entry of your own ssh config. Only paths
+    to key files, never a key."""
 
-    libvirt_uri: str = F("qemu:///system", "libvirt connection URI on L0, as `virsh -c` takes it")
+    address: Optional[str] = F(None, "L0's address or host name", example="server1.example.com")
+    user: str = F("root", "the user the runbook logs in as on L0 (it needs root rights: libvirt, files)")
+    port: int = F(22, "L0's SSH port", ge=1, le=65535)
+    identity: Optional[Path] = F(None, "the path of your private key for L0, on this machine (never the key "
+                                 "itself); empty: ssh's defaults", example="/root/.ssh/id_ed25519")
+    known_hosts: Optional[Path] = F(None, "a known_hosts file on this machine that holds L0's host key; empty: "
+                                    "ssh's default (~/.ssh/known_hosts)", example="/root/.ssh/known_hosts")
+    config_host: Optional[str] = F(None, "instead of address, user, port, identity and known_hosts: a Host entry "
+                                   "of your own ssh config (~/.ssh/config)", example="lab-server")
+    libvirt_uri: Optional[str] = F(None, "the URI this machine opens to reach L0's libvirt; empty: "
+                                   "qemu+ssh://user@address:port/system made from the keys above",
+                                   example="qemu+ssh://root@server1.example.com/system")
+
+    @field_validator("identity", "known_hosts")
+    @classmethod
+    def _file(cls, v, info):
+        return check_file_path(v, f"/root/.ssh/{'id_ed25519' if info.field_name == 'identity' else info.field_name}")
+
+    @field_validator("address", "config_host")
+    @classmethod
+    def _name(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.:\[\]%-]{1,253}", v):
+            raise ValueError(f"`{v}` is not a host name or address: letters, digits, '.', '-', ':' "
+                             "(e.g. 192.168.9.10 or server1.example.com)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if bool(self.address) == bool(self.config_host):
+            raise ValueError("give either `address` (with user, port, identity, known_hosts) or `config_host` "
+                             "(an entry of your ssh config), not both and not neither")
+        if self.config_host and (self.identity or self.known_hosts or self.port != 22 or self.user != "root"):
+            raise ValueError("with `config_host` the ssh config entry says user, port, identity and known_hosts: "
+                             "remove them here, or use `address` instead")
+        return self
+
+
+class Host(Section):
+    """L0, the machine that runs L1: this machine, or a server over SSH (``ssh``)."""
+
+    ssh: Optional[HostSSH] = F(None, "reach L0 over SSH (below); empty: L0 is this machine")
+    libvirt_uri: str = F("qemu:///system", "libvirt connection URI on L0, as `virsh -c` takes it on L0")
     accel: Literal["auto", "kvm", "tcg"] = F(
         "auto", "how L1 runs: kvm, tcg (QEMU's emulation), or auto (KVM only when a smoke boot shows it works)")
     require_iommu: bool = F(True, "stage 01 fails when L0 has no active IOMMU (VT-d/AMD-Vi)")

@@ -111,12 +111,21 @@ def _extra(info: FieldInfo, key: str):
     return (info.json_schema_extra or {}).get(key) if isinstance(info.json_schema_extra, dict) else None
 
 
+def _section_model(annotation):
+    """The section class of a field (``Optional[Section]`` too), or None."""
+    for a in (annotation, *typing.get_args(annotation)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
 def _sections(model=P.Params, loc: tuple = ()):
     """(dotted name, model) of the top level and every section, depth first."""
     yield ".".join(loc), model
     for name, info in model.model_fields.items():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            yield from _sections(info.annotation, loc + (name,))
+        inner = _section_model(info.annotation)
+        if inner is not None:
+            yield from _sections(inner, loc + (name,))
 
 
 def _table(name: str, model) -> list[str]:

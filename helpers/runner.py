@@ -517,7 +517,7 @@ def check_params(args) -> int:
         p = params_mod.load(args.params)
         if not args.schema_only:
             host_checks.check_host(p, args.params)
-    except params_mod.ParamsError as e:
+    except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     if args.schema_only:

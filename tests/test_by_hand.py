@@ -1,5 +1,6 @@
 """The commands shown next to each changing step ("by hand") come from the same data the
 step uses, and where they can run here they do what the step does."""
+import json
 import shlex
 import shutil
 import subprocess
@@ -10,6 +11,10 @@ import yaml
 
 from helpers import by_hand, nb, ui
 from helpers.bench import fio
+from helpers import l0 as l0_mod
+from helpers.guest import Local
+from helpers.lab import images
+from helpers.lab.sources import recipe_hash
 from helpers.ops import l1 as l1_ops
 from helpers.stages import build_l1, teardown, verify_benchmark
 
@@ -62,7 +67,7 @@ def test_sizes_for_qemu_img(size, arg):
 def test_the_backing_file_command_makes_the_same_file_as_the_step(tmp_path):
     cmd = by_hand.l1_files(tmp_path, tmp_path / "byhand.raw", 0.5).commands[1].split("#")[0]
     subprocess.run(cmd, shell=True, check=True, capture_output=True)
-    l1_ops.ensure_backing_file(tmp_path / "step.raw", 0.5, _State())
+    l1_ops.ensure_backing_file(Local(), tmp_path / "step.raw", 0.5, _State())
     assert (tmp_path / "byhand.raw").stat().st_size == (tmp_path / "step.raw").stat().st_size
     assert (tmp_path / "byhand.raw").stat().st_blocks * 512 < 1024 ** 2  # sparse, like the step's
 
@@ -78,7 +83,7 @@ def test_fio_is_the_command_the_benchmark_runs():
 
 
 def test_known_hosts_line_is_the_one_the_step_writes(tmp_path):
-    l1_ops.write_known_hosts(tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1", _State())
+    l1_ops.write_known_hosts(Local(), tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1", _State())
     line = l1_ops.known_hosts_line("127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1")
     assert (tmp_path / "kh").read_text() == line + "\n"
     assert l1_ops.known_hosts_line("10.0.0.5", 22, "ssh-ed25519 AAAAkey") == "10.0.0.5 ssh-ed25519 AAAAkey"
@@ -87,15 +92,25 @@ def test_known_hosts_line_is_the_one_the_step_writes(tmp_path):
 # --- the stages' by-hand commands, from the parameters and the run state ---------------------
 
 @pytest.fixture
-def ctx(tmp_path):
+def ctx(tmp_path, monkeypatch):
     data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
     data["host"]["workdir"] = str(tmp_path / "work")
     data["nvme"]["backing_file"] = str(tmp_path / "work" / "nvme.raw")
     f = tmp_path / "p.yaml"
     f.write_text(yaml.safe_dump(data))
     c = nb.stage("02", str(f), str(tmp_path / "state.json"), show_picture=False)
-    c.state.set("lab", {"l1_disk": "/cache/l1.raw", "ssh_key": "/cache/key", "ssh_host_pubkey": "ssh-ed25519 AAAA x",
-                        "l2_root_in_l1": "/var/lib/l2.raw"})
+    # the lab images of the current recipe, in an image cache of the test's own (found on L0, not in the state)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(images, "CACHE_DIR", cache)
+    folder = cache / recipe_hash(c.l0)
+    folder.mkdir(parents=True)
+    (folder / "l1.raw").write_text("")
+    (folder / "key").write_text("")
+    (folder / "images.json").write_text(json.dumps({
+        "l1_disk": "l1.raw", "ssh_key": "key", "ssh_host_pubkey": "ssh-ed25519 AAAA x", "recipe": folder.name,
+        "l2_root_in_l1": "/var/lib/l2.raw", "l2_kernel_in_l1": "k", "l2_initrd_in_l1": "i", "l2_cmdline": "c",
+        "virt_packages_cached": []}))
+    c.cache = folder
     return c
 
 
@@ -107,11 +122,11 @@ def test_stage_02_files_and_define(ctx, tmp_path, monkeypatch):
 
         def is_active(self, name):
             return False
-    monkeypatch.setattr(build_l1, "PyLibvirt", NoL1)
+    monkeypatch.setattr(l0_mod, "libvirt", lambda p: NoL1())
     plan = build_l1.PrepareFiles().plan(ctx)
     text = "\n".join(c for a in plan.actions for c in a.commands)
     assert f"qemu-img create -f raw {tmp_path}/work/nvme.raw 1G" in text
-    assert "-b /cache/l1.raw" in text and "'[127.0.0.1]:2222 ssh-ed25519 AAAA'" in text
+    assert f"-b {ctx.cache}/l1.raw" in text and "'[127.0.0.1]:2222 ssh-ed25519 AAAA'" in text
     assert [a.machine for a in plan.actions] == ["L0"] * 5 and not (tmp_path / "work").exists()
     assert by_hand.define("nested-kvm", "nested-kvm.xml").commands[0].startswith("virsh define nested-kvm.xml")
 

@@ -3,7 +3,7 @@
 Rule: a fact only reads a machine, never changes it; judging the facts is elsewhere.
 
 Each fact is a function ``(guest) -> dataclass or value``; the same functions
-read the host (L0, through ``Local``) and L1 (through SSH). Judging the facts
+read the host (L0, through ``Local`` or, with host.ssh, SSH) and L1 (through SSH). Judging the facts
 is the job of ``helpers.checks``.
 
 - ``cpu``: vendor, model, vmx/svm, online CPUs, NUMA nodes and thread siblings

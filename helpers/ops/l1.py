@@ -1,12 +1,11 @@
 """Stage 02: the files L1 needs, its domain, and waiting for it to answer."""
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 from ..errors import RunbookError
-from ..guest import SSH, Agent, libvirt_agent_call
+from ..guest import SSH, Agent, Guest, libvirt_agent_call
 from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk, Domain, Features, Interface,
                            QemuCommandline, Serial, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
@@ -25,21 +24,16 @@ def cpu_mode(p: Params, accel: str) -> str:
     return "host-passthrough" if accel == "kvm" else "maximum"
 
 
-def _give_to_qemu(path: Path) -> None:
-    from .l1_files import give_to_qemu
-    give_to_qemu(path)
-
-
 L1_FILES_MARGIN = 256 * 1024 ** 2  # L1's overlay grows while it runs; its console log and keys
 
 
-def check_space(guest, workdir: Path, backing_file: Path, size_gib: float, lab: bool) -> None:
+def check_space(guest: Guest, workdir: Path, backing_file: Path, size_gib: float, lab: bool) -> None:
     """Refuse before anything is created when the files stage 02 makes cannot fit:
     the NVMe backing file at its full size (sparse, but mkfs and fio in L2 write to
     it) and, in the lab, room for L1's overlay and logs."""
     from ..facts.system import free_disk
     need = {}
-    if not backing_file.exists():
+    if not guest.exists(str(backing_file)):
         need[str(backing_file)] = int(size_gib * 1024 ** 3)
     if lab:
         need[str(workdir)] = need.get(str(workdir), 0) + L1_FILES_MARGIN
@@ -60,46 +54,41 @@ def check_space(guest, workdir: Path, backing_file: Path, size_gib: float, lab: 
                      "on a filesystem with room; nothing was created")
 
 
-def no_space(path: Path, e: OSError) -> RunbookError:
-    """A write that ran out of room: remove the half-made file and say which filesystem."""
-    import errno
+def no_space(l0: Guest, path: Path, said: str) -> RunbookError:
+    """A write that failed (the filesystem full, ...): remove the half-made file and say which filesystem."""
     from ..facts.system import free_disk
-    from ..guest import Local
-    try:
-        path.unlink()
-    except OSError:
-        pass
-    mount = free_disk(Local(), str(path)).mount or "?"
-    why = "the filesystem is full" if e.errno == errno.ENOSPC else e.strerror
+    l0.run(["rm", "-f", str(path)])
+    mount = free_disk(l0, str(path)).mount or "?"
+    why = "the filesystem is full" if "no space left" in said.lower() else said.strip().splitlines()[-1] if said.strip() else "failed"
     return RunbookError(f"could not write {path}: {why} (filesystem at {mount}); the half-made file was removed",
                         hint=f"free space on {mount} or point the parameters at a filesystem with room, then rerun")
 
 
-def ensure_workdir(workdir: Path, state: State) -> Change:
-    """The folder for the run's files (plan, then apply: ``ops.l1_files``)."""
+def ensure_workdir(l0: Guest, workdir: Path, state: State) -> Change:
+    """The folder for the run's files on L0 (plan, then apply: ``ops.l1_files``)."""
     from .l1_files import apply_op, plan_workdir
-    return apply_op(plan_workdir(workdir), state)
+    return apply_op(plan_workdir(l0, workdir), state)
 
 
-def ensure_backing_file(path: Path, size_gib: float, state: State) -> Change:
-    """The NVMe's raw backing file: created sparse at the size asked, never overwritten."""
+def ensure_backing_file(l0: Guest, path: Path, size_gib: float, state: State) -> Change:
+    """The NVMe's raw backing file on L0: created sparse at the size asked, never overwritten."""
     from .l1_files import apply_op, plan_backing_file
-    return apply_op(plan_backing_file(path, size_gib), state)
+    return apply_op(plan_backing_file(l0, path, size_gib), state)
 
 
-def overlay_backing(overlay: Path) -> str | None:
-    """The backing file a qcow2 overlay points at (qemu-img info)."""
-    r = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], capture_output=True, text=True)
-    if r.returncode:
+def overlay_backing(l0: Guest, overlay: Path) -> str | None:
+    """The backing file a qcow2 overlay points at (qemu-img info, on L0)."""
+    r = l0.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], timeout=60)
+    if not r.ok:
         return None
     import json
-    return json.loads(r.stdout).get("backing-filename")
+    return json.loads(r.out).get("backing-filename")
 
 
-def ensure_overlay(golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
+def ensure_overlay(l0: Guest, golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
     """L1's system disk in the lab: a qcow2 overlay on the cached golden image."""
     from .l1_files import apply_op, plan_overlay
-    return apply_op(plan_overlay(golden, overlay, running), state)
+    return apply_op(plan_overlay(l0, golden, overlay, running), state)
 
 
 def known_hosts_line(host: str, port: int, pubkey: str) -> str:
@@ -108,16 +97,17 @@ def known_hosts_line(host: str, port: int, pubkey: str) -> str:
     return f"[{host}]:{port} {key}" if port != 22 else f"{host} {key}"
 
 
-def write_known_hosts(path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
-    """Pin L1's host key (the one baked into the lab image)."""
+def write_known_hosts(machine: Guest, path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
+    """Pin L1's host key (the one baked into the lab image) in ``path`` on ``machine``."""
     from .l1_files import apply_op, plan_known_hosts
-    return apply_op(plan_known_hosts(path, host, port, pubkey), state)
+    return apply_op(plan_known_hosts(machine, path, host, port, pubkey), state)
 
 
-def copy_key(key: Path, dest: Path, state: State) -> Change:
-    """The run keeps its own copy of the lab's SSH key (mode 0600)."""
+def copy_key(l0: Guest, key: Path, dest: Path, state: State) -> Change:
+    """The run keeps its own copy of the lab's SSH key on L0 (mode 0600)."""
     from .l1_files import apply_op, plan_key
-    return apply_op(plan_key(key, dest), state)
+    return apply_op(plan_key(l0, key, dest), state)
+
 
 
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,

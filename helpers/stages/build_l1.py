@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import by_hand
-from ..access import l1_ssh_spec
+from .. import l0
+from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
 from ..facts import iommu as iommu_facts
@@ -19,24 +20,16 @@ from ..ops import l1 as l1_ops
 from ..ops import l1_files
 from ..steps import Action, Plan as StepPlan, Step
 from ..paths import paths
-from ..virt import PyLibvirt
+from ..guest import Local
 
 
-def lab_info(ctx: Stage) -> dict | None:
-    """The lab images stage 02 uses: as recorded by its first step, else the cache's current
-    ones (read only: a check run); None when they are not built yet."""
-    if ctx.state.get("lab"):
-        return ctx.state["lab"]
-    from ..lab.images import load_images
-    imgs = load_images()
-    return _lab_record(imgs) if imgs else None
-
-
-def _lab_record(imgs) -> dict:
-    return {"recipe": imgs.recipe, "l1_disk": str(imgs.l1_disk), "ssh_key": str(imgs.ssh_key),
-            "ssh_host_pubkey": imgs.ssh_host_pubkey, "l2_root_in_l1": imgs.l2_root_in_l1,
-            "l2_kernel_in_l1": imgs.l2_kernel_in_l1, "l2_initrd_in_l1": imgs.l2_initrd_in_l1,
-            "l2_cmdline": imgs.l2_cmdline, "virt_packages_cached": imgs.virt_packages_cached}
+def lab_images(ctx: Stage):
+    """The lab images of the current recipe in L0's cache (read only; never built here),
+    or None when they are not built yet. Nothing about them goes into the run state:
+    each step finds them again from the recipe."""
+    from ..lab import images
+    from ..lab.sources import recipe_hash
+    return images.load_images(ctx.l0, images.CACHE_DIR, recipe_hash(ctx.l0))
 
 
 IMAGES_UNKNOWN = "the lab images are built (step 'Lab images')"
@@ -49,15 +42,16 @@ class LabImages(Step):
     def plan(self, ctx: Stage) -> StepPlan:
         p = ctx.params
         if p.l1.image != "lab":
-            if not Path(p.l1.image).expanduser().exists():
-                raise RunbookError(f"l1.image {p.l1.image} does not exist",
+            if not ctx.l0.exists(str(Path(p.l1.image).expanduser())):
+                raise RunbookError(f"l1.image {p.l1.image} does not exist on L0",
                                    hint="give the path of your L1 base image (the seed used a CentOS 7 qcow2)")
             return self.no_change(f"l1.image {p.l1.image} is yours (nothing to build)")
-        from ..lab.images import CACHE_DIR, load_images, recipe_hash
-        imgs = load_images()
+        from ..lab.images import CACHE_DIR
+        from ..lab.sources import recipe_hash
+        imgs = lab_images(ctx)
         if imgs:
             return self.no_change(f"images up to date (recipe {imgs.recipe}) in {CACHE_DIR / imgs.recipe}", imgs)
-        recipe = recipe_hash()
+        recipe = recipe_hash(ctx.l0)
         return StepPlan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
                                                   "with mmdebstrap (about two minutes)",
                                             ["python -m helpers.lab.images   # make images"])])
@@ -67,13 +61,12 @@ class LabImages(Step):
             return [no_change("lab images", "l1.image is given")]
         imgs = plan.data
         if plan.changes:
-            from ..lab.images import LabImageError, build_images
+            from ..lab.images import LabImageError, ensure_images
             try:
-                imgs = build_images(progress=print)
+                imgs = ensure_images(ctx.l0, progress=print)
             except LabImageError as e:
                 raise RunbookError(f"building the lab images failed: {e}",
-                                   hint="read /var/cache/nested-nvme/images/build.log") from None
-        ctx.state.set("lab", _lab_record(imgs))
+                                   hint="read /var/cache/nested-nvme/images/build.log on L0") from None
         return [did("lab images", f"built (recipe {imgs.recipe})") if plan.changes else
                 no_change("lab images", f"up to date (recipe {imgs.recipe})")]
 
@@ -99,7 +92,7 @@ def definition(ctx: Stage) -> Plan:
     else:
         topo = cpu_facts.topology(ctx.l0)
         cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
-    lv = PyLibvirt(p.host.libvirt_uri)
+    lv = l0.libvirt(p)
     native = supports_native_nvme(lv.lib_version())
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native)
@@ -133,18 +126,24 @@ class PrepareFiles(Step):
 
     def plan(self, ctx: Stage) -> StepPlan:
         p, ps = ctx.params, paths(ctx.params)
-        lab = p.l1.image == "lab"
-        info = lab_info(ctx) if lab else None
-        if lab and info is None:
+        lab, m = p.l1.image == "lab", ctx.l0
+        imgs = lab_images(ctx) if lab else None
+        if lab and imgs is None:
             return self.unknown(IMAGES_UNKNOWN)
-        l1_ops.check_space(ctx.l0, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
-        ops = [l1_files.plan_workdir(ps.workdir), l1_files.plan_backing_file(Path(p.nvme.backing_file), p.nvme.size_gib)]
+        l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
+        ops = [l1_files.plan_workdir(m, ps.workdir),
+               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib)]
         if lab:
-            running = PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name)
+            running = l0.libvirt(p).is_active(p.l1.name)
             spec = l1_ssh_spec(p)
-            ops += [l1_files.plan_overlay(Path(info["l1_disk"]), ps.l1_disk, running),
-                    l1_files.plan_known_hosts(ps.known_hosts, spec["host"], spec["port"], info["ssh_host_pubkey"]),
-                    l1_files.plan_key(Path(info["ssh_key"]), ps.lab_key)]
+            ops += [l1_files.plan_overlay(m, imgs.l1_disk, ps.l1_disk, running),
+                    l1_files.plan_known_hosts(m, ps.known_hosts, spec["host"], spec["port"], imgs.ssh_host_pubkey),
+                    l1_files.plan_key(m, imgs.ssh_key, ps.lab_key)]
+            if l0.remote(p):  # the ssh client into L1 runs here and jumps through L0: its copies on this machine
+                key, known = lab_credentials(p)
+                ops += [l1_files.plan_fetch_key(m, imgs.ssh_key, key),
+                        l1_files.plan_known_hosts(Local(), known, spec["host"], spec["port"], imgs.ssh_host_pubkey,
+                                                  where="this machine")]
         actions = [o.action for o in ops if o.action]
         if not actions:
             return self.no_change("; ".join(f"{o.what}: {o.detail}" for o in ops), ops)
@@ -155,12 +154,8 @@ class PrepareFiles(Step):
 
 
 def _record_l1(ctx: Stage, d: Plan) -> None:
-    p = ctx.params
-    lab = ctx.state.get("lab") or {}
-    ps = paths(p)
-    spec = l1_ssh_spec(p, lab_key=ps.lab_key if lab else None, known_hosts=ps.known_hosts if lab else None)
-    ctx.state.update("l1", name=p.l1.name, accel=d.accel, cpuset=d.cpuset,
-                     console_log=str(ps.l1_console), ssh=spec, native_nvme=d.native_nvme)
+    """What was decided here; the way in (SSH, keys, console log) follows from the parameters."""
+    ctx.state.update("l1", accel=d.accel, cpuset=d.cpuset, native_nvme=d.native_nvme)
 
 
 class DefineL1(Step):
@@ -172,7 +167,7 @@ class DefineL1(Step):
             return self.unknown("stage 01 has chosen the accelerator")
         p = ctx.params
         d = definition(ctx)
-        lv = PyLibvirt(p.host.libvirt_uri)
+        lv = l0.libvirt(p)
         dp = domain.plan_define(lv, p.l1.name, d.xml, replace=p.l1.replace)
         if not dp.how:
             return self.no_change(f"{p.l1.name} is defined with this definition", (d, dp))
@@ -188,7 +183,7 @@ class DefineL1(Step):
 
     def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
         d, dp = plan.data
-        change = domain.apply_define(PyLibvirt(ctx.params.host.libvirt_uri), dp)
+        change = domain.apply_define(l0.libvirt(ctx.params), dp)
         _record_l1(ctx, d)
         return [change]
 
@@ -198,7 +193,7 @@ class StartL1(Step):
 
     def plan(self, ctx: Stage) -> StepPlan:
         p = ctx.params
-        if PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name):
+        if l0.libvirt(p).is_active(p.l1.name):
             return self.no_change(f"{p.l1.name} is running")
         return StepPlan(self.label, [Action("L0", f"start {p.l1.name}",
                                             by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
@@ -207,7 +202,7 @@ class StartL1(Step):
         name = ctx.params.l1.name
         if not plan.changes:
             return [no_change(f"start {name}", "already running")]
-        lv = PyLibvirt(ctx.params.host.libvirt_uri)
+        lv = l0.libvirt(ctx.params)
         lv.start(name)
         ctx.state.update("l1", started_at=time.time())
         ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
@@ -217,7 +212,7 @@ class StartL1(Step):
 def l1_not_up(ctx: Stage) -> str | None:
     """Why a step in L1 cannot be planned yet (L1 not running), or None."""
     p = ctx.params
-    if PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name):
+    if l0.libvirt(p).is_active(p.l1.name):
         return None
     return f"L1 ({p.l1.name}) runs (stage 02 starts it)"
 
@@ -270,8 +265,8 @@ STEPS = [LabImages, Definition, PrepareFiles, DefineL1, StartL1, WaitL1, Inspect
 def wait(ctx: Stage) -> dict:
     """Wait for L1's guest agent, then its SSH; record the times."""
     p = ctx.params
-    lv = PyLibvirt(p.host.libvirt_uri)
-    log = paths(p).l1_console
+    lv = l0.libvirt(p)
+    log = l0.Log(ctx.l0, paths(p).l1_console)
     t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
     t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
     started = ctx.state.get("l1", {}).get("started_at")

@@ -7,6 +7,7 @@ import time
 from .. import by_hand
 from ..bench import fio
 from ..errors import RunbookError
+from ..lab import sources as lab_layout  # where the lab image puts L2's files in L1
 from ..facts import pci
 from ..facts.pci import PciDevice
 from ..guest import Agent
@@ -62,8 +63,8 @@ def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
     accel = ctx.state["l2"]["accel"]
     ps = paths(p)
     if p.l2.image == "lab":
-        lab = ctx.state["lab"]
-        os_ = OS(machine="q35", kernel=lab["l2_kernel_in_l1"], initrd=lab["l2_initrd_in_l1"], cmdline=lab["l2_cmdline"])
+        os_ = OS(machine="q35", kernel=lab_layout.L2_KERNEL_IN_L1, initrd=lab_layout.L2_INITRD_IN_L1,
+                 cmdline=lab_layout.L2_CMDLINE)
     else:
         os_ = OS(machine="q35", boot_dev="hd")
     return Domain(
@@ -230,11 +231,7 @@ class PrepareL2Disk(Step):
             return self.no_change(f"L2's disk {disk} is the image given in the parameters")
         if l1.exists(disk):
             return self.no_change(f"L2's disk {disk} exists in L1")
-        from .build_l1 import IMAGES_UNKNOWN, lab_info
-        info = lab_info(ctx)
-        if info is None:
-            return self.unknown(IMAGES_UNKNOWN)
-        base = info["l2_root_in_l1"]
+        base = lab_layout.L2_ROOT_IN_L1
         return Plan(self.label, [Action("L1", f"create {disk}: a qcow2 overlay on {base}",
                                         by_hand.l2_disk(base, disk).commands)],
                     data=["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, disk])

@@ -3,7 +3,7 @@ in L1, L1's own checks, and L2's accelerator: ``STEPS``. The distribution's ways
 package manager) are ``helpers.distro`` classes, chosen once by the first step."""
 from __future__ import annotations
 
-from .. import checks
+from .. import checks, l0
 from .. import distro as distros
 from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
@@ -166,7 +166,7 @@ class Reboot(Step):
     def apply(self, ctx: Stage, plan: Plan) -> list:
         if not plan.changes:
             return [no_change(f"reboot {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
-        done = l1_config.reboot(ctx.l1(), plan.data, ctx.params.l1.boot_timeout_s, log=paths(ctx.params).l1_console)
+        done = l1_config.reboot(ctx.l1(), plan.data, ctx.params.l1.boot_timeout_s, log=l0.Log(ctx.l0, paths(ctx.params).l1_console))
         ctx.seen["reboot_pending"] = False
         return [done]
 

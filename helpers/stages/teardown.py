@@ -3,20 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import by_hand
+from .. import by_hand, l0
+from ..access import lab_credentials
 from ..errors import RunbookError
 from ..facts import pci
 from ..nb import Stage
 from ..ops import Change, did, no_change, teardown
 from ..paths import paths
 from ..steps import Action, Plan, Step
-from ..virt import PyLibvirt, Virsh
+from ..virt import Virsh
 
 
 def _l1_or_none(ctx: Stage):
     """L1 over SSH when it runs and answers, else None (nothing to do inside it)."""
     p = ctx.params
-    if not PyLibvirt(p.host.libvirt_uri).is_active(p.l1.name):
+    if not l0.libvirt(p).is_active(p.l1.name):
         return None
     try:
         l1 = ctx.l1()
@@ -93,7 +94,7 @@ class RemoveL1(Step):
         p = ctx.params
         if not p.teardown.l1:
             return self.no_change("teardown.l1 is false: L1 stays")
-        lv, name, uri = PyLibvirt(p.host.libvirt_uri), p.l1.name, p.host.libvirt_uri
+        lv, name, uri = l0.libvirt(p), p.l1.name, p.host.libvirt_uri
         todo = {"destroy": lv.is_active(name), "undefine": lv.exists(name)}
         actions = ([Action("L0", f"stop {name}", [by_hand.virsh("destroy", name, uri=uri)])] if todo["destroy"] else []) \
             + ([Action("L0", f"undefine {name}", [by_hand.virsh("undefine", name, uri=uri)])] if todo["undefine"] else [])
@@ -105,7 +106,7 @@ class RemoveL1(Step):
         name = ctx.params.l1.name
         if not plan.changes:
             return [no_change(f"remove {name}", plan.reason.removeprefix("no change: "))]
-        lv = PyLibvirt(ctx.params.host.libvirt_uri)
+        lv = l0.libvirt(ctx.params)
         changes = []
         if plan.data["destroy"]:
             lv.destroy(name)
@@ -129,35 +130,42 @@ class RemoveFiles(Step):
         p = ctx.params
         if not p.teardown.l1:
             return self.no_change("teardown.l1 is false: the files stay with L1")
-        backing = Path(p.nvme.backing_file)
-        found = [f for f in teardown.file_candidates(p, ctx.state) if f.exists()]
-        kept = [backing] if backing.exists() and not p.nvme.remove_backing_file else []
+        backing, m = Path(p.nvme.backing_file), ctx.l0
+        found = [f for f in teardown.file_candidates(p, ctx.state) if m.exists(str(f))]
+        kept = [backing] if m.exists(str(backing)) and not p.nvme.remove_backing_file else []
         files = [f for f in found if f not in kept]
-        dirs = [Path(d) for d in ctx.state.created("dirs") if Path(d).is_dir()
-                and all(x in files for x in Path(d).iterdir())]
+        dirs = [Path(d) for d in ctx.state.created("dirs") if m.is_dir(d)
+                and all(Path(d) / x in files for x in m.listdir(d))]
+        here = [f for f in lab_credentials(p) if f is not None and f.exists()] if l0.remote(p) else []
         actions = []
         if files:
             actions.append(Action("L0", "remove " + ", ".join(str(f) for f in files),
                                   by_hand.remove_files(files).commands))
+        if here:
+            actions.append(Action("this machine", "remove this machine's copies of L1's key and host key: "
+                                  + ", ".join(map(str, here)), by_hand.remove_files(here).commands))
         if dirs:
             actions.append(Action("L0", "remove the folders the runbook made: " + ", ".join(map(str, dirs)),
                                   ["rmdir " + " ".join(by_hand.q(d) for d in dirs)]))
         note = f"; kept: {backing} (nvme.remove_backing_file is false)" if kept else ""
         if not actions:
             return self.no_change("none of the run's files is left" + note)
-        return Plan(self.label, actions, reason=note.lstrip("; "), data=(files, dirs))
+        return Plan(self.label, actions, reason=note.lstrip("; "), data=(files, dirs, here))
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         if not plan.changes:
             return [no_change("remove the run's files", plan.reason.removeprefix("no change: "))]
-        files, dirs = plan.data
+        files, dirs, here = plan.data
         changes = []
         for f in files:
-            f.unlink(missing_ok=True)
+            ctx.l0.remove(str(f))
             ctx.state.forget_created("files", str(f))
             changes.append(did(f"remove {f}"))
+        for f in here:
+            f.unlink(missing_ok=True)
+            changes.append(did(f"remove {f} (this machine)"))
         for d in dirs:
-            d.rmdir()
+            ctx.l0.rmdir(str(d))
             ctx.state.forget_created("dirs", str(d))
             changes.append(did(f"remove {d}", "empty"))
         return changes

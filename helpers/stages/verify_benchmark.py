@@ -6,7 +6,6 @@ from datetime import datetime
 from .. import by_hand
 from ..bench import fio, results
 from ..errors import RunbookError
-from ..guest import Local
 from ..nb import Stage
 from ..ops import Change, no_change
 from ..ops import verify
@@ -248,7 +247,7 @@ class BenchL0(Step):
             return [no_change("L0 benchmark", plan.reason.removeprefix("no change: "))]
         b = ctx.params.bench
         ctx.state.remember_created("files", plan.data)
-        rows = fio.run_profiles(Local(), "L0", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
+        rows = fio.run_profiles(ctx.l0, "L0", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
         ctx.state.set("bench_l0", rows)
         return rows
 
