@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import l0 as l0_mod
 from helpers import nb
 from helpers.stages import build_l1, configure_l1 as c3
 from sandbox import Sandbox, needs_unshare
@@ -28,7 +29,7 @@ def stage(tmp_path, monkeypatch):
 
         def is_active(self, name):
             return True
-    monkeypatch.setattr(build_l1, "PyLibvirt", Up)
+    monkeypatch.setattr(l0_mod, "libvirt", lambda p: Up())
     box = Sandbox(tmp_path / "l1", {"/etc/os-release": (FIX / "os-release-debian12").read_text(),
                                     "/etc/default/grub": (FIX / "default-grub-debian12").read_text()},
                   tools=["update-grub", "apt-get"], cmdline=CMDLINE, name="l1")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import l0 as l0_mod
 from helpers import nb, ui
 from helpers.errors import RunbookError
 from helpers.ops import did
@@ -209,7 +210,7 @@ def test_check_mode_on_a_cold_host_plans_stage_02_without_changing_anything(para
         def is_active(self, name):
             return False
 
-    monkeypatch.setattr(b, "PyLibvirt", FakeLibvirt)
+    monkeypatch.setattr(l0_mod, "libvirt", lambda p: FakeLibvirt(p.host.libvirt_uri))
     monkeypatch.setattr(images, "load_images", lambda *a, **k: None)
     applied = []
     for cls in b.STEPS:
