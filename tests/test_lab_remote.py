@@ -142,7 +142,15 @@ def remote(tmp_path_factory):
         live = {"files": sorted(os.listdir(WORKDIR)) if WORKDIR.exists() else [],
                 "state": virsh("domstate", NAME).stdout.strip()}
         p = params_mod.load(params)
-        l1 = l1_guest(p)
+        before = os.environ.get("XDG_CACHE_HOME")
+        os.environ["XDG_CACHE_HOME"] = str(d / "home" / ".cache")  # where the runner kept L1's key and host key
+        try:
+            l1 = l1_guest(p)
+        finally:
+            if before is None:
+                os.environ.pop("XDG_CACHE_HOME")
+            else:
+                os.environ["XDG_CACHE_HOME"] = before
         live["cmdline"] = l1.run("cat /proc/cmdline", timeout=60).out
         live["l1_jump"] = l1.jump
         yield {"d": d, "run": outputs / "remote", "result": r, "live": live, "pre": pre}
@@ -173,9 +181,11 @@ def test_02_the_runner_left_nothing_on_l0_paths_of_its_own(remote):
 
 
 def test_03_the_sshd_saw_the_runbooks_sessions(remote):
+    """The commands on L0 were sessions of the test's sshd: a few logins by the test's key
+    (SSH multiplexing keeps one connection for many commands) carrying hundreds of commands."""
     log = (remote["d"] / "sshd.log").read_text()
-    accepted = log.count("Accepted publickey for root from 127.0.0.1")
-    assert accepted >= 5, log[-3000:]
+    assert log.count("Accepted publickey for root from 127.0.0.1") >= 1, log[-3000:]
+    assert log.count("Starting session: command for root from 127.0.0.1") >= 100, log[-3000:]
     st = json.loads((remote["run"] / "state.json").read_text())
     assert "ssh" not in st.get("l1", {}) and "lab" not in st  # the way in is derived, not stored
     assert st["accel"] == "tcg"
