@@ -140,8 +140,10 @@ def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_p
     for s in summary["stages"]:  # a stage not yet made of steps is skipped, never run
         assert s["status"] == "passed" or (s["status"] == "not plannable"
                                            and not runner_mod.plannable(s["stage"], ROOT / "notebooks" / s["notebook"]))
-    html = (cold["run"] / "report.html").read_text()
-    assert "Check mode" in html and "Plan of &#x27;Define L1&#x27;" in html and "unknown until" in html
+    import html as html_mod
+    report = html_mod.unescape((cold["run"] / "report.html").read_text())
+    assert "Check mode" in report and "Plan of 'Define L1' (check mode: nothing is changed): 1 change" in report
+    assert "virsh define nested-kvm-ci.xml" in report and "unknown until L1 (nested-kvm-ci) runs" in report
     assert not (lab["outputs"] / "latest").exists() or (lab["outputs"] / "latest").resolve() != cold["run"]
     print(f"cold check: {cold['seconds']:.1f} s")
 
