@@ -43,6 +43,11 @@ L1_PACKAGES = [
     "qemu-guest-agent", "pciutils", "nvme-cli", "xfsprogs", "fio", "grub-pc",
     "initramfs-tools", "iproute2", "netbase", "procps", "util-linux", "mount",
     "e2fsprogs", "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86",
+    # Debian's generic kernel next to it, not booted by default: the cloud kernel is built
+    # without CONFIG_AMD_IOMMU, so an L1 with the AMD vIOMMU (parameters/lab-amd.yaml)
+    # boots this one (stage 03, helpers/ops/iommu_kernel.py). Installing it at run time
+    # inside L1 under TCG took over 4 minutes.
+    "linux-image-amd64",
 ]
 L1_CACHED = ["qemu-utils"]  # .debs in L1's local apt repo, not installed
 L1_REPO = "/var/lib/lab-repo"
@@ -585,11 +590,13 @@ def chroot_mounts(root: Path, loop: str, part: str, uuid: str, sh):
 
 
 def kernel_version(root: Path) -> str:
-    """The one kernel installed in root."""
+    """The kernel L1 boots by default and L2 boots: the one cloud kernel in root
+    (the generic kernel beside it is only for an AMD vIOMMU)."""
     kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
-    if len(kernels) != 1:
-        raise LabImageError(f"expected one kernel in the L1 image, found {kernels}")
-    return kernels[0]
+    cloud = [k for k in kernels if k.endswith("-cloud-amd64")]
+    if len(cloud) != 1:
+        raise LabImageError(f"expected one cloud kernel in the L1 image, found {kernels}")
+    return cloud[0]
 
 
 def module_closure(moddir: Path, names: list[str]) -> list[str]:

@@ -16,12 +16,15 @@ def boot_id(guest: Guest) -> str | None:
     return r.out.strip() if r.ok else None
 
 
-def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None) -> Change:
-    """Reboot when the running kernel lacks ``wanted``; wait until it is back with them."""
+def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: str | None = None) -> Change:
+    """Reboot when the running kernel lacks ``wanted`` (or is not release ``kernel``);
+    wait until it is back with them."""
     cmdline = guest.run("cat /proc/cmdline", check=True).out
     lacking = missing_args(cmdline, wanted)
-    if not lacking:
-        return no_change(f"reboot {guest.name}", f"the running kernel already has {' '.join(wanted)}")
+    running = guest.run("uname -r", check=True).out.strip() if kernel else None
+    if not lacking and running == kernel:
+        return no_change(f"reboot {guest.name}", f"the running kernel{f' {kernel}' if kernel else ''} "
+                                                 f"already has {' '.join(wanted)}")
     before = boot_id(guest)
     guest.run("nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &", timeout=20)
     t0 = time.monotonic()
@@ -33,7 +36,12 @@ def reboot_if_needed(guest: Guest, wanted: list[str], timeout: float, log=None) 
     if still:
         raise RunbookError(f"{guest.name} rebooted but its kernel command line lacks {' '.join(still)}: {after.strip()}",
                            hint="the bootloader did not take the change: check /etc/default/grub and grub.cfg")
-    return did(f"reboot {guest.name}", f"back after {time.monotonic() - t0:.0f} s with {' '.join(wanted)}")
+    if kernel and (now := guest.run("uname -r", check=True).out.strip()) != kernel:
+        raise RunbookError(f"{guest.name} rebooted into kernel {now}, not {kernel}",
+                           hint="the bootloader's default entry did not take: check GRUB_DEFAULT in "
+                                "/etc/default/grub and grub.cfg (or grubby --default-kernel)")
+    return did(f"reboot {guest.name}", f"back after {time.monotonic() - t0:.0f} s with {' '.join(wanted)}"
+                                       + (f", kernel {kernel}" if kernel else ""))
 
 
 def package_manager(guest: Guest) -> str:

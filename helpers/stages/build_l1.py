@@ -11,7 +11,7 @@ from ..access import l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
 from ..facts import iommu as iommu_facts
-from ..libvirt_xml import Domain, supports_native_nvme, virt_install_command
+from ..libvirt_xml import Domain, supports_native_amd_iommu, supports_native_nvme, virt_install_command
 from ..nb import Stage
 from ..numa import choose_cpuset
 from ..ops import Change, domain
@@ -50,6 +50,8 @@ class Plan:
     cpuset: str | None
     cpuset_reason: str
     native_nvme: bool
+    iommu: str = "intel"
+    iommu_reason: str = ""
 
 
 def plan(ctx: Stage) -> Plan:
@@ -62,10 +64,21 @@ def plan(ctx: Stage) -> Plan:
         topo = cpu_facts.topology(ctx.l0)
         cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
     lv = PyLibvirt(p.host.libvirt_uri)
-    native = supports_native_nvme(lv.lib_version())
+    version = lv.lib_version()
+    native = supports_native_nvme(version)
+    kind, kind_why = iommu_kind(ctx)
     ps = paths(p)
-    dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native)
-    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native)
+    dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
+                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version))
+    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why)
+
+
+def iommu_kind(ctx: Stage) -> tuple[str, str]:
+    """L1's vIOMMU, intel or amd, and why: decided here once (``l1.iommu``, or with
+    ``auto`` from L0's ACPI tables and CPU vendor); stage 03 follows what ``define`` records."""
+    tables = [t for t in iommu_facts.TABLES if ctx.l0.exists(f"/sys/firmware/acpi/tables/{t}")]
+    vendor = (ctx.state.get("environment", {}).get("L0") or {}).get("cpu_vendor")
+    return l1_ops.decide_iommu_kind(ctx.params, tables, vendor)
 
 
 def prepare(ctx: Stage) -> list[Change]:
@@ -117,7 +130,8 @@ def define(ctx: Stage, the_plan: Plan) -> Change:
     spec = l1_ssh_spec(p, lab_key=ps.lab_key if lab else None,
                        known_hosts=ps.known_hosts if lab else None)
     ctx.state.update("l1", name=p.l1.name, accel=the_plan.accel, cpuset=the_plan.cpuset,
-                     console_log=str(ps.l1_console), ssh=spec, native_nvme=the_plan.native_nvme)
+                     console_log=str(ps.l1_console), ssh=spec, native_nvme=the_plan.native_nvme,
+                     iommu_kind=the_plan.iommu, iommu_reason=the_plan.iommu_reason)
     return change
 
 
@@ -154,7 +168,7 @@ def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
     lspci = "lspci -nn | grep -i 'non-volatile'"
     out = {c: l1.run(c, timeout=60).out for c in (lspci, "dmesg", "cat /proc/cmdline")}
     lines = iommu_facts.log_lines(out["dmesg"])
-    rows = iommu_facts.markers(lines)
+    rows = iommu_facts.markers(lines, (ctx.state.get("l1") or {}).get("iommu_kind", "intel"))
     if any(a in out["cat /proc/cmdline"].split() for a in ("intel_iommu=on", "amd_iommu=on")):
         print("L1 already boots with the IOMMU argument (stage 03 ran before): the lines below are the state after it; "
               "stage 03 compares with the state recorded before")

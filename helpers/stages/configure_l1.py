@@ -8,12 +8,16 @@ from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
 from ..nb import Stage
 from ..ops import Change
-from ..ops import kernel_args, l1_config
+from ..ops import iommu_kernel, kernel_args, l1_config
 from ..paths import paths
 
 
 def iommu_kind(ctx: Stage) -> str:
-    """intel or amd: the parameter, or what L1's firmware tables show (DMAR or IVRS), never the CPU vendor."""
+    """intel or amd: what stage 02 decided and built L1 with; for an L1 built before that was
+    recorded, the parameter, or what L1's firmware tables show (DMAR or IVRS), never the CPU vendor."""
+    decided = (ctx.state.get("l1") or {}).get("iommu_kind")
+    if decided:
+        return decided
     if ctx.params.l1.iommu != "auto":
         return ctx.params.l1.iommu
     l1 = ctx.l1()
@@ -22,7 +26,8 @@ def iommu_kind(ctx: Stage) -> str:
     if l1.exists("/sys/firmware/acpi/tables/DMAR"):
         return "intel"
     raise RunbookError("L1 shows no DMAR or IVRS ACPI table: it has no virtual IOMMU",
-                       hint="L1 needs <iommu model='intel'> in its definition: rerun stage 02")
+                       hint="L1 needs a vIOMMU in its definition (<iommu model='intel'>, or QEMU's amd-iommu): "
+                            "rerun stage 02")
 
 
 def wanted_args(ctx: Stage) -> list[str]:
@@ -35,6 +40,13 @@ def distro(ctx: Stage) -> dict:
     info = {"distro": osr.pretty_name or osr.id, "id": osr.id, "id_like": osr.id_like, "bootloader": way}
     ctx.state.update("l1", distro=info)
     return info
+
+
+def boot_kernel(ctx: Stage) -> Change:
+    """A kernel with the driver of L1's vIOMMU for the next boot (Debian's cloud kernel has no AMD IOMMU driver)."""
+    change, release = iommu_kernel.ensure_iommu_kernel(ctx.l1(), iommu_kind(ctx))
+    ctx.state.update("l1", boot_kernel=release)
+    return change
 
 
 def set_kernel_args(ctx: Stage) -> Change:
@@ -61,23 +73,20 @@ def by_hand_install(ctx: Stage) -> by_hand.ByHand:
 
 def reboot(ctx: Stage) -> Change:
     return l1_config.reboot_if_needed(ctx.l1(), wanted_args(ctx), ctx.params.l1.boot_timeout_s,
-                                      log=paths(ctx.params).l1_console)
+                                      log=paths(ctx.params).l1_console,
+                                      kernel=(ctx.state.get("l1") or {}).get("boot_kernel"))
 
 
 def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
     """The kernel log of L1 must now say the IOMMU and IRQ remapping are on, and groups exist."""
     f = iommu_facts.iommu(ctx.l1())
-    missing = []
-    if not f.enabled:
-        missing.append("the IOMMU enabled line (DMAR: IOMMU enabled / AMD-Vi)")
-    if not f.irq_remapping:
-        missing.append("interrupt remapping")
-    if not f.groups:
-        missing.append("IOMMU groups in /sys/kernel/iommu_groups")
+    kind = iommu_kind(ctx)
+    missing = iommu_facts.missing_on(f, kind)
     if missing:
         raise RunbookError("L1's kernel does not show " + ", ".join(missing),
-                           hint="check /proc/cmdline in L1 and that L1's domain has the intel IOMMU with intremap on")
-    ctx.state.update("l1", iommu={"groups": f.groups, "lines": f.lines[:10]})
+                           hint=iommu_facts.l1_hint(kind))
+    ctx.state.update("l1", iommu={"kind": kind, "groups": f.groups, "lines": f.lines[:10],
+                            "enabled_lines": f.enabled_lines[:5], "irq_remap_lines": f.irq_remap_lines[:3]})
     return f
 
 
