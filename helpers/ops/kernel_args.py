@@ -17,8 +17,13 @@ from . import Change, did, no_change
 
 
 def iommu_args(kind: str, passthrough: bool) -> list[str]:
-    """``intel_iommu=on`` (the seed) or ``amd_iommu=on``, plus ``iommu=pt`` when asked."""
-    args = ["intel_iommu=on" if kind == "intel" else "amd_iommu=on"]
+    """``intel_iommu=on`` (the seed) for Intel, plus ``iommu=pt`` when asked.
+
+    AMD has no ``on``: the AMD driver starts by itself whenever the firmware has an
+    IVRS table, and ``amd_iommu=`` takes only options such as ``off``, ``fullflush``
+    or ``force_isolation`` (drivers/iommu/amd/init.c, parse_amd_iommu_options, logs
+    ``AMD-Vi: Unknown option - 'on'``). So for AMD only ``iommu=pt``, when asked."""
+    args = ["intel_iommu=on"] if kind == "intel" else []
     return args + (["iommu=pt"] if passthrough else [])
 
 
@@ -76,6 +81,8 @@ def bootloader(guest: Guest) -> str:
 
 def ensure_kernel_args(guest: Guest, wanted: list[str]) -> Change:
     """Make the next boot's kernel command line carry ``wanted``, the distro's way."""
+    if not wanted:
+        return no_change("kernel arguments", "none to add")
     way = bootloader(guest)
     what = f"kernel arguments {' '.join(wanted)} ({way})"
     if way == "grubby":
