@@ -39,6 +39,7 @@ def amd(tmp_path_factory):
         live.update(dmesg=l1.run("dmesg", check=True).out, uname=l1.run("uname -r", check=True).out.strip(),
                     lspci_k=l1.run(["lspci", "-k", "-s", bdf], check=True).out,
                     iommu_lspci=l1.run("lspci -nn -d 1022:1419", check=True).out)
+        (run / "l1-dmesg.txt").write_text(live["dmesg"])  # evidence kept with the run
     t = runner(outputs, "--stages", "99", "--run-id", "final-clean", params=LAB_AMD)
     print(t.stdout[-2000:], t.stderr[-2000:])
     yield {"run": run, "result": r, "live": live, "teardown": t, "params": p}
