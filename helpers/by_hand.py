@@ -101,6 +101,19 @@ def kernel_args(way: str, args: Sequence[str], mkconfig: str = "update-grub") ->
                               'kernel-install add "$(uname -r)" "/lib/modules/$(uname -r)/vmlinuz"'])
 
 
+def boot_kernel(release: str, way: str, kconfig: str = "CONFIG_AMD_IOMMU") -> ByHand:
+    """Make the installed kernel ``release`` (which has the vIOMMU's driver) the next boot's default."""
+    find = f"grep {kconfig}= /boot/config-*   # which installed kernels have the driver (=y)"
+    if way == "grubby":
+        return ByHand("root@L1", [find, f"grubby --set-default /boot/vmlinuz-{release}"])
+    return ByHand("root@L1", [
+        find,
+        f"grep -o \"gnulinux-{release}-advanced-[^']*\\|gnulinux-advanced-[^']*\" /boot/grub/grub.cfg"
+        "   # the submenu's and the entry's ids",
+        "sed -i 's/^GRUB_DEFAULT=.*/GRUB_DEFAULT=\"<submenu id>><entry id>\"/' /etc/default/grub",
+        f"# after the reboot, uname -r says {release}"])
+
+
 def reboot(args: Sequence[str]) -> ByHand:
     return ByHand("root@L1", ["reboot", "# ... log in again, then:",
                               f"cat /proc/cmdline   # check: it has {' '.join(args)}",

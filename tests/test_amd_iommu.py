@@ -248,3 +248,11 @@ def test_reboot_into_another_kernel_than_chosen_is_named():
     with pytest.raises(RunbookError, match=f"rebooted into kernel {CLOUD}, not {GENERIC}") as e:
         reboot_if_needed(m, ["iommu=pt"], timeout=10, kernel=GENERIC)
     assert "GRUB_DEFAULT" in e.value.hint
+
+
+def test_by_hand_boot_kernel():
+    from helpers import by_hand
+    text = by_hand.boot_kernel(GENERIC, "grub").text()
+    assert "grep CONFIG_AMD_IOMMU= /boot/config-*" in text and f"gnulinux-{GENERIC}-advanced-" in text
+    assert "GRUB_DEFAULT=" in text
+    assert by_hand.boot_kernel(GENERIC, "grubby").commands[-1] == f"grubby --set-default /boot/vmlinuz-{GENERIC}"

@@ -58,7 +58,11 @@ def by_hand_kernel_args(ctx: Stage, args: list[str]) -> by_hand.ByHand:
     info = ctx.state.get("l1", {}).get("distro") or distro(ctx)
     debian = by_hand.package_manager(info.get("id", ""), info.get("id_like", "")) == "apt-get"
     mkconfig = "update-grub" if debian else "grub2-mkconfig -o /boot/grub2/grub.cfg"
-    return by_hand.kernel_args(info["bootloader"], args, mkconfig)
+    hand = by_hand.kernel_args(info["bootloader"], args, mkconfig)
+    release = (ctx.state.get("l1") or {}).get("boot_kernel")
+    if release:  # the running kernel lacks the vIOMMU's driver (AMD in Debian's cloud kernel)
+        hand = by_hand.boot_kernel(release, info["bootloader"], iommu_kernel.KCONFIG[iommu_kind(ctx)]) + hand
+    return hand
 
 
 def by_hand_reboot(ctx: Stage, args: list[str]) -> by_hand.ByHand:
