@@ -149,6 +149,13 @@ def environment(f: HostFacts) -> dict:
             "distro": f.os.pretty_name or f.os.id or None, "virtualized": "hypervisor" in f.cpu.flags}
 
 
+def viommu_device(params: Params, f: HostFacts) -> str:
+    """QEMU's device for L1's vIOMMU, the kind stage 02 will decide from these facts."""
+    from helpers.ops.l1 import decide_iommu_kind
+    kind, _ = decide_iommu_kind(params, f.iommu.tables, f.cpu.vendor)
+    return f"{kind}-iommu"
+
+
 def kvm_usability(f: HostFacts) -> KvmUsability:
     """KVM is usable when a kernel boots under it; without a smoke boot, when
     /dev/kvm is backed by vmx/svm and kvm_intel/kvm_amd."""
@@ -399,7 +406,7 @@ class _Judge:
         if self.role == "l0":
             self.tcg_race(qv)
 
-        iommu_dev = "amd-iommu" if self.p.l1.iommu == "amd" else "intel-iommu"
+        iommu_dev = viommu_device(self.p, self.f)
         needed = {"l0": {iommu_dev: "L1's emulated IOMMU", "nvme": "the NVMe drive given to L1"},
                   "l1": {"vfio-pci": "passing the NVMe through to L2"}}[self.role]
         for dev in (iommu_dev, "nvme", "vfio-pci"):

@@ -256,3 +256,14 @@ def test_by_hand_boot_kernel():
     assert "grep CONFIG_AMD_IOMMU= /boot/config-*" in text and f"gnulinux-{GENERIC}-advanced-" in text
     assert "GRUB_DEFAULT=" in text
     assert by_hand.boot_kernel(GENERIC, "grubby").commands[-1] == f"grubby --set-default /boot/vmlinuz-{GENERIC}"
+
+
+def test_stage_01_on_an_amd_host_checks_qemus_amd_iommu_with_auto():
+    """l1.iommu: auto on a real AMD host (IVRS): L1 will get amd-iommu, so QEMU must offer it."""
+    from helpers import checks
+    p = with_iommu("auto", lab_=False)
+    f = checks.gather(host("amd-epyc"), p, "l0", smoke=False)
+    assert checks.viommu_device(p, f) == "amd-iommu"
+    assert checks.viommu_device(with_iommu("auto", lab_=True), f) == "intel-iommu"  # the lab's default
+    got = checks.by_name(checks.judge(f, p, "l0"))
+    assert "for L1's emulated IOMMU" in got["QEMU device amd-iommu"].observed
