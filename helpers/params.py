@@ -256,7 +256,10 @@ class L1(Section):
         "auto", "L1's CPU model; auto: host-passthrough under KVM, maximum under TCG")
     network: Network = F(Network(), "how L1 is reached (below)")
     ssh: SSHAccess = F(SSHAccess(), "SSH into L1 (below)")
-    iommu: Literal["auto", "intel", "amd"] = F("auto", "the IOMMU kernel argument set in L1 (intel_iommu=on, ...)")
+    iommu: Literal["auto", "intel", "amd"] = F(
+        "auto", "L1's vIOMMU, decided once in stage 02: intel (intel-iommu; intel_iommu=on in L1) or amd "
+                "(amd-iommu; a kernel with CONFIG_AMD_IOMMU in L1); auto: intel in the lab, else the host's "
+                "IOMMU table (IVRS: amd, DMAR: intel), then its CPU vendor")
     iommu_pt: bool = F(True, "also set iommu=pt in L1")
     virt_packages: list[str] = F(["libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils"],
                                  "packages stage 03 installs in L1 to run L2")

@@ -32,14 +32,14 @@ from .base import REGISTRY, VERDICTS, Check, HostFacts, Judging, check
 from .host import (CMDLINE, CPU_VIRT, CPUS, DEV_KVM, DISK, DOMAIN_TYPES, GIB, IOMMU_GROUPS, IOMMU_ON,
                    IOMMU_TABLE, IRQ_REMAP, KVM_HW, LIBVIRT, LIBVIRT_VERSION, MACHINE_Q35, MEMORY,
                    MEMORY_HEADROOM_MIB, MIN_LIBVIRT, MIN_LIBVIRT_TCG, NESTED, NUMA, QEMU_VERSION, TCG_RACE,
-                   TCG_RACE_FIXED_IN, qemu_device_check)
+                   TCG_RACE_FIXED_IN, qemu_device_check, viommu_device)
 from .smoke import Smoke, kvm_smoke
 
 L1_SMOKE_MIN_S = 60            # in L1 (itself under TCG in the lab) a nested boot is slower
 
 __all__ = ["Check", "HostFacts", "Judging", "KvmUsability", "Smoke", "REGISTRY", "VERDICTS", "check",
            "choose_accel", "forced_accel", "kvm_usability", "kvm_smoke", "gather", "judge", "host_checks", "environment",
-           "by_name", "format_table", "qemu_device_check"]
+           "by_name", "format_table", "qemu_device_check", "viommu_device"]
 
 
 def gather(guest: Guest, params: Params, role: str = "l0", smoke: bool = True,

@@ -275,7 +275,15 @@ def tcg_race(j: Judging) -> Check | None:
 
 
 def _iommu_device(j: Judging) -> str:
-    return "amd-iommu" if j.p.l1.iommu == "amd" else "intel-iommu"
+    """QEMU's device for L1's vIOMMU: the kind stage 02 will decide from these facts."""
+    return viommu_device(j.p, j.f)
+
+
+def viommu_device(params, f) -> str:
+    """QEMU's device for L1's vIOMMU, the kind stage 02 will decide from these facts."""
+    from .viommu import decide_iommu_kind
+    kind, _ = decide_iommu_kind(params, f.iommu.tables, f.cpu.vendor)
+    return f"{kind}-iommu"
 
 
 def _qemu_device(dev: str):

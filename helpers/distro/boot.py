@@ -20,9 +20,36 @@ KERNEL_INSTALL = 'kernel-install add "$(uname -r)" "/lib/modules/$(uname -r)/vml
 
 
 def iommu_args(kind: str, passthrough: bool) -> list[str]:
-    """``intel_iommu=on`` (the seed) or ``amd_iommu=on``, plus ``iommu=pt`` when asked."""
-    args = ["intel_iommu=on" if kind == "intel" else "amd_iommu=on"]
+    """``intel_iommu=on`` (the seed) for Intel, plus ``iommu=pt`` when asked.
+
+    AMD has no ``on``: the AMD driver starts by itself whenever the firmware has an
+    IVRS table, and ``amd_iommu=`` takes only options such as ``off``, ``fullflush``
+    or ``force_isolation`` (drivers/iommu/amd/init.c, parse_amd_iommu_options, logs
+    ``AMD-Vi: Unknown option - 'on'``). So for AMD only ``iommu=pt``, when asked."""
+    args = ["intel_iommu=on"] if kind == "intel" else []
     return args + (["iommu=pt"] if passthrough else [])
+
+
+GRUB_CFGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+
+
+def grub_entry_id(cfg: str, release: str) -> str | None:
+    """GRUB's id of the ``release`` entry in grub.cfg, as ``GRUB_DEFAULT`` takes it:
+    ``<submenu id>><entry id>`` (Debian puts every kernel but the default in a submenu)."""
+    entry = re.search(rf"menuentry '[^']*' [^\n]*\$menuentry_id_option '(gnulinux-{re.escape(release)}-advanced-[^']+)'",
+                      cfg)
+    if not entry:
+        return None
+    submenu = re.search(r"^submenu '[^']*' [^\n]*\$menuentry_id_option '([^']+)'", cfg, re.M)
+    return f"{submenu.group(1)}>{entry.group(1)}" if submenu else entry.group(1)
+
+
+def set_grub_default(text: str, value: str) -> str:
+    """/etc/default/grub's text with ``GRUB_DEFAULT="value"``."""
+    line = f'GRUB_DEFAULT="{value}"'
+    if re.search(r"^GRUB_DEFAULT=.*$", text, re.M):
+        return re.sub(r"^GRUB_DEFAULT=.*$", line, text, count=1, flags=re.M)
+    return text.rstrip("\n") + f"\n{line}\n"
 
 
 def missing_args(current: str, wanted: list[str]) -> list[str]:
@@ -94,6 +121,19 @@ class Bootloader:
         """Run exactly ``plan``'s edits."""
         raise NotImplementedError
 
+    def plan_default_kernel(self, guest: Guest, release: str) -> DistroPlan:
+        """What apply would run so that the next boot starts kernel ``release`` (reads only)."""
+        raise RunbookError(f"{guest.name}: the runbook makes a kernel the default with grub or grubby only "
+                           f"(this system uses {self.name})",
+                           hint=f"make {release} the default boot entry by hand, then rerun stage 03")
+
+    def apply_default_kernel(self, guest: Guest, plan: DistroPlan) -> Change:
+        if not plan.changes:
+            return no_change(plan.what, plan.reason)
+        for cmd, inp in plan.data["run"]:
+            guest.run(cmd, input=inp, timeout=300, check=True)
+        return did(plan.what, plan.data["said"])
+
     @staticmethod
     def fix(args: str, where: str) -> str:
         """How to add ``args`` by hand, for a check's fix."""
@@ -110,6 +150,8 @@ class Grubby(Bootloader):
         return cls() if guest.which("grubby") else None
 
     def plan(self, guest, wanted):
+        if not wanted:
+            return DistroPlan(self.what(wanted), reason="no kernel argument to add")
         info = guest.run("grubby --info=ALL", check=True).out
         lacking = {k: missing_args(a, wanted) for k, a in grubby_args(info).items()}
         add = sorted({a for v in lacking.values() for a in v})
@@ -126,6 +168,14 @@ class Grubby(Bootloader):
         for cmd in plan.data["commands"]:
             guest.run(cmd, timeout=300, check=True)
         return did(plan.what, "; ".join(plan.data["commands"]))
+
+    def plan_default_kernel(self, guest, release):
+        what, kernel = f"default kernel {release} ({self.name})", f"/boot/vmlinuz-{release}"
+        if guest.run("grubby --default-kernel").out.strip() == kernel:
+            return DistroPlan(what, reason=f"grubby --default-kernel is {kernel}")
+        cmd = shlex.join(["grubby", "--set-default", kernel])
+        return DistroPlan(what, [Edit(f"make {kernel} the default boot entry", [cmd])],
+                          data={"run": [(cmd, None)], "said": cmd})
 
     @staticmethod
     def fix(args, where):
@@ -153,6 +203,8 @@ class DefaultGrub(Bootloader):
         return cls("grub2-mkconfig -o /boot/grub2/grub.cfg")
 
     def plan(self, guest, wanted):
+        if not wanted:
+            return DistroPlan(self.what(wanted), reason="no kernel argument to add")
         text = guest.read_text(self.FILE) or ""
         new, add = edit_default_grub(text, wanted)
         if not add:
@@ -171,6 +223,23 @@ class DefaultGrub(Bootloader):
         guest.run(self.mkconfig, timeout=300, check=True)
         return did(plan.what, f"added {' '.join(plan.data['add'])} to GRUB_CMDLINE_LINUX, then {self.mkconfig}")
 
+    def plan_default_kernel(self, guest, release):
+        what = f"default kernel {release} ({self.name})"
+        cfg = next((t for p in GRUB_CFGS if (t := guest.read_text(p))), "")
+        entry = grub_entry_id(cfg, release)
+        if entry is None:
+            raise RunbookError(f"{guest.name}: no GRUB menu entry for {release} in {' or '.join(GRUB_CFGS)}",
+                               hint=f"run {self.mkconfig} in {guest.name}, then rerun stage 03")
+        text = guest.read_text(self.FILE) or ""
+        new = set_grub_default(text, entry)
+        if new == text:
+            return DistroPlan(what, reason=f'GRUB_DEFAULT="{entry}" in {self.FILE} already starts {release}')
+        return DistroPlan(what, [Edit(f'GRUB_DEFAULT="{entry}" in {self.FILE}, then {self.mkconfig}: the next boot '
+                                      f"starts {release}", [write_command(self.FILE, new), self.mkconfig],
+                                      diff(self.FILE, text, new))],
+                          data={"run": [(f"cat > {self.FILE}", new), (self.mkconfig, None)],
+                                "said": f'GRUB_DEFAULT="{entry}", then {self.mkconfig}: the next boot starts {release}'})
+
     @staticmethod
     def fix(args, where):
         return (f"{where}: add '{args}' to GRUB_CMDLINE_LINUX in /etc/default/grub, "
@@ -188,6 +257,8 @@ class KernelInstall(Bootloader):
         return cls() if guest.exists(cls.FILE) or guest.which("kernel-install") else None
 
     def plan(self, guest, wanted):
+        if not wanted:
+            return DistroPlan(self.what(wanted), reason="no kernel argument to add")
         text = (guest.read_text(self.FILE) or guest.read_text("/proc/cmdline") or "").strip()
         add = missing_args(text, wanted)
         if not add:

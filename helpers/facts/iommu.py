@@ -105,6 +105,41 @@ def iommu(guest: Guest, cmd: Cmdline | None = None) -> IOMMU:
         log_source=log.source, log_error=log.error)
 
 
+# What the kernel says when each kind is on, for the messages below
+ENABLED_LINE = {"intel": "DMAR: IOMMU enabled / Intel(R) Virtualization Technology for Directed I/O",
+                "amd": "AMD-Vi: Found IOMMU / AMD IOMMUv2"}
+IRQ_REMAP_LINE = {"intel": "DMAR-IR: Enabled IRQ remapping", "amd": "AMD-Vi: Interrupt remapping enabled"}
+TABLE = {"intel": "DMAR", "amd": "IVRS"}
+
+
+def missing_on(f: IOMMU, kind: str) -> list[str]:
+    """What an L1 with the ``kind`` vIOMMU (intel or amd) still lacks once its kernel has
+    the IOMMU on: its ACPI table, its enabled line, interrupt remapping, IOMMU groups."""
+    other = "amd" if kind == "intel" else "intel"
+    missing = []
+    if TABLE[kind] not in f.tables:
+        seen = f" (L1 has {', '.join(f.tables)}: the {other} vIOMMU)" if f.tables else ""
+        missing.append(f"the ACPI {TABLE[kind]} table of the {kind} vIOMMU{seen}")
+    if not [ln for ln in f.enabled_lines if ("AMD" in ln) == (kind == "amd")] and not f.class_iommu:
+        missing.append(f"the IOMMU enabled line ({ENABLED_LINE[kind]})")
+    if not [ln for ln in f.irq_remap_lines if ("AMD-Vi" in ln) == (kind == "amd")]:
+        missing.append(f"interrupt remapping ({IRQ_REMAP_LINE[kind]})")
+    if not f.groups:
+        missing.append("IOMMU groups in /sys/kernel/iommu_groups")
+    return missing
+
+
+def l1_hint(kind: str) -> str:
+    """What to check when L1's kernel does not show its IOMMU on, for each kind."""
+    if kind == "amd":
+        return ("check /proc/cmdline in L1 (no amd_iommu=off, no intremap=off) and that L1's domain has the "
+                "AMD vIOMMU with interrupt remapping: <iommu model='amd'><driver intremap='on'/></iommu> "
+                "(libvirt >= 11.5) or -device amd-iommu,intremap=on in <qemu:commandline>, "
+                "with <ioapic driver='qemu'/>; rerun stage 02")
+    return ("check /proc/cmdline in L1 and that L1's domain has the intel IOMMU with intremap on "
+            "and <ioapic driver='qemu'/>; rerun stage 02")
+
+
 # Lines that tell one IOMMU state from another, in the order the kernel prints them:
 # (what the line proves, the pattern). Shown as a table under the kernel log in stages 02 and 03.
 MARKERS = (

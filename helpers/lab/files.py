@@ -49,11 +49,13 @@ def chroot_mounts(root: Path, loop: str, part: str, uuid: str, sh):
 
 
 def kernel_version(root: Path) -> str:
-    """The one kernel installed in root."""
+    """The kernel L1 boots by default and L2 boots: the one cloud kernel in root
+    (the generic kernel beside it is only for an AMD vIOMMU)."""
     kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
-    if len(kernels) != 1:
-        raise LabImageError(f"expected one kernel in the L1 image, found {kernels}")
-    return kernels[0]
+    cloud = [k for k in kernels if k.endswith("-cloud-amd64")]
+    if len(cloud) != 1:
+        raise LabImageError(f"expected one cloud kernel in the L1 image, found {kernels}")
+    return cloud[0]
 
 
 def module_closure(moddir: Path, names: list[str]) -> list[str]:

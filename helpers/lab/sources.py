@@ -28,6 +28,11 @@ L1_PACKAGES = [
     "qemu-guest-agent", "pciutils", "nvme-cli", "xfsprogs", "fio", "grub-pc",
     "initramfs-tools", "iproute2", "netbase", "procps", "util-linux", "mount",
     "e2fsprogs", "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86",
+    # Debian's generic kernel next to it, not booted by default: the cloud kernel is built
+    # without CONFIG_AMD_IOMMU, so an L1 with the AMD vIOMMU (parameters/lab-amd.yaml)
+    # boots this one (stage 03's "A kernel with the vIOMMU's driver"). Installing it at run
+    # time inside L1 under TCG took over 4 minutes.
+    "linux-image-amd64",
 ]
 L1_CACHED = ["qemu-utils"]  # .debs in L1's local apt repo, not installed
 L1_REPO = "/var/lib/lab-repo"

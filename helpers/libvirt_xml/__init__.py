@@ -10,6 +10,7 @@ from .base import QEMU_NS, XMLPart
 from .compare import differences
 from .devices import (
     IOMMU,
+    NATIVE_AMD_IOMMU_MIN_LIBVIRT,
     NATIVE_NVME_MIN_LIBVIRT,
     RNG,
     Channel,
@@ -19,17 +20,18 @@ from .devices import (
     Interface,
     Memballoon,
     Serial,
+    supports_native_amd_iommu,
     supports_native_nvme,
 )
 from .domain import CPU, OS, VCPU, Domain, Features
-from .qemu_args import QemuCommandline, nvme_qemu_args, user_net_qemu_args
+from .qemu_args import QemuCommandline, amd_iommu_qemu_args, nvme_qemu_args, user_net_qemu_args
 from .virt_install import virt_install_command
 
 __all__ = [
     "QEMU_NS", "XMLPart",
     "Domain", "VCPU", "OS", "CPU", "Features",
     "Disk", "Interface", "Channel", "Serial", "HostdevPCI", "IOMMU", "Memballoon", "RNG", "Controller",
-    "QemuCommandline", "nvme_qemu_args", "user_net_qemu_args",
-    "NATIVE_NVME_MIN_LIBVIRT", "supports_native_nvme",
+    "QemuCommandline", "amd_iommu_qemu_args", "nvme_qemu_args", "user_net_qemu_args",
+    "NATIVE_NVME_MIN_LIBVIRT", "supports_native_nvme", "NATIVE_AMD_IOMMU_MIN_LIBVIRT", "supports_native_amd_iommu",
     "differences", "virt_install_command",
 ]

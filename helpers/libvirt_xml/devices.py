@@ -233,28 +233,56 @@ class HostdevPCI(XMLPart):
         return element
 
 
+# libvirt >= 11.5.0 knows <iommu model='amd'> with driver attributes intremap, iotlb,
+# passthrough and xtsup (NEWS.rst, v11.5.0, "qemu: add support for AMD IOMMU device");
+# 11.3's schema (domaincommon.rng) offers intel, smmuv3 and virtio only.
+NATIVE_AMD_IOMMU_MIN_LIBVIRT = 11_005_000
+
+
+def supports_native_amd_iommu(libvirt_version: int) -> bool:
+    """Does this libvirt (``virConnect.getLibVersion()``) know ``<iommu model='amd'>``?"""
+    return libvirt_version >= NATIVE_AMD_IOMMU_MIN_LIBVIRT
+
+
 @dataclass
 class IOMMU(XMLPart):
-    """The guest's vIOMMU -> ``<iommu model='intel'><driver .../></iommu>``.
+    """The guest's vIOMMU -> ``<iommu model='intel'|'amd'><driver .../></iommu>``.
 
-    libvirt's form of the seed's ``-device intel-iommu,intremap=on,device-iotlb=on``.
+    ``intel``: libvirt's form of the seed's ``-device intel-iommu,intremap=on,device-iotlb=on``.
     ``caching_mode`` is what lets the guest hand devices to VFIO (nested passthrough);
     ``intremap`` needs ``Features(ioapic_driver='qemu')`` (split irqchip).
+    ``amd`` (libvirt >= 11.5, QEMU's ``amd-iommu``): ``intremap``, ``iotlb``,
+    ``passthrough`` (QEMU's ``pt``) and ``xtsup`` (x2APIC beyond 255 vCPUs); it has
+    no caching mode and no ``eim``. With an older libvirt use
+    ``qemu_args.amd_iommu_qemu_args`` instead.
     """
 
-    model: Literal["intel"] = "intel"
+    model: Literal["intel", "amd"] = "intel"
     intremap: Optional[bool] = True
     caching_mode: Optional[bool] = True
     iotlb: Optional[bool] = True
     eim: Optional[bool] = None
+    passthrough: Optional[bool] = None
+    xtsup: Optional[bool] = None
 
     def __post_init__(self) -> None:
-        one_of("iommu model", self.model, ("intel",))
+        one_of("iommu model", self.model, ("intel", "amd"))
+        if self.model == "amd":
+            for name in ("caching_mode", "eim"):
+                if getattr(self, name):
+                    raise ValueError(f"iommu model 'amd' has no {name} (QEMU's amd-iommu offers intremap, "
+                                     "device-iotlb, pt and xtsup)")
+            self.caching_mode = self.eim = None
+        else:
+            for name in ("passthrough", "xtsup"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is an attribute of iommu model 'amd', not {self.model!r}")
 
     def to_element(self) -> ET.Element:
         element = ET.Element("iommu", model=self.model)
         attrs = {"intremap": on_off(self.intremap), "caching_mode": on_off(self.caching_mode),
-                 "eim": on_off(self.eim), "iotlb": on_off(self.iotlb)}
+                 "eim": on_off(self.eim), "iotlb": on_off(self.iotlb),
+                 "passthrough": on_off(self.passthrough), "xtsup": on_off(self.xtsup)}
         if any(v is not None for v in attrs.values()):
             sub(element, "driver", **attrs)
         return element
@@ -289,16 +317,23 @@ class RNG(XMLPart):
 class Controller(XMLPart):
     """A controller -> ``<controller>``, e.g. a spare ``pcie-root-port`` for a hotplug,
     or (libvirt >= 11.5) ``type='nvme'`` carrying the NVMe controller's ``<serial>``.
+    ``root_slot`` (with ``function``) pins it to that slot of pcie.0, where libvirt
+    would otherwise pick the first free one.
     """
 
     type: str
     model: Optional[str] = None
     index: Optional[int] = None
     serial: Optional[str] = None
+    root_slot: Optional[int] = None
+    function: int = 0
 
     def __post_init__(self) -> None:
         if self.serial is not None and self.type != "nvme":
             raise ValueError("only an nvme controller has a serial")
+        if self.root_slot is not None and not (0 < self.root_slot <= 0x1F and 0 <= self.function <= 7):
+            raise ValueError(f"a controller's slot on pcie.0 must be 0x01..0x1f and its function 0..7, "
+                             f"got {self.root_slot!r}.{self.function!r}")
 
     def to_element(self) -> ET.Element:
         element = ET.Element("controller", type=self.type)
@@ -308,4 +343,7 @@ class Controller(XMLPart):
             element.set("model", self.model)
         if self.serial is not None:
             sub(element, "serial", self.serial)
+        if self.root_slot is not None:
+            sub(element, "address", type="pci", domain="0x0000", bus="0x00", slot=f"0x{self.root_slot:02x}",
+                function=f"0x{self.function:x}", multifunction="on" if self.function == 0 else None)
         return element

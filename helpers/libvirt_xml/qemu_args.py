@@ -59,6 +59,33 @@ def nvme_qemu_args(path: str, serial: str, drive_id: str = "nvm",
     ]
 
 
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def amd_iommu_qemu_args(intremap: bool = True, device_iotlb: bool = True,
+                        pt: bool | None = None, xtsup: bool | None = None) -> list[str]:
+    """QEMU's AMD vIOMMU for a libvirt without ``<iommu model='amd'>`` (before 11.5).
+
+    ``-device amd-iommu`` is a system-bus device that creates its own PCI function
+    (``AMDVI-PCI``, 1022:1419, class 0806) in the first free slot of pcie.0: QEMU
+    10.0 gives it no ``addr`` option, so the runbook keeps the slots it places by
+    hand (NVMe, NIC) high. List it before the NVMe: a PCI device created before
+    the vIOMMU gets plain memory as its DMA address space and bypasses it.
+    ``intremap=on`` needs the split irqchip (``<ioapic driver='qemu'/>``) under KVM;
+    ``xtsup`` only matters beyond 255 vCPUs.
+
+    >>> amd_iommu_qemu_args()
+    ['-device', 'amd-iommu,intremap=on,device-iotlb=on']
+    """
+    opts = [f"intremap={_on_off(intremap)}", f"device-iotlb={_on_off(device_iotlb)}"]
+    if pt is not None:
+        opts.append(f"pt={_on_off(pt)}")
+    if xtsup is not None:
+        opts.append(f"xtsup={_on_off(xtsup)}")
+    return ["-device", "amd-iommu," + ",".join(opts)]
+
+
 def user_net_qemu_args(ssh_port: int, bind: str = "127.0.0.1", addr: str = "0x11",
                        netdev_id: str = "labnet", bus: str = "pcie.0") -> list[str]:
     """User-mode networking whose only door is the guest's SSH, forwarded on ``bind:ssh_port``.

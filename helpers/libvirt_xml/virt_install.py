@@ -49,7 +49,8 @@ def _device_flags(device: object) -> list[str]:
     if isinstance(device, IOMMU):
         opts = _opts(("model", device.model), ("driver.intremap", _on_off(device.intremap)),
                      ("driver.caching_mode", _on_off(device.caching_mode)),
-                     ("driver.eim", _on_off(device.eim)), ("driver.iotlb", _on_off(device.iotlb)))
+                     ("driver.eim", _on_off(device.eim)), ("driver.iotlb", _on_off(device.iotlb)),
+                     ("driver.passthrough", _on_off(device.passthrough)), ("driver.xtsup", _on_off(device.xtsup)))
         return [f"--iommu {opts}"]
     if isinstance(device, Channel):
         return [f"--channel unix,target.type=virtio,target.name={device.name}"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import RunbookError
 from ..guest import SSH, Agent, Guest, libvirt_agent_call
 from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk, Domain, Features, Interface,
-                           QemuCommandline, Serial, nvme_qemu_args, user_net_qemu_args)
+                           QemuCommandline, Serial, amd_iommu_qemu_args, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
 from ..state import State
 from ..wait import wait_for
@@ -110,18 +110,46 @@ def copy_key(l0: Guest, key: Path, dest: Path, state: State) -> Change:
 
 
 
+def l1_iommu(kind: str, native_amd: bool) -> tuple[IOMMU | None, list[str]]:
+    """L1's vIOMMU as a libvirt device or, for AMD with a libvirt before 11.5, as QEMU
+    arguments. Both with interrupt remapping and device IOTLB; Intel also with caching mode."""
+    if kind == "intel":
+        return IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True), []
+    if kind != "amd":
+        raise ValueError(f"IOMMU kind must be intel or amd, got {kind!r}")
+    if native_amd:
+        return IOMMU(model="amd", intremap=True, caching_mode=None, iotlb=True), []
+    return None, amd_iommu_qemu_args(intremap=True, device_iotlb=True)
+
+
+# QEMU creates its vIOMMU before any other device, and amd-iommu's own PCI function
+# (AMDVI-PCI) takes the first free slot of pcie.0: 0x01, where libvirt puts its root
+# ports unless they are placed. So with QEMU's amd-iommu the root ports are declared
+# at slot 0x02 (one per libvirt PCI device: disk, virtio-serial, balloon, rng; two spare).
+AMDVI_PCI_SLOT = 0x01
+ROOT_PORT_SLOT = 0x02
+ROOT_PORTS = 6
+
+
+def placed_root_ports(slot: int = ROOT_PORT_SLOT, count: int = ROOT_PORTS) -> list[Controller]:
+    return [Controller(type="pci", model="pcie-root-port", index=i + 1, root_slot=slot, function=i)
+            for i in range(count)]
+
+
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,
-              native_nvme: bool) -> Domain:
-    """The seed's L1: q35, host CPU model, pinned vCPUs, Intel vIOMMU with
+              native_nvme: bool, iommu: str = "intel", native_amd_iommu: bool = False) -> Domain:
+    """The seed's L1: q35, host CPU model, pinned vCPUs, a vIOMMU (Intel, or AMD) with
     interrupt remapping and device IOTLB, split irqchip, the emulated NVMe."""
     l1 = p.l1
+    viommu, qemu_args = l1_iommu(iommu, native_amd_iommu)  # QEMU's amd-iommu first: before the NVMe
     devices = [Disk(path=str(disk), format="qcow2" if str(disk).endswith("qcow2") else "raw",
                     target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none", discard="unmap"),
-               IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True),
+               *([viommu] if viommu else []),
                Channel(),
                Serial(log_path=str(console_log)), RNG(),
                Controller(type="usb", model="none")]  # headless: no USB for firmware and kernel to probe
-    qemu_args: list[str] = []
+    if any(a.startswith("amd-iommu") for a in qemu_args):
+        devices += placed_root_ports()  # slot 0x01 stays free for AMDVI-PCI
     if native_nvme:
         devices.append(Disk(path=str(p.nvme.backing_file), format="raw", target_dev="nvme0n1", bus="nvme",
                             serial=p.nvme.serial))

@@ -24,8 +24,14 @@ def running_lacks(guest: Guest, wanted: list[str]) -> list[str]:
     return missing_args(guest.run("cat /proc/cmdline", check=True).out, wanted)
 
 
-def reboot(guest: Guest, wanted: list[str], timeout: float, log=None) -> Change:
-    """Reboot and wait until the kernel is back with ``wanted`` on its command line."""
+def running_kernel(guest: Guest) -> str:
+    """Read only: the running kernel's release (``uname -r``)."""
+    return guest.run("uname -r", timeout=30, check=True).out.strip()
+
+
+def reboot(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: str | None = None) -> Change:
+    """Reboot and wait until the kernel is back with ``wanted`` on its command line (and,
+    when ``kernel`` is given, is that release)."""
     before = boot_id(guest)
     guest.run(REBOOT, timeout=20)
     t0 = time.monotonic()
@@ -37,7 +43,12 @@ def reboot(guest: Guest, wanted: list[str], timeout: float, log=None) -> Change:
     if still:
         raise RunbookError(f"{guest.name} rebooted but its kernel command line lacks {' '.join(still)}: {after.strip()}",
                            hint="the bootloader did not take the change: check /etc/default/grub and grub.cfg")
-    return did(f"reboot {guest.name}", f"back after {time.monotonic() - t0:.0f} s with {' '.join(wanted)}")
+    if kernel and (now := guest.run("uname -r", check=True).out.strip()) != kernel:
+        raise RunbookError(f"{guest.name} rebooted into kernel {now}, not {kernel}",
+                           hint="the bootloader's default entry did not take: check GRUB_DEFAULT in "
+                                "/etc/default/grub and grub.cfg (or grubby --default-kernel)")
+    return did(f"reboot {guest.name}", f"back after {time.monotonic() - t0:.0f} s with {' '.join(wanted)}"
+                                       + (f", kernel {kernel}" if kernel else ""))
 
 
 def libvirt_answers(guest: Guest, uri: str = "qemu:///system") -> bool:

@@ -12,7 +12,7 @@ from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
 from ..facts import iommu as iommu_facts
-from ..libvirt_xml import Domain, supports_native_nvme, virt_install_command
+from ..libvirt_xml import Domain, supports_native_amd_iommu, supports_native_nvme, virt_install_command
 from ..nb import Stage
 from ..numa import choose_cpuset
 from ..ops import Change, did, domain, no_change
@@ -81,6 +81,8 @@ class Plan:
     cpuset: str | None
     cpuset_reason: str
     native_nvme: bool
+    iommu: str = "intel"
+    iommu_reason: str = ""
 
 
 def definition(ctx: Stage) -> Plan:
@@ -93,10 +95,22 @@ def definition(ctx: Stage) -> Plan:
         topo = cpu_facts.topology(ctx.l0)
         cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
     lv = l0.libvirt(p)
-    native = supports_native_nvme(lv.lib_version())
+    version = lv.lib_version()
+    native = supports_native_nvme(version)
+    kind, kind_why = iommu_kind(ctx)
     ps = paths(p)
-    dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native)
-    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native)
+    dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
+                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version))
+    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why)
+
+
+def iommu_kind(ctx: Stage) -> tuple[str, str]:
+    """L1's vIOMMU, intel or amd, and why: decided here once (``l1.iommu``, or with
+    ``auto`` from L0's ACPI tables and CPU vendor); stage 03 follows what ``define`` records."""
+    tables = [t for t in iommu_facts.TABLES if ctx.l0.exists(f"/sys/firmware/acpi/tables/{t}")]
+    vendor = (ctx.state.get("environment", {}).get("L0") or {}).get("cpu_vendor")
+    from ..checks.viommu import decide_iommu_kind
+    return decide_iommu_kind(ctx.params, tables, vendor)
 
 
 class Definition(Step):
@@ -115,6 +129,7 @@ class Definition(Step):
     def show(self, d: Plan) -> None:
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
+        print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
         print(f"emulated NVMe: {'native <disk bus=nvme>' if d.native_nvme else '<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)'}")
         ui.show_output("virt-install ... --print-xml", d.virt_install, prompt="root@L0")
         ui.show_output(f"virsh dumpxml {d.domain.name}", d.xml, prompt="root@L0")
@@ -155,7 +170,8 @@ class PrepareFiles(Step):
 
 def _record_l1(ctx: Stage, d: Plan) -> None:
     """What was decided here; the way in (SSH, keys, console log) follows from the parameters."""
-    ctx.state.update("l1", accel=d.accel, cpuset=d.cpuset, native_nvme=d.native_nvme)
+    ctx.state.update("l1", accel=d.accel, cpuset=d.cpuset, native_nvme=d.native_nvme,
+                     iommu_kind=d.iommu, iommu_reason=d.iommu_reason)
 
 
 class DefineL1(Step):
@@ -286,7 +302,7 @@ def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
     lspci = "lspci -nn | grep -i 'non-volatile'"
     out = {c: l1.run(c, timeout=60).out for c in (lspci, "dmesg", "cat /proc/cmdline")}
     lines = iommu_facts.log_lines(out["dmesg"])
-    rows = iommu_facts.markers(lines)
+    rows = iommu_facts.markers(lines, (ctx.state.get("l1") or {}).get("iommu_kind", "intel"))
     if any(a in out["cat /proc/cmdline"].split() for a in ("intel_iommu=on", "amd_iommu=on")):
         print("L1 already boots with the IOMMU argument (stage 03 ran before): the lines below are the state after it; "
               "stage 03 compares with the state recorded before")

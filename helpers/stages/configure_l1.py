@@ -17,7 +17,11 @@ URI = "qemu:///system"   # libvirt inside L1, as the seed's `virsh` uses it
 
 
 def iommu_kind(ctx: Stage) -> str:
-    """intel or amd: the parameter, or what L1's firmware tables show (DMAR or IVRS), never the CPU vendor."""
+    """intel or amd: what stage 02 decided and built L1 with; for an L1 built before that was
+    recorded, the parameter, or what L1's firmware tables show (DMAR or IVRS), never the CPU vendor."""
+    decided = (ctx.state.get("l1") or {}).get("iommu_kind")
+    if decided:
+        return decided
     if ctx.params.l1.iommu != "auto":
         return ctx.params.l1.iommu
     l1 = ctx.l1()
@@ -26,7 +30,8 @@ def iommu_kind(ctx: Stage) -> str:
     if l1.exists("/sys/firmware/acpi/tables/DMAR"):
         return "intel"
     raise RunbookError("L1 shows no DMAR or IVRS ACPI table: it has no virtual IOMMU",
-                       hint="L1 needs <iommu model='intel'> in its definition: rerun stage 02")
+                       hint="L1 needs a vIOMMU in its definition (<iommu model='intel'>, or QEMU's amd-iommu): "
+                            "rerun stage 02")
 
 
 def wanted_args(ctx: Stage) -> list[str]:
@@ -49,17 +54,13 @@ def distro(ctx: Stage) -> dict:
 def iommu_lines(ctx: Stage) -> iommu_facts.IOMMU:
     """The kernel log of L1 must now say the IOMMU and IRQ remapping are on, and groups exist."""
     f = iommu_facts.iommu(ctx.l1())
-    missing = []
-    if not f.enabled:
-        missing.append("the IOMMU enabled line (DMAR: IOMMU enabled / AMD-Vi)")
-    if not f.irq_remapping:
-        missing.append("interrupt remapping")
-    if not f.groups:
-        missing.append("IOMMU groups in /sys/kernel/iommu_groups")
+    kind = iommu_kind(ctx)
+    missing = iommu_facts.missing_on(f, kind)
     if missing:
         raise RunbookError("L1's kernel does not show " + ", ".join(missing),
-                           hint="check /proc/cmdline in L1 and that L1's domain has the intel IOMMU with intremap on")
-    ctx.state.update("l1", iommu={"groups": f.groups, "lines": f.lines[:10]})
+                           hint=iommu_facts.l1_hint(kind))
+    ctx.state.update("l1", iommu={"kind": kind, "groups": f.groups, "lines": f.lines[:10],
+                            "enabled_lines": f.enabled_lines[:5], "irq_remap_lines": f.irq_remap_lines[:3]})
     return f
 
 
@@ -133,6 +134,35 @@ class Distro(Step):
                       ["L1 distribution", "kernel arguments set with", "packages installed with", "arguments"])
 
 
+class BootKernel(Step):
+    """A kernel with the driver of L1's vIOMMU for the next boot: the running one when it has
+    it; else an installed one made the bootloader's default (Debian's cloud kernel, the lab's
+    L1 kernel, has no AMD IOMMU driver)."""
+    label = "A kernel with the vIOMMU's driver"
+
+    def plan(self, ctx: Stage) -> Plan:
+        if why := _not_ready(ctx):
+            return self.unknown(why)
+        from ..facts import kernel
+        kind = iommu_kind(ctx)
+        choice = kernel.kernel_for(ctx.l1(), kind)
+        ctx.seen["boot_kernel"] = choice.boot
+        if choice.boot is None:
+            return self.no_change(choice.reason)
+        planned = ctx.seen["boot"].plan_default_kernel(ctx.l1(), choice.boot)
+        done = _from_distro(planned, self.label)
+        if not done.changes:  # the default is set already (a rerun before the reboot)
+            done.reason = f"no change: {choice.reason}; {planned.reason}"
+        return done
+
+    def apply(self, ctx: Stage, plan: Plan) -> list:
+        if ctx.seen.get("boot_kernel"):  # what L1 is to boot, for the reboot's check and the report
+            ctx.state.update("l1", boot_kernel=ctx.seen["boot_kernel"])
+        if plan.data is None:
+            return [no_change(self.label, plan.reason.removeprefix("no change: "))]
+        return [ctx.seen["boot"].apply_default_kernel(ctx.l1(), plan.data)]
+
+
 class KernelArgs(Step):
     """The IOMMU arguments for the next boot, the distribution's way (``helpers.distro.boot``)."""
     label = "Set kernel arguments"
@@ -153,20 +183,27 @@ class Reboot(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _not_ready(ctx):
             return self.unknown(why)
-        args = ctx.seen["args"]
+        args, kernel = ctx.seen["args"], ctx.seen.get("boot_kernel")
         lacking = l1_config.running_lacks(ctx.l1(), args)
-        ctx.seen["reboot_pending"] = bool(lacking)
-        if not lacking:
-            return self.no_change(f"the running kernel has {' '.join(args)} (/proc/cmdline)")
-        return Plan(self.label, [Action("L1", f"reboot L1: its running kernel lacks {' '.join(lacking)}; wait until "
-                                              f"it is back with them (up to {ctx.params.l1.boot_timeout_s} s)",
-                                        ["reboot", "# ... log in again, then:",
-                                         f"cat /proc/cmdline   # check: it has {' '.join(args)}"])], data=args)
+        other = kernel is not None and l1_config.running_kernel(ctx.l1()) != kernel
+        ctx.seen["reboot_pending"] = bool(lacking) or other
+        if not ctx.seen["reboot_pending"]:
+            return self.no_change(f"the running kernel has {' '.join(args) or 'what it needs'} (/proc/cmdline)")
+        why = " and ".join(([f"its running kernel lacks {' '.join(lacking)}"] if lacking else [])
+                           + ([f"kernel {kernel} is to start"] if other else []))
+        checks_ = [f"cat /proc/cmdline   # check: it has {' '.join(args)}"] if args else []
+        checks_ += [f"uname -r   # check: {kernel}"] if other else []
+        return Plan(self.label, [Action("L1", f"reboot L1: {why}; wait until it is back "
+                                              f"(up to {ctx.params.l1.boot_timeout_s} s)",
+                                        ["reboot", "# ... log in again, then:"] + checks_)],
+                    data=(args, kernel if other else None))
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
         if not plan.changes:
             return [no_change(f"reboot {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
-        done = l1_config.reboot(ctx.l1(), plan.data, ctx.params.l1.boot_timeout_s, log=l0.Log(ctx.l0, paths(ctx.params).l1_console))
+        args, kernel = plan.data
+        done = l1_config.reboot(ctx.l1(), args, ctx.params.l1.boot_timeout_s,
+                                log=l0.Log(ctx.l0, paths(ctx.params).l1_console), kernel=kernel)
         ctx.seen["reboot_pending"] = False
         return [done]
 
@@ -280,4 +317,4 @@ class L2Accel(Step):
         print(f"L2 will run under {accel.upper()}: {why}")
 
 
-STEPS = [Distro, KernelArgs, Reboot, IommuOn, InstallVirt, StartLibvirt, L1Checks, L2Accel]
+STEPS = [Distro, BootKernel, KernelArgs, Reboot, IommuOn, InstallVirt, StartLibvirt, L1Checks, L2Accel]
