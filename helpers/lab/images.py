@@ -79,6 +79,8 @@ def ensure_images(l0: Guest, cache_dir: Path | None = None, force: bool = False,
         return images
     progress(f"building the lab images on L0 (recipe {recipe}); this takes a few minutes")
     r = run_remote(l0, ["--cache-dir", str(cache_dir)] + (["--force"] if force else []), timeout=7200)
+    for line in r.out.splitlines():  # the build's own progress lines, as it printed them on L0
+        progress(f"  L0: {line}")
     if not r.ok:
         said = (r.err or r.out).strip().splitlines()
         raise LabImageError(f"the build on L0 failed: {said[-1] if said else f'exit code {r.rc}'} "
