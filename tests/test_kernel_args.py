@@ -14,6 +14,8 @@ def test_iommu_args():
     assert ka.iommu_args("intel", False) == ["intel_iommu=on"]
     assert ka.iommu_args("amd", True) == ["iommu=pt"]  # the AMD driver has no "on": IVRS is enough
     assert ka.iommu_args("amd", False) == []
+    assert ka.iommu_args("amd", True, tcg=True) == ["iommu=pt", "no_timer_check"]  # amd-iommu under TCG
+    assert ka.iommu_args("intel", True, tcg=True) == ["intel_iommu=on", "iommu=pt"]
     assert not ka.ensure_kernel_args(Machine(), []).changed
 
 

@@ -31,7 +31,8 @@ def iommu_kind(ctx: Stage) -> str:
 
 
 def wanted_args(ctx: Stage) -> list[str]:
-    return kernel_args.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt)
+    return kernel_args.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt,
+                                  tcg=(ctx.state.get("l1") or {}).get("accel") == "tcg")
 
 
 def distro(ctx: Stage) -> dict:
