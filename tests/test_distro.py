@@ -15,6 +15,8 @@ FIX = Path(__file__).parent / "fixtures" / "boot"
 def test_iommu_args():
     assert ka.iommu_args("intel", False) == ["intel_iommu=on"]
     assert ka.iommu_args("amd", True) == ["iommu=pt"] and ka.iommu_args("amd", False) == []
+    assert ka.iommu_args("amd", True, tcg=True) == ["iommu=pt", "no_timer_check"]  # amd-iommu under TCG
+    assert ka.iommu_args("intel", True, tcg=True) == ["intel_iommu=on", "iommu=pt"]
 
 
 def test_debian_default_grub_gets_the_arguments_once():

@@ -35,7 +35,8 @@ def iommu_kind(ctx: Stage) -> str:
 
 
 def wanted_args(ctx: Stage) -> list[str]:
-    return distros.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt)
+    return distros.iommu_args(iommu_kind(ctx), ctx.params.l1.iommu_pt,
+                              tcg=(ctx.state.get("l1") or {}).get("accel") == "tcg")
 
 
 def distro(ctx: Stage) -> dict:
