@@ -56,7 +56,8 @@ def test_host_ssh_gives_an_ssh_l0_and_a_qemu_ssh_uri(tmp_path, monkeypatch):
     assert "BatchMode=yes" in text and "PasswordAuthentication=no" in text
 
 
-def test_a_uri_given_is_used_and_an_ssh_config_entry_is_honoured(tmp_path):
+def test_a_uri_given_is_used_and_an_ssh_config_entry_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     p = load(tmp_path, {"config_host": "lab-server", "libvirt_uri": "qemu+ssh://lab-server/system"})
     assert l0.libvirt_uri(p) == "qemu+ssh://lab-server/system"
     g = l0.guest(p)
