@@ -70,3 +70,25 @@ def test_a_write_that_runs_out_of_room_removes_the_half_made_file(tmp_path):
     err = no_space(L0, half, "No space left on device")
     assert not half.exists()
     assert err.message.startswith(f"could not write {half}: the filesystem is full (filesystem at /")
+
+
+def test_a_crashed_l1_ends_the_wait_for_its_agent_at_once(monkeypatch, tmp_path):
+    """QEMU aborting while L1 boots is named at once, not waited on until the boot timeout."""
+    import time
+
+    from helpers.errors import RunbookError
+
+    class NoAnswer:
+        def ping(self, timeout=3):
+            return False
+
+    class Stopped:
+        def is_active(self, name):
+            return False
+
+    monkeypatch.setattr(l1_ops, "l1_agent", lambda lv, name: NoAnswer())
+    t0 = time.monotonic()
+    with pytest.raises(RunbookError, match=r"L1 \(nested-kvm\) stopped while it was booting") as e:
+        l1_ops.wait_for_agent(Stopped(), "nested-kvm", 600, tmp_path / "console.log")
+    assert time.monotonic() - t0 < 30 and "--from 02" in e.value.hint
+    assert "/var/log/libvirt/qemu/nested-kvm.log" in str(e.value)

@@ -180,7 +180,17 @@ def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
     """Wait until L1's guest agent answers; return the seconds it took."""
     t0 = time.monotonic()
     agent = l1_agent(lv, name)
-    wait_for(lambda: agent.ping(timeout=3), f"{name}: guest agent", timeout, interval=1, log=log,
+
+    def answered() -> bool:
+        if agent.ping(timeout=3):
+            return True
+        if not lv.is_active(name):  # QEMU ended (crashed, or destroyed): no point waiting on
+            raise RunbookError(f"L1 ({name}) stopped while it was booting, after {time.monotonic() - t0:.0f} s: "
+                               f"its QEMU process ended (read /var/log/libvirt/qemu/{name}.log on L0 for why, "
+                               f"and its console log {log})",
+                               hint="run stage 02 again (`python -m helpers run --from 02`): it starts L1 anew")
+        return False
+    wait_for(answered, f"{name}: guest agent", timeout, interval=1, log=log,
              hint=f"L1 did not finish booting: read {log}")
     return time.monotonic() - t0
 
