@@ -71,12 +71,27 @@ class Stage:
             return run
         if self.check and not step.reads_only:
             return run
+        if self.check:  # a read-only step that fails in check mode is shown, and the check goes on
+            try:
+                self.apply(step, run)
+            except RunbookError as e:
+                print(f"check mode: step '{step.label}' would stop a run here: {e}", flush=True)
+            return run
         self.apply(step, run)
         return run
 
     def plan(self, step):
-        """``step.plan(self)``, noted in the run state (the runner's summary lists each stage's plans)."""
-        plan = step.plan(self)
+        """``step.plan(self)``, noted in the run state (the runner's summary lists each stage's plans).
+        In check mode a step that would stop the run (its error) is planned as unknown until that
+        is fixed, and the check goes on."""
+        from .steps import Plan
+        try:
+            plan = step.plan(self)
+        except RunbookError as e:
+            if not self.check:
+                raise
+            plan = Plan(step.label, [], unknown=f"this is fixed, as a run would stop here: {e.message}"
+                                                + (f" (HINT: {e.hint})" if e.hint else ""))
         walked = self.state.get("steps", {})
         walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
                                                    **plan.record()})

@@ -348,7 +348,14 @@ def run(args) -> int:
             raise RunbookError(f"--run-id {args.run_id}: {Path(args.outputs) / args.run_id} exists; a check run "
                                "never writes into an earlier run: give a new name, or leave --run-id out")
         p = params_mod.load(params_file)
-        host_checks.check_host(p, params_file, chosen)
+        try:
+            host_checks.check_host(p, params_file, chosen)
+        except params_mod.ParamsError as e:
+            if not args.check:
+                raise
+            # check mode changes nothing, so it goes on: each step's plan shows what these would stop
+            print(f"NOTE: a run would be refused on this host:\n{e}\ncheck mode goes on to show every step's "
+                  "plan; the steps these concern say so", flush=True)
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
