@@ -228,3 +228,29 @@ def test_check_mode_on_a_cold_host_plans_stage_02_without_changing_anything(para
     assert plans["Wait for L1"].unknown and plans["Look inside L1"].unknown
     assert applied == ["L1's definition"]  # the one read-only step that could plan; no changing step
     assert not (tmp_path / "work").exists()
+
+
+def test_a_run_of_stages_03_to_05_names_what_happened_to_l1_instead_of_unknown(params, monkeypatch):
+    """L1 destroyed behind the runbook's back: a run says so (access.check_l1 through ctx.l1()),
+    check mode plans 'unknown until L1 runs'."""
+    from types import SimpleNamespace
+
+    from helpers.stages import build_l1
+
+    class Down:
+        def is_active(self, name):
+            return False
+
+    monkeypatch.setattr(l0_mod, "libvirt", lambda p: Down())
+
+    def l1():
+        raise RunbookError("L1 (nested-kvm) is not running: shut off (destroyed); it was stopped outside the runbook")
+    from helpers import params as params_mod
+    loaded = params_mod.load(params)
+    run = SimpleNamespace(params=loaded, check=False, number="04", l1=l1)
+    with pytest.raises(RunbookError, match=r"shut off \(destroyed\); it was stopped outside the runbook"):
+        build_l1.l1_not_up(run)
+    check = SimpleNamespace(params=loaded, check=True, number="04", l1=l1)
+    assert build_l1.l1_not_up(check) == "L1 (nested-kvm) runs (stage 02 starts it)"
+    stage02 = SimpleNamespace(params=loaded, check=False, number="02", l1=l1)
+    assert build_l1.l1_not_up(stage02).startswith("L1 (")

@@ -226,10 +226,14 @@ class StartL1(Step):
 
 
 def l1_not_up(ctx: Stage) -> str | None:
-    """Why a step in L1 cannot be planned yet (L1 not running), or None."""
+    """Why a step in L1 cannot be planned yet (L1 not running), or None. A run of stages
+    03 to 05 (L1 should be up) names what happened to L1 instead, with the way back
+    (``access.check_l1``: destroyed, shut off, crashed)."""
     p = ctx.params
     if l0.libvirt(p).is_active(p.l1.name):
         return None
+    if not ctx.check and ctx.number in ("03", "04", "05"):
+        ctx.l1()  # raises: "L1 (...) is not running: shut off (destroyed); it was stopped outside the runbook"
     return f"L1 ({p.l1.name}) runs (stage 02 starts it)"
 
 
