@@ -32,7 +32,7 @@ from .base import REGISTRY, VERDICTS, Check, HostFacts, Judging, check
 from .host import (CMDLINE, CPU_VIRT, CPUS, DEV_KVM, DISK, DOMAIN_TYPES, GIB, IOMMU_GROUPS, IOMMU_ON,
                    IOMMU_TABLE, IRQ_REMAP, KVM_HW, LIBVIRT, LIBVIRT_VERSION, MACHINE_Q35, MEMORY,
                    MEMORY_HEADROOM_MIB, MIN_LIBVIRT, MIN_LIBVIRT_TCG, NESTED, NUMA, QEMU_VERSION, TCG_RACE,
-                   TCG_RACE_FIXED_IN, qemu_device_check, viommu_device)
+                   TCG_RACE_FIXED_IN, AMD_VIOMMU, qemu_device_check, viommu_device)
 from .smoke import Smoke, kvm_smoke
 
 L1_SMOKE_MIN_S = 60            # in L1 (itself under TCG in the lab) a nested boot is slower
@@ -71,10 +71,16 @@ def _gather(guest: Guest, params: Params, role: str, smoke: bool, keep_smoke: bo
         sm = kvm_smoke(guest, timeout if role == "l0" else max(timeout, L1_SMOKE_MIN_S), keep=keep_smoke)
     lv = libvirt_facts.libvirt(guest, params.host.libvirt_uri)
     binary = lv.emulator or kvm_facts.find_qemu(guest) or "qemu-system-x86_64"
+    io = iommu_facts.iommu(guest, cmd)
+    q = libvirt_facts.qemu(guest, binary)
+    if role == "l0" and q.offers("amd-iommu"):
+        from .viommu import decide_iommu_kind
+        if decide_iommu_kind(params, io.tables, c.vendor)[0] == "amd":  # its hazards: check 'AMD vIOMMU'
+            q.properties["amd-iommu"] = libvirt_facts.device_properties(guest, binary, "amd-iommu")
     return HostFacts(
         role=role, cpu=c, topology=cpu_facts.topology(guest, c.online), kvm=k, cmdline=cmd,
-        smoke=sm, iommu=iommu_facts.iommu(guest, cmd), libvirt=lv,
-        qemu=libvirt_facts.qemu(guest, binary), memory=system_facts.memory(guest),
+        smoke=sm, iommu=io, libvirt=lv,
+        qemu=q, memory=system_facts.memory(guest),
         os=system_facts.os_release(guest),
         disk=system_facts.free_disk(guest, str(params.nvme.backing_file)) if role == "l0" else None,
         kernel=system_facts.kernel_release(guest))

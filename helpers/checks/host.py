@@ -35,6 +35,7 @@ MEMORY = "memory"
 CPUS = "CPUs"
 NUMA = "NUMA placement"
 DISK = "disk for NVMe backing file"
+AMD_VIOMMU = "AMD vIOMMU on this QEMU"
 
 
 def qemu_device_check(device: str) -> str:
@@ -310,6 +311,26 @@ def _qemu_device(dev: str):
 
 for _dev in ("intel-iommu", "amd-iommu", "nvme", "vfio-pci"):
     check(qemu_device_check(_dev))(_qemu_device(_dev))
+
+
+@check(AMD_VIOMMU)
+def amd_viommu(j: Judging) -> Check | None:
+    """With l1.iommu: amd, the known hazards of the QEMU that will run L1 and what the
+    runbook does about each (``checks.viommu.amd_iommu_options``, the same choice stage
+    02 builds L1 with), or a refusal where the AMD chain cannot work on it."""
+    if j.role != "l0" or _iommu_device(j) != "amd-iommu" or not j.f.qemu.offers("amd-iommu"):
+        return None  # QEMU without amd-iommu: the check 'QEMU device amd-iommu' fails already
+    from .viommu import amd_iommu_options
+    c = amd_iommu_options(j.qemu_version, j.f.qemu.properties.get("amd-iommu"))
+    shown = f"QEMU {j.qemu_version}" if j.qemu_version else "QEMU of unknown version"
+    if c.refused:
+        return Check(AMD_VIOMMU, c.refused, "fail", c.fix)
+    if c.hazards:
+        return Check(AMD_VIOMMU, f"{shown}: " + "; ".join(h.what for h in c.hazards), "warn",
+                     "nothing to do: " + "; ".join(h.handled for h in c.hazards) + f" (L1 gets {c.device})"
+                     + ("; with QEMU 10.0.3, 10.1 or newer pt=off is not needed" if "pt" in c.options else ""))
+    note = "" if j.qemu_version else " (version unknown: pt=off, harmless where pt is ignored)"
+    return Check(AMD_VIOMMU, f"{shown}: no known amd-iommu hazard; L1 gets {c.device}{note}", "pass")
 
 
 @check(MACHINE_Q35)

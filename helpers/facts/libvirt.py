@@ -93,6 +93,7 @@ class Qemu:
     error: str = ""
     version: str | None = None
     devices: set[str] = field(default_factory=set)
+    properties: dict[str, dict[str, str] | None] = field(default_factory=dict)  # device -> its properties
 
     def offers(self, device: str) -> bool:
         return device in self.devices
@@ -109,3 +110,31 @@ def qemu(guest: Guest, binary: str = "qemu-system-x86_64") -> Qemu:
     return Qemu(binary, True, "" if d.ok else f"-device help: {_error(d)}",
                 version=m.group(1) if m else None,
                 devices=set(re.findall(r'^name "([^"]+)"', d.out, re.M)))
+
+
+_PROP_RE = re.compile(r'^\s+([\w.-]+)=<[^>]*>.*?(?:\(default: "?([^")]*)"?\))?\s*$')
+
+
+def device_properties_command(binary: str, device: str) -> str:
+    return f"{shlex.quote(binary)} -device {shlex.quote(device + ',help')}"
+
+
+def parse_device_properties(text: str) -> dict[str, str]:
+    """``-device DEV,help`` -> {property: default ('' when none is shown)}. QEMU 7.2 prints
+    ``pt=<bool>  -  (default: true)``, 10.0 ``pt=<bool>  - on/off (default: on)``."""
+    found = {}
+    for line in text.splitlines():
+        m = _PROP_RE.match(line)
+        if m:
+            found[m.group(1)] = (m.group(2) or "").strip()
+    return found
+
+
+def device_properties(guest: Guest, binary: str, device: str) -> dict[str, str] | None:
+    """The properties QEMU's ``device`` offers (``BINARY -device DEVICE,help``), read on
+    ``guest`` (L0's command interface: local or SSH); None when they cannot be read."""
+    r = guest.run(device_properties_command(binary, device), timeout=60)
+    if not r.ok:
+        return None
+    props = parse_device_properties(r.out)
+    return props or None

@@ -63,8 +63,9 @@ def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def amd_iommu_qemu_args(intremap: bool = True, device_iotlb: bool = True,
-                        pt: bool | None = None, xtsup: bool | None = None) -> list[str]:
+def amd_iommu_qemu_args(intremap: bool = True, device_iotlb: bool | None = True,
+                        pt: bool | None = None, xtsup: bool | None = None,
+                        dma_remap: bool | None = None) -> list[str]:
     """QEMU's AMD vIOMMU for a libvirt without ``<iommu model='amd'>`` (before 11.5).
 
     ``-device amd-iommu`` is a system-bus device that creates its own PCI function
@@ -73,16 +74,22 @@ def amd_iommu_qemu_args(intremap: bool = True, device_iotlb: bool = True,
     hand (NVMe, NIC) high. List it before the NVMe: a PCI device created before
     the vIOMMU gets plain memory as its DMA address space and bypasses it.
     ``intremap=on`` needs the split irqchip (``<ioapic driver='qemu'/>``) under KVM;
-    ``xtsup`` only matters beyond 255 vCPUs.
+    ``xtsup`` only matters beyond 255 vCPUs. Which of ``pt`` and ``dma-remap`` a QEMU
+    needs, and why ``device-iotlb`` does nothing for an NVMe, is decided in
+    ``checks.viommu.amd_iommu_options``; None leaves an option out (QEMU's default).
 
     >>> amd_iommu_qemu_args()
     ['-device', 'amd-iommu,intremap=on,device-iotlb=on']
     """
-    opts = [f"intremap={_on_off(intremap)}", f"device-iotlb={_on_off(device_iotlb)}"]
+    opts = [f"intremap={_on_off(intremap)}"]
+    if device_iotlb is not None:
+        opts.append(f"device-iotlb={_on_off(device_iotlb)}")
     if pt is not None:
         opts.append(f"pt={_on_off(pt)}")
     if xtsup is not None:
         opts.append(f"xtsup={_on_off(xtsup)}")
+    if dma_remap is not None:
+        opts.append(f"dma-remap={_on_off(dma_remap)}")
     return ["-device", "amd-iommu," + ",".join(opts)]
 
 

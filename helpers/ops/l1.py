@@ -110,16 +110,26 @@ def copy_key(l0: Guest, key: Path, dest: Path, state: State) -> Change:
 
 
 
-def l1_iommu(kind: str, native_amd: bool) -> tuple[IOMMU | None, list[str]]:
-    """L1's vIOMMU as a libvirt device or, for AMD with a libvirt before 11.5, as QEMU
-    arguments. Both with interrupt remapping and device IOTLB; Intel also with caching mode."""
+def l1_iommu(kind: str, native_amd: bool, amd=None) -> tuple[IOMMU | None, list[str]]:
+    """L1's vIOMMU as a libvirt device or, for AMD, as QEMU arguments. Intel: interrupt
+    remapping, caching mode and device IOTLB (the seed's). AMD: the options
+    ``checks.viommu.amd_iommu_options`` chose for the QEMU that runs L1 (``amd``; None:
+    those of a QEMU of unknown version); libvirt's ``<iommu model='amd'>`` (11.5) only
+    when it can say all of them (it has no dma-remap)."""
     if kind == "intel":
         return IOMMU(model="intel", intremap=True, caching_mode=True, iotlb=True), []
     if kind != "amd":
         raise ValueError(f"IOMMU kind must be intel or amd, got {kind!r}")
-    if native_amd:
-        return IOMMU(model="amd", intremap=True, caching_mode=None, iotlb=True), []
-    return None, amd_iommu_qemu_args(intremap=True, device_iotlb=True)
+    if amd is None:
+        from ..checks.viommu import amd_iommu_options
+        amd = amd_iommu_options(None, None)
+    opts = amd.options
+    if native_amd and set(opts) <= {"intremap", "pt"}:
+        return IOMMU(model="amd", intremap=opts.get("intremap") == "on", caching_mode=None, iotlb=None,
+                     passthrough={"on": True, "off": False}.get(opts.get("pt"))), []
+    flag = {"on": True, "off": False}
+    return None, amd_iommu_qemu_args(intremap=flag[opts["intremap"]], device_iotlb=flag.get(opts.get("device-iotlb")),
+                                     pt=flag.get(opts.get("pt")), dma_remap=flag.get(opts.get("dma-remap")))
 
 
 # QEMU creates its vIOMMU before any other device, and amd-iommu's own PCI function
@@ -137,11 +147,11 @@ def placed_root_ports(slot: int = ROOT_PORT_SLOT, count: int = ROOT_PORTS) -> li
 
 
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,
-              native_nvme: bool, iommu: str = "intel", native_amd_iommu: bool = False) -> Domain:
-    """The seed's L1: q35, host CPU model, pinned vCPUs, a vIOMMU (Intel, or AMD) with
-    interrupt remapping and device IOTLB, split irqchip, the emulated NVMe."""
+              native_nvme: bool, iommu: str = "intel", native_amd_iommu: bool = False, amd=None) -> Domain:
+    """The seed's L1: q35, host CPU model, pinned vCPUs, a vIOMMU (Intel, or AMD with the
+    options ``amd`` carries) with interrupt remapping, split irqchip, the emulated NVMe."""
     l1 = p.l1
-    viommu, qemu_args = l1_iommu(iommu, native_amd_iommu)  # QEMU's amd-iommu first: before the NVMe
+    viommu, qemu_args = l1_iommu(iommu, native_amd_iommu, amd)  # QEMU's amd-iommu first: before the NVMe
     devices = [Disk(path=str(disk), format="qcow2" if str(disk).endswith("qcow2") else "raw",
                     target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none", discard="unmap"),
                *([viommu] if viommu else []),

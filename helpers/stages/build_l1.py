@@ -83,6 +83,8 @@ class Plan:
     native_nvme: bool
     iommu: str = "intel"
     iommu_reason: str = ""
+    amd: object = None          # checks.viommu.AmdIommu: amd-iommu's options for L0's QEMU
+    nvme_reason: str = ""
 
 
 def definition(ctx: Stage) -> Plan:
@@ -97,11 +99,35 @@ def definition(ctx: Stage) -> Plan:
     lv = l0.libvirt(p)
     version = lv.lib_version()
     native = supports_native_nvme(version)
+    nvme_why = ("libvirt >= 11.5: native <disk bus='nvme'>" if native else
+                "<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)")
     kind, kind_why = iommu_kind(ctx)
+    amd = amd_iommu(ctx) if kind == "amd" else None
+    if amd and amd.refused:
+        raise RunbookError(f"l1.iommu: amd cannot work on L0's QEMU: {amd.refused}", hint=amd.fix)
+    if native and amd and amd.nvme_on_bus0:
+        native = False
+        nvme_why = ("<qemu:commandline> -device nvme on pcie.0 (bus 0): before QEMU 10.2 amd-iommu gives a device "
+                    "behind a root port (libvirt's <disk bus='nvme'>) the wrong device ID")
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
-                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version))
-    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why)
+                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version), amd=amd)
+    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why,
+                amd, nvme_why)
+
+
+def amd_iommu(ctx: Stage):
+    """amd-iommu's options for the QEMU on L0 (``checks.viommu.amd_iommu_options``): its
+    version as stage 01 recorded it (libvirt's hypervisor, else the binary) and the
+    properties ``-device amd-iommu,help`` lists, read through L0's command interface."""
+    from ..checks.viommu import amd_iommu_options
+    from ..facts import kvm as kvm_facts
+    from ..facts import libvirt as libvirt_facts
+    binary = kvm_facts.find_qemu(ctx.l0) or "qemu-system-x86_64"
+    version = (ctx.state.get("environment", {}).get("L0") or {}).get("qemu")
+    if not version:
+        version = libvirt_facts.qemu(ctx.l0, binary).version
+    return amd_iommu_options(version, libvirt_facts.device_properties(ctx.l0, binary, "amd-iommu"))
 
 
 def iommu_kind(ctx: Stage) -> tuple[str, str]:
@@ -130,7 +156,11 @@ class Definition(Step):
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
         print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
-        print(f"emulated NVMe: {'native <disk bus=nvme>' if d.native_nvme else '<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)'}")
+        if d.amd:
+            print(f"amd-iommu for QEMU {d.amd.qemu_version or '(version unknown)'} on L0: {d.amd.device}")
+            for why in d.amd.why:
+                print(f"  - {why}")
+        print(f"emulated NVMe: {d.nvme_reason}")
         ui.show_output("virt-install ... --print-xml", d.virt_install, prompt="root@L0")
         ui.show_output(f"virsh dumpxml {d.domain.name}", d.xml, prompt="root@L0")
 
@@ -168,10 +198,16 @@ class PrepareFiles(Step):
         return [l1_files.apply_op(op, ctx.state) for op in plan.data]
 
 
+INTEL_OPTIONS = {"device": "<iommu model='intel'> (QEMU: intel-iommu,intremap=on,caching-mode=on,device-iotlb=on)",
+                 "options": "intremap=on,caching_mode=on,iotlb=on",
+                 "why": ["the seed's vIOMMU; caching mode lets L1 hand devices to VFIO"]}
+
+
 def _record_l1(ctx: Stage, d: Plan) -> None:
     """What was decided here; the way in (SSH, keys, console log) follows from the parameters."""
     ctx.state.update("l1", accel=d.accel, cpuset=d.cpuset, native_nvme=d.native_nvme,
-                     iommu_kind=d.iommu, iommu_reason=d.iommu_reason)
+                     iommu_kind=d.iommu, iommu_reason=d.iommu_reason,
+                     iommu_options=d.amd.record() if d.amd else INTEL_OPTIONS)
 
 
 class DefineL1(Step):
