@@ -258,8 +258,9 @@ class L1(Section):
     ssh: SSHAccess = F(SSHAccess(), "SSH into L1 (below)")
     iommu: Literal["auto", "intel", "amd"] = F(
         "auto", "L1's vIOMMU, decided once in stage 02: intel (intel-iommu; intel_iommu=on in L1) or amd "
-                "(amd-iommu; a kernel with CONFIG_AMD_IOMMU in L1); auto: intel in the lab, else the host's "
-                "IOMMU table (IVRS: amd, DMAR: intel), then its CPU vendor")
+                "(amd-iommu with the options L0's QEMU needs, e.g. pt=off on 9.2 to 10.0.2, dma-remap=on from "
+                "10.2; a kernel with CONFIG_AMD_IOMMU in L1); auto: intel on every host, Intel or AMD (QEMU's "
+                "intel-iommu is fully emulated, the most used and tested one)")
     iommu_pt: bool = F(True, "also set iommu=pt in L1")
     virt_packages: list[str] = F(["libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils"],
                                  "packages stage 03 installs in L1 to run L2")
