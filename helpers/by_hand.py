@@ -57,10 +57,9 @@ def mkdir(workdir: Path) -> list[str]:
     return [f"mkdir -p {q(workdir)}"]
 
 
-def backing_file(path: Path, size_gib: float, create: bool = True) -> list[str]:
-    """The NVMe's raw backing file (sparse), given to QEMU's user."""
-    return ([f"qemu-img create -f raw {q(path)} {size_arg(size_gib)}   # sparse; skipped when it exists"]
-            if create else []) + [f"chown {QEMU_USER}:{QEMU_USER} {q(path)}   # QEMU runs as {QEMU_USER}"]
+def backing_file(path: Path, size_gib: float) -> list[str]:
+    """The NVMe's raw backing file: sparse (no block written), skipped when it exists."""
+    return [f"truncate -s {size_arg(size_gib)} {q(path)}   # sparse; skipped when it exists"]
 
 
 def overlay(golden: Path, disk: Path) -> list[str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import record
 from .errors import RunbookError
 
 Command = str | Sequence[str]
@@ -73,6 +74,7 @@ class Guest:
         """Run ``cmd`` (a shell string or an argv list) and return its result."""
         res = self._run(as_shell(cmd), timeout, input)
         res.cmd = as_shell(cmd)
+        record.command(self.name, res.cmd, res.rc)
         return res.check() if check else res
 
     @contextlib.contextmanager
@@ -92,32 +94,37 @@ class Guest:
     def _snapped(self, path: str) -> tuple[str, str] | None:
         return self._snap.get(path) if self._snap else None
 
+    def read(self, cmd: Command, timeout: float = 120) -> Result:
+        """``run`` for a command that only reads (recorded as such)."""
+        with record.reading():
+            return self.run(cmd, timeout=timeout)
+
     # File helpers, built on run(); Local overrides them with direct reads.
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it cannot be read."""
         if snap := self._snapped(path):
             return snap[1] if snap[0] == "F" else None
-        r = self.run(["cat", path])
+        r = self.read(["cat", path])
         return r.out if r.ok else None
 
     def exists(self, path: str) -> bool:
         if snap := self._snapped(path):
             return snap[0] != "N"
-        return self.run(["test", "-e", path]).ok
+        return self.read(["test", "-e", path]).ok
 
     def listdir(self, path: str) -> list[str]:
         """Names in a directory, sorted; empty when it does not exist."""
         if snap := self._snapped(path):
             return sorted(snap[1].split()) if snap[0] == "D" else []
-        r = self.run(["ls", "-1A", path])
+        r = self.read(["ls", "-1A", path])
         return sorted(r.out.split()) if r.ok else []
 
     def readlink(self, path: str) -> str | None:
-        r = self.run(["readlink", path])
+        r = self.read(["readlink", path])
         return r.out.strip() if r.ok and r.out.strip() else None
 
     def which(self, program: str) -> bool:
-        return self.run(f"command -v {shlex.quote(program)}").ok
+        return self.read(f"command -v {shlex.quote(program)}").ok
 
     # Writing files: on the machine itself, whichever it is (never by this process's
     # own file calls, so a remote L0 gets its files over SSH like L1 does).
@@ -144,11 +151,11 @@ class Guest:
         return self.run(["rmdir", str(path)]).ok
 
     def is_dir(self, path: str) -> bool:
-        return self.run(["test", "-d", str(path)]).ok
+        return self.read(["test", "-d", str(path)]).ok
 
     def size(self, path: str) -> int | None:
         """A file's size in bytes, or None when it is not there."""
-        r = self.run(["stat", "-c", "%s", str(path)])
+        r = self.read(["stat", "-c", "%s", str(path)])
         return int(r.out.strip()) if r.ok and r.out.strip().isdigit() else None
 
     def __repr__(self) -> str:
@@ -173,7 +180,8 @@ done"""
 def read_many(guest: Guest, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Kind and text of each path (globs expanded by the guest's shell), in one command."""
     args = " ".join(p if "*" in p else shlex.quote(p) for p in paths)
-    r = guest.run(f"set -- {args}; {_READ_MANY}", timeout=60)
+    with record.reading():
+        r = guest.run(f"set -- {args}; {_READ_MANY}", timeout=60)
     found: dict[str, tuple[str, str]] = {}
     kind, path, text = "", "", []
     for line in r.out.split("\n") + ["#"]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import params as params_mod
-from . import ui, wait
+from . import record, ui, wait
 from .errors import RunbookError
 from .guest import Guest, Local
 from .state import State
@@ -86,12 +86,14 @@ class Stage:
         is fixed, and the check goes on."""
         from .steps import Plan
         try:
-            plan = step.plan(self)
+            with record.step(step.label, "plan"):
+                plan = step.plan(self)
         except RunbookError as e:
             if not self.check:
                 raise
             plan = Plan(step.label, [], unknown=f"this is fixed, as a run would stop here: {e.message}"
                                                 + (f" (HINT: {e.hint})" if e.hint else ""))
+        record.plan(step.label, plan.record())
         walked = self.state.get("steps", {})
         walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
                                                    **plan.record()})
@@ -100,7 +102,9 @@ class Stage:
 
     def apply(self, step, run) -> None:
         """Carry out ``run.plan`` (already shown), record and show the result."""
-        result = step.apply(self, run.plan)
+        with record.step(step.label, "apply"):
+            result = step.apply(self, run.plan)
+            record.applied(step.label)
         run.done(result)
         walked = self.state.get("steps", {})
         if walked.get(self.number):
@@ -180,6 +184,7 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     if not state_file:  # stepping through by hand: the latest run's state, or a scratch one
         latest = ROOT / "outputs" / "latest"
         state_file = str((latest if latest.exists() else ROOT / "outputs" / "interactive") / "state.json")
+    record.start(Path(state_file).parent, number)
     from . import l0
     ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode, l0=l0.guest(p))
     walked = ctx.state.get("steps", {})

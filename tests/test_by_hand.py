@@ -16,6 +16,7 @@ from helpers.guest import Local
 from helpers.lab import images
 from helpers.lab.sources import recipe_hash
 from helpers.ops import l1 as l1_ops
+from helpers.ops import l1_files
 from helpers.stages import build_l1, teardown, verify_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def test_sizes_for_qemu_img(size, arg):
 def test_the_backing_file_command_makes_the_same_file_as_the_step(tmp_path):
     cmd = by_hand.l1_files(tmp_path, tmp_path / "byhand.raw", 0.5).commands[1].split("#")[0]
     subprocess.run(cmd, shell=True, check=True, capture_output=True)
-    l1_ops.ensure_backing_file(Local(), tmp_path / "step.raw", 0.5, _State())
+    l1_files.apply_op(l1_files.plan_backing_file(Local(), tmp_path / "step.raw", 0.5), _State())
     assert (tmp_path / "byhand.raw").stat().st_size == (tmp_path / "step.raw").stat().st_size
     assert (tmp_path / "byhand.raw").stat().st_blocks * 512 < 1024 ** 2  # sparse, like the step's
 
@@ -83,7 +84,7 @@ def test_fio_is_the_command_the_benchmark_runs():
 
 
 def test_known_hosts_line_is_the_one_the_step_writes(tmp_path):
-    l1_ops.write_known_hosts(Local(), tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1", _State())
+    l1_files.apply_op(l1_files.plan_known_hosts(Local(), tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1"), _State())
     line = l1_ops.known_hosts_line("127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1")
     assert (tmp_path / "kh").read_text() == line + "\n"
     assert l1_ops.known_hosts_line("10.0.0.5", 22, "ssh-ed25519 AAAAkey") == "10.0.0.5 ssh-ed25519 AAAAkey"
@@ -125,7 +126,7 @@ def test_stage_02_files_and_define(ctx, tmp_path, monkeypatch):
     monkeypatch.setattr(l0_mod, "libvirt", lambda p: NoL1())
     plan = build_l1.PrepareFiles().plan(ctx)
     text = "\n".join(c for a in plan.actions for c in a.commands)
-    assert f"qemu-img create -f raw {tmp_path}/work/nvme.raw 1G" in text
+    assert f"truncate -s 1G {tmp_path}/work/nvme.raw" in text
     assert f"-b {ctx.cache}/l1.raw" in text and "'[127.0.0.1]:2222 ssh-ed25519 AAAA'" in text
     assert [a.machine for a in plan.actions] == ["L0"] * 5 and not (tmp_path / "work").exists()
     assert by_hand.define("nested-kvm", "nested-kvm.xml").commands[0].startswith("virsh define nested-kvm.xml")
