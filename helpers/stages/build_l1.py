@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import by_hand
+from .. import by_hand, execute
 from .. import l0
 from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
@@ -187,10 +187,9 @@ class DefineL1(Step):
         dp = domain.plan_define(lv, p.l1.name, d.xml, replace=p.l1.replace)
         if not dp.how:
             return self.no_change(f"{p.l1.name} is defined with this definition", (d, dp))
-        cmds = by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri).commands
+        cmds = by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri,
+                              replace=dp.how == "replace", running=dp.running).commands
         if dp.how == "replace":
-            cmds = [by_hand.virsh("destroy", p.l1.name, uri=p.host.libvirt_uri) + "   # if it runs",
-                    by_hand.virsh("undefine", p.l1.name, uri=p.host.libvirt_uri)] + cmds
             what = f"replace the definition of {p.l1.name} in {p.host.libvirt_uri} (l1.replace is true)"
             content = "differences:\n  " + "\n  ".join(dp.diff) + "\n\n" + d.xml
         else:
@@ -199,9 +198,11 @@ class DefineL1(Step):
 
     def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
         d, dp = plan.data
-        change = domain.apply_define(l0.libvirt(ctx.params), dp)
+        name = ctx.params.l1.name
+        if plan.changes:
+            execute.run(ctx, plan.actions[0], files={f"{name}.xml": d.xml})
         _record_l1(ctx, d)
-        return [change]
+        return [did(f"define {name}", dp.detail) if plan.changes else no_change(f"define {name}", dp.detail)]
 
 
 class StartL1(Step):
@@ -218,11 +219,10 @@ class StartL1(Step):
         name = ctx.params.l1.name
         if not plan.changes:
             return [no_change(f"start {name}", "already running")]
-        lv = l0.libvirt(ctx.params)
-        lv.start(name)
+        execute.run(ctx, plan.actions[0])
         ctx.state.update("l1", started_at=time.time())
         ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
-        return [did(f"start {name}", f"started in {lv.where}")]
+        return [did(f"start {name}", f"started in {l0.libvirt(ctx.params).where}")]
 
 
 def l1_not_up(ctx: Stage) -> str | None:

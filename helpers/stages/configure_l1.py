@@ -11,7 +11,7 @@ from ..facts import system as system_facts
 from ..nb import Stage
 from ..ops import l1_config, no_change
 from ..paths import paths
-from ..steps import Action, Plan, Step
+from ..steps import Action, Plan, Step, no_change_why
 
 URI = "qemu:///system"   # libvirt inside L1, as the seed's `virsh` uses it
 
@@ -160,7 +160,7 @@ class BootKernel(Step):
         if ctx.seen.get("boot_kernel"):  # what L1 is to boot, for the reboot's check and the report
             ctx.state.update("l1", boot_kernel=ctx.seen["boot_kernel"])
         if plan.data is None:
-            return [no_change(self.label, plan.reason.removeprefix("no change: "))]
+            return [no_change(self.label, no_change_why(plan))]
         return [ctx.seen["boot"].apply_default_kernel(ctx.l1(), plan.data)]
 
 
@@ -196,12 +196,12 @@ class Reboot(Step):
         checks_ += [f"uname -r   # check: {kernel}"] if other else []
         return Plan(self.label, [Action("L1", f"reboot L1: {why}; wait until it is back "
                                               f"(up to {ctx.params.l1.boot_timeout_s} s)",
-                                        ["reboot", "# ... log in again, then:"] + checks_)],
+                                        [l1_config.REBOOT, "# ... log in again, then:"] + checks_)],
                     data=(args, kernel if other else None))
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
         if not plan.changes:
-            return [no_change(f"reboot {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
+            return [no_change(f"reboot {ctx.l1().name}", no_change_why(plan))]
         args, kernel = plan.data
         done = l1_config.reboot(ctx.l1(), args, ctx.params.l1.boot_timeout_s,
                                 log=l0.Log(ctx.l0, paths(ctx.params).l1_console), kernel=kernel)
@@ -269,7 +269,7 @@ class StartLibvirt(Step):
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
         if not plan.changes:
-            return [no_change(f"libvirt in {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
+            return [no_change(f"libvirt in {ctx.l1().name}", no_change_why(plan))]
         done = l1_config.start_libvirtd(ctx.l1(), plan.data, URI)
         ctx.seen["libvirt_pending"] = False
         return [done]

@@ -10,7 +10,7 @@ from ..nb import Stage
 from ..ops import Change, no_change
 from ..ops import verify
 from ..paths import paths
-from ..steps import Action, Plan, Step
+from ..steps import Action, Plan, Step, no_change_why
 
 
 def controller(ctx: Stage) -> tuple[verify.Controller, str]:
@@ -144,7 +144,7 @@ class Mkfs(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            ch, out = no_change("mkfs.xfs", plan.reason.removeprefix("no change: ")), ""
+            ch, out = no_change("mkfs.xfs", no_change_why(plan)), ""
         else:
             ch, out = verify.apply_xfs(ctx.l2(), *plan.data)
         ctx.state.update("l2_verify", mkfs=ch.detail)
@@ -174,7 +174,7 @@ class Mount(Step):
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         ch = verify.apply_mount(ctx.l2(), *plan.data) if plan.changes else no_change(
-            "mount", plan.reason.removeprefix("no change: "))
+            "mount", no_change_why(plan))
         ctx.state.update("l2_verify", mounted=True)
         return [ch]
 
@@ -219,7 +219,7 @@ class BenchL2(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            return [no_change("L2 benchmark", plan.reason.removeprefix("no change: "))]
+            return [no_change("L2 benchmark", no_change_why(plan))]
         b = ctx.params.bench
         rows = fio.run_profiles(ctx.l2(), "L2", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
         ctx.state.set("bench_l2", rows)
@@ -244,7 +244,7 @@ class BenchL0(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            return [no_change("L0 benchmark", plan.reason.removeprefix("no change: "))]
+            return [no_change("L0 benchmark", no_change_why(plan))]
         b = ctx.params.bench
         ctx.state.remember_created("files", plan.data)
         rows = fio.run_profiles(ctx.l0, "L0", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
