@@ -136,7 +136,7 @@ def fio(target: str, cmd: Sequence[str], repeats: int, prompt: str) -> ByHand:
 # --- stage 05: inside L2 -----------------------------------------------------------------------
 
 def mkfs(device: str) -> ByHand:
-    return ByHand("root@L2", [f"blkid -p {q(device)}   # a signature here means data: stop unless it is scratch",
+    return ByHand("root@L2", [f"blkid -p {q(device)}   # check: a signature here means data: stop unless it is scratch",
                               f"mkfs.xfs -f {q(device)}"])
 
 

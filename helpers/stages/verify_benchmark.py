@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .. import by_hand
+from .. import by_hand, execute
 from ..bench import fio, results
 from ..errors import RunbookError
 from ..nb import Stage
-from ..ops import Change, no_change
+from ..ops import Change, did, no_change
 from ..ops import verify
 from ..paths import paths
 from ..steps import Action, Plan, Step, no_change_why
@@ -173,8 +173,10 @@ class Mount(Step):
                     data=(dev, mp))
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
-        ch = verify.apply_mount(ctx.l2(), *plan.data) if plan.changes else no_change(
-            "mount", no_change_why(plan))
+        if plan.changes:
+            execute.run(ctx, plan.actions[0])
+        dev, mp = plan.data if plan.changes else ("", "")
+        ch = did(f"mount {dev} {mp}", "mounted") if plan.changes else no_change("mount", no_change_why(plan))
         ctx.state.update("l2_verify", mounted=True)
         return [ch]
 
