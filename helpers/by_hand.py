@@ -1,6 +1,6 @@
 """The commands an engineer would type to do a step by hand, at that layer's
 prompt, derived from the same data the step uses. A notebook shows them next
-to what the runbook did (``Stage.do(..., by_hand=...)``), so a trainee can
+in each step's plan (``Action.commands``), so a trainee can
 repeat the procedure without the runbook. Lines starting with ``#`` are notes.
 
 Each function only builds text: nothing here reads or changes a machine."""

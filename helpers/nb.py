@@ -113,30 +113,6 @@ class Stage:
         self.record(step.label, result)
         step.show(result)
 
-    def do(self, label: str, fn, *args, preview=None, show=None, by_hand=None):
-        """One step. Batch runs call ``fn(*args)`` now and show the result.
-        Interactive runs show a button; a step with a ``preview`` (it changes
-        something) says what it will do and waits for Confirm. ``by_hand``
-        (a callable returning ``helpers.by_hand.ByHand``) gives the commands an
-        engineer would type for the step, computed before it runs: shown after the
-        result, and in the preview."""
-        if self.interactive:
-            from .forms import CallButton
-            if by_hand is not None and preview is not None:
-                said = preview
-                preview = lambda: f"{said()}\nBy hand:\n{ui.by_hand_text(by_hand())}"  # noqa: E731
-            b = CallButton(label, fn, args, preview, show, on_result=lambda r: self.record(label, r))
-            ui._display(b.widget)
-            return b
-        commands = by_hand() if by_hand is not None else None  # the plan, before the step changes it
-        result = fn(*args)
-        self.record(label, result)
-        if show is not None:
-            show(result)
-        if commands is not None:
-            ui.show_by_hand(commands)
-        return result
-
     def record(self, label: str, result) -> None:
         """Note in the run state what a step changed, so a rerun can be checked for "no change"."""
         from .ops import Change

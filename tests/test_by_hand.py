@@ -18,6 +18,7 @@ from helpers.lab.sources import recipe_hash
 from helpers.ops import l1 as l1_ops
 from helpers.ops import l1_files
 from helpers.stages import build_l1, teardown, verify_benchmark
+from helpers.steps import Action, Plan, Step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,12 +142,30 @@ def test_stage_05_and_99(ctx, tmp_path):
     assert plan.actions[0].commands[0] == f"rm -f {tmp_path}/work/known_hosts"
 
 
+class _Echo(Step):
+    """A step that plans one command and, applied, runs it (for the display tests)."""
+    label = "step"
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def plan(self, ctx):
+        self.seen.append("planned")
+        return Plan(self.label, [Action("L0", "define nested-kvm", by_hand.define("nested-kvm", "nested-kvm.xml").commands)])
+
+    def apply(self, ctx, plan):
+        self.seen.append("ran")
+        return "result"
+
+    def show(self, result):
+        self.seen.append(result)
+
+
 def test_a_batch_step_shows_its_commands_after_its_result_computed_before_it_runs(ctx, monkeypatch):
     seen = []
-    monkeypatch.setattr(ui, "show_by_hand", lambda b: seen.append(ui.by_hand_text(b)))
-    ctx.do("step", lambda: seen.append("ran") or "result", show=seen.append,
-           by_hand=lambda: seen.append("planned") or by_hand.ByHand("root@L0", ["true"]))
-    assert seen == ["planned", "ran", "result", "[root@L0] ~$ true"]
+    monkeypatch.setattr(ui, "show_plan", lambda plan, mode: seen.append(plan.actions[0].commands[0]))
+    ctx.step(_Echo(seen))
+    assert seen == ["planned", "virsh define nested-kvm.xml   # nested-kvm.xml: the XML shown above", "ran", "result"]
 
 
 def test_show_by_hand_without_commands_shows_nothing(monkeypatch):
@@ -160,6 +179,10 @@ def test_show_by_hand_without_commands_shows_nothing(monkeypatch):
 
 def test_an_interactive_step_previews_its_commands(ctx):
     ctx.interactive = True
-    button = ctx.do("Define L1", lambda: None, preview=lambda: "define domain nested-kvm",
-                    by_hand=lambda: by_hand.define("nested-kvm", "nested-kvm.xml"))
-    assert button.preview().startswith("define domain nested-kvm\nBy hand:\n[root@L0] ~$ virsh define nested-kvm.xml")
+    run = ctx.step(_Echo([]))
+    run.button.button.click()
+    assert "define nested-kvm" in run.button.preview and "virsh define nested-kvm.xml" in run.button.preview
+    assert not run.applied and run.button.confirm.layout.display == ""  # Confirm applies it
+
+
+

@@ -6,6 +6,7 @@ import time
 
 from .. import by_hand, execute
 from ..bench import fio
+from ..checks import passthrough
 from ..errors import RunbookError
 from ..lab import sources as lab_layout  # where the lab image puts L2's files in L1
 from ..facts import pci
@@ -14,7 +15,6 @@ from ..guest import Agent
 from ..libvirt_xml import CPU, OS, VCPU, Channel, Controller, Disk, Domain, Features, HostdevPCI, Memballoon, Serial
 from ..nb import Stage
 from ..ops import Change, did, domain, no_change
-from ..ops import passthrough
 from ..steps import Action, Plan, Step, no_change_why
 from ..paths import paths
 from ..virt import Virsh

@@ -8,20 +8,22 @@ from ..bench import fio, results
 from ..errors import RunbookError
 from ..nb import Stage
 from ..ops import Change, did, no_change
+from ..checks.passthrough import l2_controller, l2_namespaces
+from ..facts import storage
 from ..ops import verify
 from ..paths import paths
 from ..steps import Action, Plan, Step, no_change_why
 
 
-def controller(ctx: Stage) -> tuple[verify.Controller, str]:
-    c, out = verify.controller(ctx.l2())
+def controller(ctx: Stage) -> tuple[storage.Controller, str]:
+    c, out = l2_controller(ctx.l2())
     ctx.state.update("l2_verify", controller={"bdf": c.bdf, "ids": c.ids, "class": c.pci_class, "line": c.line})
     return c, out
 
 
 def namespaces(ctx: Stage) -> tuple[dict, str]:
     """`nvme list` in L2: model, serial, size and block size of the passed-through namespace."""
-    devs, table = verify.namespaces(ctx.l2())
+    devs, table = l2_namespaces(ctx.l2())
     want = ctx.params.nvme.serial
     match = [d for d in devs if d.get("SerialNumber", "").strip() == want]
     if not match:
@@ -37,7 +39,7 @@ def namespaces(ctx: Stage) -> tuple[dict, str]:
 
 
 def df(ctx: Stage) -> tuple[dict, str]:
-    info, out = verify.df(ctx.l2(), ctx.params.verify.mount_point)
+    info, out = storage.df(ctx.l2(), ctx.params.verify.mount_point)
     if info["type"] != "xfs":
         raise RunbookError(f"{ctx.params.verify.mount_point} in L2 is {info['type']}, not xfs")
     ctx.state.update("l2_verify", df=info)
