@@ -141,6 +141,18 @@ class Stage:
         return l2_guest(self.params, self.state, self.l1())
 
 
+def _keep_errors(state: State, number: str) -> None:
+    """A RunbookError that stops this stage's kernel is kept in the run state as fields (the
+    stage, the step that was planned or applied, the message and the HINT), so the runner
+    reads them as they are instead of from the error's text."""
+    if state.get("error"):
+        state.set("error", None)
+
+    def keep(e: RunbookError) -> None:
+        state.set("error", {"stage": number, "step": record.current_step(), "message": e.message, "hint": e.hint})
+    ui.ON_ERROR = keep
+
+
 def stage(number: str, params_file: str, state_file: str = "", interactive: bool = False,
           show_picture: bool = True, mode: str = "run") -> Stage:
     """Load and validate the parameters and the run state; set the display mode and the
@@ -163,6 +175,7 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     record.start(Path(state_file).parent, number)
     from . import l0
     ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode, l0=l0.guest(p))
+    _keep_errors(ctx.state, number)
     walked = ctx.state.get("steps", {})
     if walked.get(number):  # this stage's steps are walked anew
         walked.pop(number)

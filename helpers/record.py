@@ -51,11 +51,19 @@ def active() -> bool:
 def step(label: str, phase: str):
     """Commands inside ran for step ``label`` while it was planned or applied."""
     old = dict(_where)
-    _where.update(step=label, phase=phase)
+    _where.update(step=label, phase=phase, failed=None)
     try:
         yield
+    except BaseException:
+        old["failed"] = label  # the step an error came out of, for the error's record
+        raise
     finally:
-        _where.update(step=old["step"], phase=old["phase"])
+        _where.update(step=old["step"], phase=old["phase"], failed=old.get("failed"))
+
+
+def current_step() -> str | None:
+    """The label of the step being planned or applied now, or the one an error just came out of."""
+    return _where["step"] or _where.get("failed")
 
 
 @contextlib.contextmanager
@@ -82,7 +90,8 @@ def part_of(command: str):
 def _write(entry: dict) -> None:
     if _file is None:
         return
-    entry = {"label": _label, **_where, **entry, "t": round(time.time(), 3)}
+    entry = {"label": _label, "stage": _where["stage"], "step": _where["step"], "phase": _where["phase"],
+             **entry, "t": round(time.time(), 3)}
     if _within and "within" not in entry:
         entry["within"] = _within[-1]
     with open(_file, "a") as f:

@@ -79,3 +79,27 @@ def test_the_executor_sends_virsh_lines_to_libvirt():
     assert execute.libvirt_call("virsh list") is None and execute.libvirt_call("rm -f x") is None
     a = Action("L1", "x", ["virsh destroy l2   # it runs", "virsh dominfo l2   # check: it is defined", "# note"])
     assert execute.command_lines(a) == ["virsh destroy l2"]
+
+
+def test_a_stage_error_crosses_to_the_runner_as_fields(tmp_path, monkeypatch):
+    """The kernel keeps the failing step, message and HINT in the run state; the runner's summary
+    reads them as they are (the same words as before), and an error kept by another stage is not used."""
+    from helpers import nb, runner, ui
+    from helpers.errors import RunbookError
+    from helpers.state import State
+    monkeypatch.setattr(ui, "ON_ERROR", None)
+    nb._keep_errors(State(tmp_path / "state.json"), "04")
+    message = "no PCI device at 0000:00:09.0: HINT: not this one"  # a message that itself says HINT
+    try:
+        with record.step("Choose the NVMe", "apply"):
+            raise RunbookError(message, hint="look at `lspci -D` in L1")
+    except RunbookError as e:
+        ui.ON_ERROR(e)
+
+    class Failed(Exception):  # papermill's error: the exception's name and text from the kernel
+        ename, evalue = "RunbookError", f"{message}\nHINT: look at `lspci -D` in L1"
+    got = runner.failure_summary("04", tmp_path / "04.ipynb", Failed(), tmp_path / "state.json")
+    assert (got["error"], got["hint"], got["step"]) == (f"RunbookError: {message}", "look at `lspci -D` in L1",
+                                                        "Choose the NVMe")
+    other = runner.failure_summary("05", tmp_path / "05.ipynb", Failed(), tmp_path / "state.json")
+    assert "step" not in other  # stage 05 kept nothing: the text is all there is
