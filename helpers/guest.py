@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import record
 from .errors import RunbookError
 
 Command = str | Sequence[str]
@@ -60,6 +59,23 @@ def as_shell(cmd: Command) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(cmd)
 
 
+# Each command run, for ``helpers.record`` (which sets it when a run is recorded):
+# ON_RUN(machine, command, exit code, whether it only reads).
+ON_RUN: Callable[[str, str, int, bool], None] | None = None
+_reading = 0
+
+
+@contextlib.contextmanager
+def reading():
+    """Commands run inside only read (facts)."""
+    global _reading
+    _reading += 1
+    try:
+        yield
+    finally:
+        _reading -= 1
+
+
 class Guest:
     """A machine we can run commands on. Subclasses implement ``_run``."""
 
@@ -74,7 +90,8 @@ class Guest:
         """Run ``cmd`` (a shell string or an argv list) and return its result."""
         res = self._run(as_shell(cmd), timeout, input)
         res.cmd = as_shell(cmd)
-        record.command(self.name, res.cmd, res.rc)
+        if ON_RUN is not None:
+            ON_RUN(self.name, res.cmd, res.rc, _reading > 0)
         return res.check() if check else res
 
     @contextlib.contextmanager
@@ -96,7 +113,7 @@ class Guest:
 
     def read(self, cmd: Command, timeout: float = 120) -> Result:
         """``run`` for a command that only reads (recorded as such)."""
-        with record.reading():
+        with reading():
             return self.run(cmd, timeout=timeout)
 
     # File helpers, built on run(); Local overrides them with direct reads.
@@ -180,7 +197,7 @@ done"""
 def read_many(guest: Guest, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Kind and text of each path (globs expanded by the guest's shell), in one command."""
     args = " ".join(p if "*" in p else shlex.quote(p) for p in paths)
-    with record.reading():
+    with reading():
         r = guest.run(f"set -- {args}; {_READ_MANY}", timeout=60)
     found: dict[str, tuple[str, str]] = {}
     kind, path, text = "", "", []
@@ -345,29 +362,6 @@ def libvirt_agent_call(dom) -> AgentCall:
         if d is None:
             raise GuestError("the domain is not defined (any more)")
         return json.loads(libvirt_qemu.qemuAgentCommand(d, json.dumps(msg), max(int(timeout), 1), 0))
-    return call
-
-
-TRANSIENT_AGENT_ERRORS = ("not available for now", "is not connected", "not responding")
-
-
-def virsh_agent_call(via: Guest, domain: str, uri: str = "qemu:///system", retry_s: float = 20) -> AgentCall:
-    """Send guest-agent JSON with ``virsh qemu-agent-command`` run on ``via``
-    (L1 reaching its own guest L2). A briefly unavailable agent is retried for
-    ``retry_s`` seconds (libvirt sent nothing then, so a retry runs nothing twice)."""
-
-    def call(msg: dict, timeout: float) -> dict:
-        deadline = time.monotonic() + retry_s
-        while True:
-            r = via.run(["virsh", "-c", uri, "qemu-agent-command", domain, json.dumps(msg),
-                         "--timeout", str(max(int(timeout), 1))], timeout=timeout + 30)
-            if r.ok:
-                return json.loads(r.out)
-            said = (r.err.strip() or r.out.strip())
-            transient = any(t in said for t in TRANSIENT_AGENT_ERRORS) and msg.get("execute") != "guest-ping"
-            if not transient or time.monotonic() > deadline:
-                raise GuestError(f"guest agent of {domain} did not answer: {said}")
-            time.sleep(2)
     return call
 
 

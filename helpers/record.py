@@ -23,13 +23,14 @@ import os
 import time
 from pathlib import Path
 
+from . import guest
+
 ENV = "NESTED_NVME_RECORD"
 FILE = "commands.jsonl"
 
 _file: Path | None = None
 _label = ""
 _where: dict = {"stage": None, "step": None, "phase": None}
-_reading = 0
 _within: list[str] = []
 
 
@@ -41,6 +42,7 @@ def start(run_dir: Path, stage: str) -> None:
         return
     _file, _label = Path(run_dir) / FILE, label
     _where.update(stage=stage, step=None, phase=None)
+    guest.ON_RUN = command
 
 
 def active() -> bool:
@@ -66,15 +68,7 @@ def current_step() -> str | None:
     return _where["step"] or _where.get("failed")
 
 
-@contextlib.contextmanager
-def reading():
-    """Commands inside only read (facts)."""
-    global _reading
-    _reading += 1
-    try:
-        yield
-    finally:
-        _reading -= 1
+reading = guest.reading  # commands inside only read (facts)
 
 
 @contextlib.contextmanager
@@ -111,10 +105,10 @@ def applied(step: str) -> None:
         _write({"kind": "applied", "step": step, "phase": "apply"})
 
 
-def command(machine: str, cmd: str, rc: int) -> None:
-    """A command ``machine`` ran (``Guest.run``)."""
+def command(machine: str, cmd: str, rc: int, read: bool = False) -> None:
+    """A command ``machine`` ran (``Guest.run``; ``read``: through a read interface)."""
     if _file is not None:
-        _write({"machine": machine, "kind": "read" if _reading else "run", "cmd": cmd, "rc": rc})
+        _write({"machine": machine, "kind": "read" if read else "run", "cmd": cmd, "rc": rc})
 
 
 @contextlib.contextmanager

@@ -3,12 +3,13 @@
 and removing a domain is one piece of code for L1 (at L0) and L2 (in L1)."""
 from __future__ import annotations
 
+import json
 import shlex
 import time
 
 from . import record
 from .errors import RunbookError
-from .guest import Guest
+from .guest import AgentCall, Guest, GuestError
 
 
 DEFAULT_URI = "qemu:///system"   # what `virsh` uses as root when no -c is given
@@ -227,6 +228,19 @@ class Virsh(Libvirt):
             with self._changing("destroy", name):
                 self.virsh("destroy", name)
 
+    def domstate(self, name: str) -> tuple[str, str]:
+        """``virsh domstate --reason``: ('running', 'booted'), ('shut off', 'destroyed'), ('undefined', '') ..."""
+        r = self.read("domstate", "--reason", name, timeout=60)
+        if not r.ok:
+            said = (r.err or r.out).strip()
+            return ("undefined", "") if "failed to get domain" in said.lower() else ("unknown", said)
+        state, _, reason = r.out.strip().partition(" (")
+        return state, reason.rstrip(")")
+
+    def agent_call(self, domain: str, retry_s: float = 20):
+        """The guest agent of ``domain`` through ``virsh qemu-agent-command`` (``guest.Agent``'s call)."""
+        return virsh_agent_call(self.guest, domain, self.uri, retry_s)
+
     def nodedev(self, call: str, device: str) -> None:
         """``virsh nodedev-detach`` or ``nodedev-reattach`` of ``device`` (libvirt's name)."""
         with self._changing(call, device, device):
@@ -240,3 +254,26 @@ class Virsh(Libvirt):
     def shell(self, *args: str) -> str:
         """The virsh command line, for showing in a notebook."""
         return shlex.join(["virsh", *args])
+
+
+TRANSIENT_AGENT_ERRORS = ("not available for now", "is not connected", "not responding")
+
+
+def virsh_agent_call(via: Guest, domain: str, uri: str = DEFAULT_URI, retry_s: float = 20) -> AgentCall:
+    """Send guest-agent JSON with ``virsh qemu-agent-command`` run on ``via``
+    (L1 reaching its own guest L2). A briefly unavailable agent is retried for
+    ``retry_s`` seconds (libvirt sent nothing then, so a retry runs nothing twice)."""
+
+    def call(msg: dict, timeout: float) -> dict:
+        deadline = time.monotonic() + retry_s
+        while True:
+            r = Virsh(via, uri).virsh("qemu-agent-command", domain, json.dumps(msg), "--timeout",
+                                      str(max(int(timeout), 1)), check=False, timeout=timeout + 30)
+            if r.ok:
+                return json.loads(r.out)
+            said = (r.err.strip() or r.out.strip())
+            transient = any(t in said for t in TRANSIENT_AGENT_ERRORS) and msg.get("execute") != "guest-ping"
+            if not transient or time.monotonic() > deadline:
+                raise GuestError(f"guest agent of {domain} did not answer: {said}")
+            time.sleep(2)
+    return call

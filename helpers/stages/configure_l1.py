@@ -94,6 +94,16 @@ def l2_accel(ctx: Stage) -> tuple[str, str]:
     return accel, why
 
 
+def kernel_or_refuse(choice, kind: str):
+    """The kernel choice, or the refusal when no installed kernel has the vIOMMU's driver."""
+    if choice.lacking:
+        raise RunbookError(
+            f"{choice.reason}: the {kind} vIOMMU cannot be used in L1",
+            hint="install the distribution's generic kernel in L1 (Debian: apt-get install linux-image-amd64, whose "
+                 "cloud kernel lacks the AMD IOMMU driver; RHEL: dnf install kernel), then rerun stage 03")
+    return choice
+
+
 # --- the steps ---------------------------------------------------------------------------------
 
 DISTRO = "L1's distribution and bootloader"
@@ -146,7 +156,7 @@ class BootKernel(Step):
             return self.unknown(why)
         from ..facts import kernel
         kind = iommu_kind(ctx)
-        choice = kernel.kernel_for(ctx.l1(), kind)
+        choice = kernel_or_refuse(kernel.kernel_for(ctx.l1(), kind), kind)
         ctx.seen["boot_kernel"] = choice.boot
         if choice.boot is None:
             return self.no_change(choice.reason)
