@@ -32,6 +32,8 @@ class Stage:
     l0: Guest = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
     seen: dict = field(default_factory=dict)  # what this stage's read-only steps read, for the later steps' plans
+    plans: dict = field(default_factory=dict)  # step class -> its latest Plan in this stage
+    applied: set = field(default_factory=set)  # the step classes whose latest plan was applied
     _l1_checked: bool = False
 
     def form(self, *sections: str):
@@ -94,6 +96,8 @@ class Stage:
             plan = Plan(step.label, [], unknown=f"this is fixed, as a run would stop here: {e.message}"
                                                 + (f" (HINT: {e.hint})" if e.hint else ""))
         record.plan(step.label, plan.record())
+        self.plans[type(step)] = plan
+        self.applied.discard(type(step))
         walked = self.state.get("steps", {})
         walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
                                                    **plan.record()})
@@ -105,6 +109,7 @@ class Stage:
         with record.step(step.label, "apply"):
             result = step.apply(self, run.plan)
             record.applied(step.label)
+        self.applied.add(type(step))
         run.done(result)
         walked = self.state.get("steps", {})
         if walked.get(self.number):
@@ -112,6 +117,15 @@ class Stage:
             self.state.set("steps", walked)
         self.record(step.label, result)
         step.show(result)
+
+    def planned(self, step_cls):
+        """The latest plan of an earlier step of this stage (None: not planned)."""
+        return self.plans.get(step_cls)
+
+    def pending(self, step_cls) -> bool:
+        """Will an earlier step still change something: planned with changes, not applied yet?"""
+        plan = self.plans.get(step_cls)
+        return bool(plan is not None and plan.changes and step_cls not in self.applied)
 
     def record(self, label: str, result) -> None:
         """Note in the run state what a step changed, so a rerun can be checked for "no change"."""
