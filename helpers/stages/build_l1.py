@@ -18,7 +18,7 @@ from ..numa import choose_cpuset
 from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
 from ..ops import l1_files
-from ..steps import Action, Plan as StepPlan, Step
+from ..steps import Action, Plan, Step
 from ..paths import paths
 from ..guest import Local
 
@@ -39,7 +39,7 @@ class LabImages(Step):
     """The lab's L1 and L2 images, built once and cached (a real host: its own image, checked)."""
     label = "Lab images"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
         if p.l1.image != "lab":
             if not ctx.l0.exists(str(Path(p.l1.image).expanduser())):
@@ -52,11 +52,11 @@ class LabImages(Step):
         if imgs:
             return self.no_change(f"images up to date (recipe {imgs.recipe}) in {CACHE_DIR / imgs.recipe}", imgs)
         recipe = recipe_hash(ctx.l0)
-        return StepPlan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
+        return Plan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
                                                   "with mmdebstrap (about two minutes)",
                                             ["python -m helpers.lab.images   # make images"])])
 
-    def apply(self, ctx: Stage, plan: StepPlan):
+    def apply(self, ctx: Stage, plan: Plan):
         if ctx.params.l1.image != "lab":
             return [no_change("lab images", "l1.image is given")]
         imgs = plan.data
@@ -72,7 +72,7 @@ class LabImages(Step):
 
 
 @dataclass
-class Plan:
+class L1Definition:
     """L1's definition."""
     domain: Domain
     xml: str
@@ -85,7 +85,7 @@ class Plan:
     iommu_reason: str = ""
 
 
-def definition(ctx: Stage) -> Plan:
+def definition(ctx: Stage) -> L1Definition:
     """L1's definition from the parameters, the accelerator stage 01 chose and the host's NUMA layout."""
     p = ctx.params
     accel = ctx.state["accel"]
@@ -101,7 +101,7 @@ def definition(ctx: Stage) -> Plan:
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
                            iommu=kind, native_amd_iommu=supports_native_amd_iommu(version))
-    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why)
+    return L1Definition(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why)
 
 
 def iommu_kind(ctx: Stage) -> tuple[str, str]:
@@ -118,15 +118,15 @@ class Definition(Step):
     label = "L1's definition"
     reads_only = True
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
         return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version")
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> Plan:
+    def apply(self, ctx: Stage, plan: Plan) -> L1Definition:
         return definition(ctx)
 
-    def show(self, d: Plan) -> None:
+    def show(self, d: L1Definition) -> None:
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
         print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
@@ -139,7 +139,7 @@ class PrepareFiles(Step):
     """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host key."""
     label = "Prepare files"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         p, ps = ctx.params, paths(ctx.params)
         lab, m = p.l1.image == "lab", ctx.l0
         imgs = lab_images(ctx) if lab else None
@@ -162,13 +162,13 @@ class PrepareFiles(Step):
         actions = [o.action for o in ops if o.action]
         if not actions:
             return self.no_change("; ".join(f"{o.what}: {o.detail}" for o in ops), ops)
-        return StepPlan(self.label, actions, data=ops)
+        return Plan(self.label, actions, data=ops)
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         return [l1_files.apply_op(op, ctx.state) for op in plan.data]
 
 
-def _record_l1(ctx: Stage, d: Plan) -> None:
+def _record_l1(ctx: Stage, d: L1Definition) -> None:
     """What was decided here; the way in (SSH, keys, console log) follows from the parameters."""
     ctx.state.update("l1", accel=d.accel, cpuset=d.cpuset, native_nvme=d.native_nvme,
                      iommu_kind=d.iommu, iommu_reason=d.iommu_reason)
@@ -178,7 +178,7 @@ class DefineL1(Step):
     """Define L1 from its definition (idempotent; a different one replaced only with l1.replace)."""
     label = "Define L1"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
         p = ctx.params
@@ -194,9 +194,9 @@ class DefineL1(Step):
             content = "differences:\n  " + "\n  ".join(dp.diff) + "\n\n" + d.xml
         else:
             what, content = f"define {p.l1.name} in {p.host.libvirt_uri}", d.xml
-        return StepPlan(self.label, [Action("L0", what, cmds, content)], data=(d, dp))
+        return Plan(self.label, [Action("L0", what, cmds, content)], data=(d, dp))
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         d, dp = plan.data
         name = ctx.params.l1.name
         if plan.changes:
@@ -208,14 +208,14 @@ class DefineL1(Step):
 class StartL1(Step):
     label = "Start L1"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
         if l0.libvirt(p).is_active(p.l1.name):
             return self.no_change(f"{p.l1.name} is running")
-        return StepPlan(self.label, [Action("L0", f"start {p.l1.name}",
+        return Plan(self.label, [Action("L0", f"start {p.l1.name}",
                                             by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         name = ctx.params.l1.name
         if not plan.changes:
             return [no_change(f"start {name}", "already running")]
@@ -242,14 +242,14 @@ class WaitL1(Step):
     label = "Wait for L1"
     reads_only = True
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if why := l1_not_up(ctx):
             return self.unknown(why)
         p = ctx.params
         return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping), then SSH "
                           f"(up to {p.l1.boot_timeout_s} s)")
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> dict:
+    def apply(self, ctx: Stage, plan: Plan) -> dict:
         return wait(ctx)
 
     def show(self, times: dict) -> None:
@@ -261,12 +261,12 @@ class InspectL1(Step):
     label = "Look inside L1"
     reads_only = True
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if why := l1_not_up(ctx):
             return self.unknown(why)
         return self.reads("lspci, dmesg and /proc/cmdline in L1")
 
-    def apply(self, ctx: Stage, plan: StepPlan):
+    def apply(self, ctx: Stage, plan: Plan):
         return inspect(ctx)
 
     def show(self, result) -> None:
@@ -276,8 +276,6 @@ class InspectL1(Step):
             ui.show_output(cmd, out, prompt="root@L1")
         ui.show_table(before, ["what the line proves", "in L1's kernel log now"])
 
-
-plan = definition  # the name earlier code used
 
 STEPS = [LabImages, Definition, PrepareFiles, DefineL1, StartL1, WaitL1, InspectL1]
 
