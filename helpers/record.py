@@ -74,6 +74,7 @@ reading = guest.reading  # commands inside only read (facts)
 @contextlib.contextmanager
 def part_of(command: str):
     """Commands inside carry out the planned ``command`` (done in-process, not as that one line)."""
+    _write({"machine": "this process", "kind": "run", "cmd": command, "in_process": True})
     _within.append(command)
     try:
         yield

@@ -103,3 +103,15 @@ def test_a_stage_error_crosses_to_the_runner_as_fields(tmp_path, monkeypatch):
                                                         "Choose the NVMe")
     other = runner.failure_summary("05", tmp_path / "05.ipynb", Failed(), tmp_path / "state.json")
     assert "step" not in other  # stage 05 kept nothing: the text is all there is
+
+
+def test_a_planned_command_done_in_process_counts_with_what_it_ran(recording):
+    a = Action("L0", "build the lab images", ["python -m helpers.lab.images   # make images"])
+
+    def build():
+        with record.part_of("python -m helpers.lab.images"):
+            Local().run("true")
+    walk("Lab images", [a], build)
+    rows = sir.load(recording, "t")
+    assert [r.get("within") for r in rows if r["kind"] == "run"] == [None, "python -m helpers.lab.images"]
+    assert sir.mismatches(rows) == []

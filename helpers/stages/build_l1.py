@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import by_hand, execute
+from .. import by_hand, execute, record
 from .. import l0
 from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
@@ -33,6 +33,7 @@ def lab_images(ctx: Stage):
 
 
 IMAGES_UNKNOWN = "the lab images are built (step 'Lab images')"
+IMAGES_COMMAND = "python -m helpers.lab.images"
 
 
 class LabImages(Step):
@@ -54,7 +55,7 @@ class LabImages(Step):
         recipe = recipe_hash(ctx.l0)
         return Plan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
                                                   "with mmdebstrap (about two minutes)",
-                                            ["python -m helpers.lab.images   # make images"])])
+                                            [f"{IMAGES_COMMAND}   # make images"])])
 
     def apply(self, ctx: Stage, plan: Plan):
         if ctx.params.l1.image != "lab":
@@ -63,7 +64,8 @@ class LabImages(Step):
         if plan.changes:
             from ..lab.images import LabImageError, ensure_images
             try:
-                imgs = ensure_images(ctx.l0, progress=print)
+                with record.part_of(IMAGES_COMMAND):  # what the plan shows, done in this process
+                    imgs = ensure_images(ctx.l0, progress=print)
             except LabImageError as e:
                 raise RunbookError(f"building the lab images failed: {e}",
                                    hint="read /var/cache/nested-nvme/images/build.log on L0") from None
