@@ -76,23 +76,6 @@ def known_hosts(path: Path, line: str) -> list[str]:
     return [f"echo {q(line)} > {q(path)}   # L1's host key, from the image: no trust on first use"]
 
 
-def l1_files(workdir: Path, backing_file_: Path, size_gib: float, overlay: tuple[Path, Path] | None = None,
-             ssh_key: tuple[Path, Path] | None = None, known_hosts: tuple[Path, str] | None = None) -> ByHand:
-    """The workdir, the NVMe's raw backing file (sparse) readable by QEMU's user and, in the
-    lab, L1's overlay disk, the run's copy of the SSH key and L1's pinned host key."""
-    cmds = mkdir(workdir) + backing_file(backing_file_, size_gib)
-    if overlay:
-        cmds += _overlay(*overlay)
-    if ssh_key:
-        cmds += install_key(*ssh_key)
-    if known_hosts:
-        cmds += _known_hosts(*known_hosts)
-    return ByHand("root@L0", cmds)
-
-
-_overlay, _known_hosts = overlay, known_hosts
-
-
 def define(name: str, xml_file: str, uri: str = DEFAULT_URI, prompt: str = "root@L0",
            replace: bool = False, running: bool = False) -> ByHand:
     """``virsh define FILE``: the XML the step defines, saved to a file (the seed: --print-xml > FILE);
@@ -174,10 +157,6 @@ def remove_l2_parts(name: str, disk: str | None, bdf: str | None, running: bool 
 def remove_l2(name: str, disk: str | None, bdf: str | None) -> ByHand:
     """L2 away in L1; libvirt gives the managed device back to ``nvme`` (``nodedev-reattach``)."""
     return ByHand("root@L1", [c for _, cmds in remove_l2_parts(name, disk, bdf) for c in cmds])
-
-
-def remove_l1(name: str, uri: str = DEFAULT_URI) -> ByHand:
-    return ByHand("root@L0", [virsh("destroy", name, uri=uri), virsh("undefine", name, uri=uri)])
 
 
 def remove_files(files: Sequence[Path], kept: Sequence[Path] = ()) -> ByHand:

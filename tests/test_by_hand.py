@@ -67,7 +67,7 @@ def test_sizes_for_qemu_img(size, arg):
 
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="qemu-img not installed")
 def test_the_backing_file_command_makes_the_same_file_as_the_step(tmp_path):
-    cmd = by_hand.l1_files(tmp_path, tmp_path / "byhand.raw", 0.5).commands[1].split("#")[0]
+    cmd = by_hand.backing_file(tmp_path / "byhand.raw", 0.5)[0].split("#")[0]
     subprocess.run(cmd, shell=True, check=True, capture_output=True)
     l1_files.apply_op(l1_files.plan_backing_file(Local(), tmp_path / "step.raw", 0.5), _State())
     assert (tmp_path / "byhand.raw").stat().st_size == (tmp_path / "step.raw").stat().st_size
