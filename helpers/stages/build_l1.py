@@ -149,7 +149,7 @@ class PrepareFiles(Step):
             return self.unknown(IMAGES_UNKNOWN)
         l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
         ops = [l1_files.plan_workdir(m, ps.workdir),
-               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib)]
+               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib, ps.workdir)]
         if lab:
             running = l0.libvirt(p).is_active(p.l1.name)
             spec = l1_ssh_spec(p)
