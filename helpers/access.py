@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from .errors import RunbookError
-from .guest import SSH, Agent, Guest, GuestError, virsh_agent_call
+from .guest import SSH, Agent, Guest, GuestError
+from .virt import virsh_agent_call
 from .params import Params
 from .state import State
 
@@ -92,13 +93,8 @@ def l1_domain_state(p: Params, l0: Guest | None = None) -> tuple[str, str]:
     """L1's state and its reason on L0's libvirt: ('running', 'booted'),
     ('shut off', 'destroyed'), ('undefined', '') ... (``virsh domstate --reason``)."""
     from . import l0 as l0_mod
-    r = (l0 or l0_mod.guest(p)).run(["virsh", "-c", p.host.libvirt_uri, "domstate", "--reason", p.l1.name],
-                                    timeout=60)
-    if not r.ok:
-        said = (r.err or r.out).strip()
-        return ("undefined", "") if "failed to get domain" in said.lower() else ("unknown", said)
-    state, _, reason = r.out.strip().partition(" (")
-    return state, reason.rstrip(")")
+    from .virt import Virsh
+    return Virsh(l0 or l0_mod.guest(p), p.host.libvirt_uri).domstate(p.l1.name)
 
 
 def l1_not_running(p: Params, l0: Guest | None = None) -> str | None:

@@ -1,6 +1,6 @@
 """The commands an engineer would type to do a step by hand, at that layer's
 prompt, derived from the same data the step uses. A notebook shows them next
-to what the runbook did (``Stage.do(..., by_hand=...)``), so a trainee can
+in each step's plan (``Action.commands``), so a trainee can
 repeat the procedure without the runbook. Lines starting with ``#`` are notes.
 
 Each function only builds text: nothing here reads or changes a machine."""
@@ -42,8 +42,10 @@ def virsh(*args: str, uri: str = DEFAULT_URI) -> str:
 
 
 def node_device(bdf: str) -> str:
-    """0000:00:10.0 -> pci_0000_00_10_0, libvirt's name for the PCI function."""
-    return "pci_" + bdf.replace(":", "_").replace(".", "_")
+    """0000:00:10.0 -> pci_0000_00_10_0, libvirt's name for the PCI function (one definition:
+    ``facts.pci.node_device_name``)."""
+    from .facts.pci import node_device_name
+    return node_device_name(bdf)
 
 
 def size_arg(size_gib: float) -> str:
@@ -57,10 +59,9 @@ def mkdir(workdir: Path) -> list[str]:
     return [f"mkdir -p {q(workdir)}"]
 
 
-def backing_file(path: Path, size_gib: float, create: bool = True) -> list[str]:
-    """The NVMe's raw backing file (sparse), given to QEMU's user."""
-    return ([f"qemu-img create -f raw {q(path)} {size_arg(size_gib)}   # sparse; skipped when it exists"]
-            if create else []) + [f"chown {QEMU_USER}:{QEMU_USER} {q(path)}   # QEMU runs as {QEMU_USER}"]
+def backing_file(path: Path, size_gib: float) -> list[str]:
+    """The NVMe's raw backing file: sparse (no block written), skipped when it exists."""
+    return [f"truncate -s {size_arg(size_gib)} {q(path)}   # sparse; skipped when it exists"]
 
 
 def overlay(golden: Path, disk: Path) -> list[str]:
@@ -75,31 +76,18 @@ def known_hosts(path: Path, line: str) -> list[str]:
     return [f"echo {q(line)} > {q(path)}   # L1's host key, from the image: no trust on first use"]
 
 
-def l1_files(workdir: Path, backing_file_: Path, size_gib: float, overlay: tuple[Path, Path] | None = None,
-             ssh_key: tuple[Path, Path] | None = None, known_hosts: tuple[Path, str] | None = None) -> ByHand:
-    """The workdir, the NVMe's raw backing file (sparse) readable by QEMU's user and, in the
-    lab, L1's overlay disk, the run's copy of the SSH key and L1's pinned host key."""
-    cmds = mkdir(workdir) + backing_file(backing_file_, size_gib)
-    if overlay:
-        cmds += _overlay(*overlay)
-    if ssh_key:
-        cmds += install_key(*ssh_key)
-    if known_hosts:
-        cmds += _known_hosts(*known_hosts)
-    return ByHand("root@L0", cmds)
-
-
-_overlay, _known_hosts = overlay, known_hosts
-
-
-def define(name: str, xml_file: str, uri: str = DEFAULT_URI, prompt: str = "root@L0") -> ByHand:
-    """``virsh define FILE``: the XML the step defines, saved to a file (the seed: --print-xml > FILE)."""
-    return ByHand(prompt, [virsh("define", xml_file, uri=uri) + f"   # {xml_file}: the XML shown above",
-                           virsh("dominfo", name, uri=uri) + "   # check: it is defined"])
+def define(name: str, xml_file: str, uri: str = DEFAULT_URI, prompt: str = "root@L0",
+           replace: bool = False, running: bool = False) -> ByHand:
+    """``virsh define FILE``: the XML the step defines, saved to a file (the seed: --print-xml > FILE);
+    replacing a definition: the running domain destroyed and the old one undefined first."""
+    first = ([virsh("destroy", name, uri=uri) + "   # it runs"] if replace and running else []) + \
+        ([virsh("undefine", name, uri=uri)] if replace else [])
+    return ByHand(prompt, first + [virsh("define", xml_file, uri=uri) + f"   # {xml_file}: the XML shown above",
+                                   virsh("dominfo", name, uri=uri) + "   # check: it is defined"])
 
 
 def start(name: str, uri: str = DEFAULT_URI, prompt: str = "root@L0") -> ByHand:
-    return ByHand(prompt, [virsh("start", name, uri=uri), virsh("list", uri=uri) + f"   # {name} is running"])
+    return ByHand(prompt, [virsh("start", name, uri=uri), virsh("list", uri=uri) + f"   # check: {name} is running"])
 
 
 # --- stage 03: inside L1: the plans of helpers.distro's classes carry the commands -----------
@@ -131,7 +119,7 @@ def fio(target: str, cmd: Sequence[str], repeats: int, prompt: str) -> ByHand:
 # --- stage 05: inside L2 -----------------------------------------------------------------------
 
 def mkfs(device: str) -> ByHand:
-    return ByHand("root@L2", [f"blkid -p {q(device)}   # a signature here means data: stop unless it is scratch",
+    return ByHand("root@L2", [f"blkid -p {q(device)}   # check: a signature here means data: stop unless it is scratch",
                               f"mkfs.xfs -f {q(device)}"])
 
 
@@ -142,19 +130,33 @@ def mount(device: str, mount_point: str) -> ByHand:
 
 # --- stage 99: teardown ------------------------------------------------------------------------
 
+def remove_l2_parts(name: str, disk: str | None, bdf: str | None, running: bool = True, defined: bool = True,
+                    stuck: bool = False) -> list[tuple[str, list[str]]]:
+    """L2 away in L1, part by part (what, commands): stop it if ``running``, undefine it if
+    ``defined``, remove its disk; libvirt gives the managed device back to ``nvme`` when L2
+    stops (``nodedev-reattach``), typed only when it is ``stuck`` on vfio-pci with L2 stopped."""
+    parts = []
+    if running:
+        parts.append((f"stop {name} (like pulling its power)", [virsh("destroy", name) + "   # stop L2 (like pulling its power)"]))
+    if defined:
+        parts.append((f"undefine {name}", [virsh("undefine", name)]))
+    if disk:
+        parts.append((f"remove L2's disk {disk}", [f"rm -f {q(disk)}"]))
+    if bdf:
+        checks = [f"lspci -k -s {bdf}   # check: Kernel driver in use: nvme", "nvme list   # check: the disk is back in L1"]
+        if stuck:
+            parts.append((f"the NVMe {bdf} back to L1's nvme driver (still on vfio-pci with {name} stopped)",
+                          [virsh("nodedev-reattach", node_device(bdf))] + checks))
+        else:
+            parts.append((f"the NVMe {bdf} back to L1's nvme driver: libvirt does it when {name} stops (managed='yes')",
+                          [f"# managed='yes': libvirt rebinds the NVMe to nvme; by hand: virsh nodedev-reattach {node_device(bdf)}"]
+                          + checks))
+    return parts
+
+
 def remove_l2(name: str, disk: str | None, bdf: str | None) -> ByHand:
     """L2 away in L1; libvirt gives the managed device back to ``nvme`` (``nodedev-reattach``)."""
-    cmds = [virsh("destroy", name) + "   # stop L2 (like pulling its power)", virsh("undefine", name)]
-    if disk:
-        cmds.append(f"rm -f {q(disk)}")
-    if bdf:
-        cmds += [f"# managed='yes': libvirt rebinds the NVMe to nvme; by hand: virsh nodedev-reattach {node_device(bdf)}",
-                 f"lspci -k -s {bdf}   # check: Kernel driver in use: nvme", "nvme list   # check: the disk is back in L1"]
-    return ByHand("root@L1", cmds)
-
-
-def remove_l1(name: str, uri: str = DEFAULT_URI) -> ByHand:
-    return ByHand("root@L0", [virsh("destroy", name, uri=uri), virsh("undefine", name, uri=uri)])
+    return ByHand("root@L1", [c for _, cmds in remove_l2_parts(name, disk, bdf) for c in cmds])
 
 
 def remove_files(files: Sequence[Path], kept: Sequence[Path] = ()) -> ByHand:

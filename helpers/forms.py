@@ -5,7 +5,7 @@ step's plan itself, and Confirm applies that same plan (nothing changes before C
 from __future__ import annotations
 
 import typing
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -152,52 +152,5 @@ class StepButton:
             try:
                 self.ctx.apply(self.step, self.run_)
                 self.calls += 1
-            except RunbookError as e:
-                print(f"ERROR: {e}")
-
-
-class CallButton:
-    """A button running one call (``Stage.do``, for notebooks not yet made of Steps).
-    ``preview`` (for steps that change something) says what will happen; then Confirm runs it."""
-
-    def __init__(self, label: str, fn: Callable, args: tuple, preview: Callable[[], str] | None,
-                 show: Callable[[Any], None] | None, on_result: Callable[[Any], None] | None = None):
-        import ipywidgets as w
-
-        self.fn, self.args, self.preview, self.show, self.on_result = fn, args, preview, show, on_result
-        self.result = None
-        self.calls = 0
-        self.button = w.Button(description=label, button_style="warning" if preview else "",
-                               layout=w.Layout(width="auto", min_width="148px"))  # the whole label, not "Read and ju..."
-        self.confirm = w.Button(description="Confirm", button_style="danger", layout=w.Layout(display="none"))
-        self.output = w.Output()
-        self.button.on_click(lambda _: self.click())
-        self.confirm.on_click(lambda _: self.run())
-        self.widget = w.VBox([w.HBox([self.button, self.confirm]), self.output])
-
-    def click(self) -> None:
-        if self.preview is None:
-            self.run()
-            return
-        with self.output:
-            self.output.clear_output()
-            print("This will: " + self.preview())
-            print("Press Confirm to go ahead.")
-        self.confirm.layout.display = ""
-
-    def run(self) -> None:
-        from .errors import RunbookError
-        self.confirm.layout.display = "none"
-        with self.output:
-            self.output.clear_output()
-            try:
-                self.result = self.fn(*self.args)
-                self.calls += 1
-                if self.on_result:
-                    self.on_result(self.result)
-                if self.show:
-                    self.show(self.result)
-                elif self.result is not None:
-                    print(self.result)
             except RunbookError as e:
                 print(f"ERROR: {e}")

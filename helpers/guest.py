@@ -59,6 +59,23 @@ def as_shell(cmd: Command) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(cmd)
 
 
+# Each command run, for ``helpers.record`` (which sets it when a run is recorded):
+# ON_RUN(machine, command, exit code, whether it only reads).
+ON_RUN: Callable[[str, str, int, bool], None] | None = None
+_reading = 0
+
+
+@contextlib.contextmanager
+def reading():
+    """Commands run inside only read (facts)."""
+    global _reading
+    _reading += 1
+    try:
+        yield
+    finally:
+        _reading -= 1
+
+
 class Guest:
     """A machine we can run commands on. Subclasses implement ``_run``."""
 
@@ -73,6 +90,8 @@ class Guest:
         """Run ``cmd`` (a shell string or an argv list) and return its result."""
         res = self._run(as_shell(cmd), timeout, input)
         res.cmd = as_shell(cmd)
+        if ON_RUN is not None:
+            ON_RUN(self.name, res.cmd, res.rc, _reading > 0)
         return res.check() if check else res
 
     @contextlib.contextmanager
@@ -92,32 +111,37 @@ class Guest:
     def _snapped(self, path: str) -> tuple[str, str] | None:
         return self._snap.get(path) if self._snap else None
 
+    def read(self, cmd: Command, timeout: float = 120) -> Result:
+        """``run`` for a command that only reads (recorded as such)."""
+        with reading():
+            return self.run(cmd, timeout=timeout)
+
     # File helpers, built on run(); Local overrides them with direct reads.
     def read_text(self, path: str) -> str | None:
         """The file's text, or None when it cannot be read."""
         if snap := self._snapped(path):
             return snap[1] if snap[0] == "F" else None
-        r = self.run(["cat", path])
+        r = self.read(["cat", path])
         return r.out if r.ok else None
 
     def exists(self, path: str) -> bool:
         if snap := self._snapped(path):
             return snap[0] != "N"
-        return self.run(["test", "-e", path]).ok
+        return self.read(["test", "-e", path]).ok
 
     def listdir(self, path: str) -> list[str]:
         """Names in a directory, sorted; empty when it does not exist."""
         if snap := self._snapped(path):
             return sorted(snap[1].split()) if snap[0] == "D" else []
-        r = self.run(["ls", "-1A", path])
+        r = self.read(["ls", "-1A", path])
         return sorted(r.out.split()) if r.ok else []
 
     def readlink(self, path: str) -> str | None:
-        r = self.run(["readlink", path])
+        r = self.read(["readlink", path])
         return r.out.strip() if r.ok and r.out.strip() else None
 
     def which(self, program: str) -> bool:
-        return self.run(f"command -v {shlex.quote(program)}").ok
+        return self.read(f"command -v {shlex.quote(program)}").ok
 
     # Writing files: on the machine itself, whichever it is (never by this process's
     # own file calls, so a remote L0 gets its files over SSH like L1 does).
@@ -144,11 +168,11 @@ class Guest:
         return self.run(["rmdir", str(path)]).ok
 
     def is_dir(self, path: str) -> bool:
-        return self.run(["test", "-d", str(path)]).ok
+        return self.read(["test", "-d", str(path)]).ok
 
     def size(self, path: str) -> int | None:
         """A file's size in bytes, or None when it is not there."""
-        r = self.run(["stat", "-c", "%s", str(path)])
+        r = self.read(["stat", "-c", "%s", str(path)])
         return int(r.out.strip()) if r.ok and r.out.strip().isdigit() else None
 
     def __repr__(self) -> str:
@@ -173,7 +197,8 @@ done"""
 def read_many(guest: Guest, paths: Sequence[str]) -> dict[str, tuple[str, str]]:
     """Kind and text of each path (globs expanded by the guest's shell), in one command."""
     args = " ".join(p if "*" in p else shlex.quote(p) for p in paths)
-    r = guest.run(f"set -- {args}; {_READ_MANY}", timeout=60)
+    with reading():
+        r = guest.run(f"set -- {args}; {_READ_MANY}", timeout=60)
     found: dict[str, tuple[str, str]] = {}
     kind, path, text = "", "", []
     for line in r.out.split("\n") + ["#"]:
@@ -337,29 +362,6 @@ def libvirt_agent_call(dom) -> AgentCall:
         if d is None:
             raise GuestError("the domain is not defined (any more)")
         return json.loads(libvirt_qemu.qemuAgentCommand(d, json.dumps(msg), max(int(timeout), 1), 0))
-    return call
-
-
-TRANSIENT_AGENT_ERRORS = ("not available for now", "is not connected", "not responding")
-
-
-def virsh_agent_call(via: Guest, domain: str, uri: str = "qemu:///system", retry_s: float = 20) -> AgentCall:
-    """Send guest-agent JSON with ``virsh qemu-agent-command`` run on ``via``
-    (L1 reaching its own guest L2). A briefly unavailable agent is retried for
-    ``retry_s`` seconds (libvirt sent nothing then, so a retry runs nothing twice)."""
-
-    def call(msg: dict, timeout: float) -> dict:
-        deadline = time.monotonic() + retry_s
-        while True:
-            r = via.run(["virsh", "-c", uri, "qemu-agent-command", domain, json.dumps(msg),
-                         "--timeout", str(max(int(timeout), 1))], timeout=timeout + 30)
-            if r.ok:
-                return json.loads(r.out)
-            said = (r.err.strip() or r.out.strip())
-            transient = any(t in said for t in TRANSIENT_AGENT_ERRORS) and msg.get("execute") != "guest-ping"
-            if not transient or time.monotonic() > deadline:
-                raise GuestError(f"guest agent of {domain} did not answer: {said}")
-            time.sleep(2)
     return call
 
 

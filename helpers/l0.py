@@ -179,7 +179,7 @@ class Log:
         self.__doc__ = self.path
 
     def __call__(self) -> str:
-        r = self.guest.run(["tail", "-n", "400", self.path], timeout=60)
+        r = self.guest.read(["tail", "-n", "400", self.path], timeout=60)
         if not r.ok:
             raise OSError((r.err or r.out).strip() or f"cannot read {self.path}")
         return r.out

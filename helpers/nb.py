@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import params as params_mod
-from . import ui, wait
+from . import record, ui, wait
 from .errors import RunbookError
 from .guest import Guest, Local
 from .state import State
@@ -32,6 +32,8 @@ class Stage:
     l0: Guest = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
     seen: dict = field(default_factory=dict)  # what this stage's read-only steps read, for the later steps' plans
+    plans: dict = field(default_factory=dict)  # step class -> its latest Plan in this stage
+    applied: set = field(default_factory=set)  # the step classes whose latest plan was applied
     _l1_checked: bool = False
 
     def form(self, *sections: str):
@@ -86,12 +88,16 @@ class Stage:
         is fixed, and the check goes on."""
         from .steps import Plan
         try:
-            plan = step.plan(self)
+            with record.step(step.label, "plan"):
+                plan = step.plan(self)
         except RunbookError as e:
             if not self.check:
                 raise
             plan = Plan(step.label, [], unknown=f"this is fixed, as a run would stop here: {e.message}"
                                                 + (f" (HINT: {e.hint})" if e.hint else ""))
+        record.plan(step.label, plan.record())
+        self.plans[type(step)] = plan
+        self.applied.discard(type(step))
         walked = self.state.get("steps", {})
         walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
                                                    **plan.record()})
@@ -100,7 +106,10 @@ class Stage:
 
     def apply(self, step, run) -> None:
         """Carry out ``run.plan`` (already shown), record and show the result."""
-        result = step.apply(self, run.plan)
+        with record.step(step.label, "apply"):
+            result = step.apply(self, run.plan)
+            record.applied(step.label)
+        self.applied.add(type(step))
         run.done(result)
         walked = self.state.get("steps", {})
         if walked.get(self.number):
@@ -109,29 +118,14 @@ class Stage:
         self.record(step.label, result)
         step.show(result)
 
-    def do(self, label: str, fn, *args, preview=None, show=None, by_hand=None):
-        """One step. Batch runs call ``fn(*args)`` now and show the result.
-        Interactive runs show a button; a step with a ``preview`` (it changes
-        something) says what it will do and waits for Confirm. ``by_hand``
-        (a callable returning ``helpers.by_hand.ByHand``) gives the commands an
-        engineer would type for the step, computed before it runs: shown after the
-        result, and in the preview."""
-        if self.interactive:
-            from .forms import CallButton
-            if by_hand is not None and preview is not None:
-                said = preview
-                preview = lambda: f"{said()}\nBy hand:\n{ui.by_hand_text(by_hand())}"  # noqa: E731
-            b = CallButton(label, fn, args, preview, show, on_result=lambda r: self.record(label, r))
-            ui._display(b.widget)
-            return b
-        commands = by_hand() if by_hand is not None else None  # the plan, before the step changes it
-        result = fn(*args)
-        self.record(label, result)
-        if show is not None:
-            show(result)
-        if commands is not None:
-            ui.show_by_hand(commands)
-        return result
+    def planned(self, step_cls):
+        """The latest plan of an earlier step of this stage (None: not planned)."""
+        return self.plans.get(step_cls)
+
+    def pending(self, step_cls) -> bool:
+        """Will an earlier step still change something: planned with changes, not applied yet?"""
+        plan = self.plans.get(step_cls)
+        return bool(plan is not None and plan.changes and step_cls not in self.applied)
 
     def record(self, label: str, result) -> None:
         """Note in the run state what a step changed, so a rerun can be checked for "no change"."""
@@ -161,6 +155,18 @@ class Stage:
         return l2_guest(self.params, self.state, self.l1())
 
 
+def _keep_errors(state: State, number: str) -> None:
+    """A RunbookError that stops this stage's kernel is kept in the run state as fields (the
+    stage, the step that was planned or applied, the message and the HINT), so the runner
+    reads them as they are instead of from the error's text."""
+    if state.get("error"):
+        state.set("error", None)
+
+    def keep(e: RunbookError) -> None:
+        state.set("error", {"stage": number, "step": record.current_step(), "message": e.message, "hint": e.hint})
+    ui.ON_ERROR = keep
+
+
 def stage(number: str, params_file: str, state_file: str = "", interactive: bool = False,
           show_picture: bool = True, mode: str = "run") -> Stage:
     """Load and validate the parameters and the run state; set the display mode and the
@@ -180,8 +186,10 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     if not state_file:  # stepping through by hand: the latest run's state, or a scratch one
         latest = ROOT / "outputs" / "latest"
         state_file = str((latest if latest.exists() else ROOT / "outputs" / "interactive") / "state.json")
+    record.start(Path(state_file).parent, number)
     from . import l0
     ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode, l0=l0.guest(p))
+    _keep_errors(ctx.state, number)
     walked = ctx.state.get("steps", {})
     if walked.get(number):  # this stage's steps are walked anew
         walked.pop(number)

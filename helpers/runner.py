@@ -185,10 +185,12 @@ HINTS = {
 }
 
 
-def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
-    """What failed, where, and what to do: from papermill's error or our own."""
+def failure_summary(stage: str, nb_path: Path, err: BaseException, state_file: Path | None = None) -> dict:
+    """What failed, where, and what to do: the fields the stage kept of its RunbookError
+    (``nb._keep_errors``: the step, the message, the HINT), else from papermill's error."""
     ename = getattr(err, "ename", type(err).__name__)
     evalue = str(getattr(err, "evalue", err))
+    kept = recorded_error(state_file, stage) if ename == "RunbookError" else None
     cell, source = getattr(err, "exec_count", None), ""
     if nb_path.exists():  # the failing cell is the one with an error output
         try:
@@ -200,12 +202,29 @@ def failure_summary(stage: str, nb_path: Path, err: BaseException) -> dict:
         except (ValueError, KeyError, IndexError):
             pass
     hint = ""
-    m = re.search(r"HINT: (.*)", evalue)
-    if m:
-        hint = m.group(1).strip()
-        evalue = evalue[: m.start()].strip()
+    if kept:
+        evalue, hint = kept["message"].strip(), (kept.get("hint") or "").strip()
+    else:  # an error the stage did not keep (not a RunbookError, or a kernel that died)
+        m = re.search(r"HINT: (.*)", evalue)
+        if m:
+            hint = m.group(1).strip()
+            evalue = evalue[: m.start()].strip()
     hint = hint or HINTS.get(ename, f"read {nb_path.name} in the run folder, fix, then resume with --from {stage}")
-    return {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
+    out = {"stage": stage, "cell": cell, "cell_source": source, "error": f"{ename}: {evalue}", "hint": hint}
+    if kept and kept.get("step"):
+        out["step"] = kept["step"]
+    return out
+
+
+def recorded_error(state_file: Path | None, stage: str) -> dict | None:
+    """The RunbookError stage ``stage`` kept in the run state (``nb._keep_errors``), if any."""
+    if state_file is None or not Path(state_file).exists():
+        return None
+    try:
+        kept = json.loads(Path(state_file).read_text()).get("error")
+    except ValueError:
+        return None
+    return kept if isinstance(kept, dict) and kept.get("stage") == stage and kept.get("message") else None
 
 
 def explain_l1(failed: dict, p: params_mod.Params, state_file: Path | None = None) -> None:
@@ -295,7 +314,7 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
         )
         entry["status"] = "passed"
     except Exception as e:  # papermill's errors and the kernel's
-        entry.update(status="failed", **failure_summary(stage, out, e))
+        entry.update(status="failed", **failure_summary(stage, out, e, state_file))
         if entry["error"].startswith("KeyboardInterrupt"):  # Ctrl-C reached the kernel too
             raise KeyboardInterrupt from e
     entry["seconds"] = round(time.monotonic() - t0, 1)

@@ -53,6 +53,14 @@ class Plan:
                             for a in self.actions]}
 
 
+NO_CHANGE = "no change: "
+
+
+def no_change_why(plan: Plan) -> str:
+    """Why a plan makes no change (its reason without the leading 'no change: ')."""
+    return plan.reason.removeprefix(NO_CHANGE)
+
+
 class Step:
     """One step of a stage: subclasses set ``label`` (and ``reads_only`` for a step
     that only reads) and implement ``plan`` and ``apply``."""
@@ -76,7 +84,7 @@ class Step:
 
     # small helpers for plans
     def no_change(self, why: str, data: Any = None) -> Plan:
-        return Plan(self.label, [], reason=f"no change: {why}", data=data)
+        return Plan(self.label, [], reason=f"{NO_CHANGE}{why}", data=data)
 
     def unknown(self, until: str) -> Plan:
         return Plan(self.label, [], unknown=until)

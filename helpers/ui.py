@@ -150,9 +150,14 @@ def install_error_handler() -> None:
         return
 
     def handler(shell, etype, value, tb, tb_offset=None):
+        if ON_ERROR is not None:
+            ON_ERROR(value)
         shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
 
     ip.set_custom_exc((RunbookError,), handler)
+
+
+ON_ERROR = None  # in a stage's kernel: keeps a RunbookError's fields for the runner (``nb.stage``)
 
 
 # --- plans (helpers.steps.Plan): the same rendering in the preview, in check mode and in the report ---------

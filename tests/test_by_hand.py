@@ -16,7 +16,9 @@ from helpers.guest import Local
 from helpers.lab import images
 from helpers.lab.sources import recipe_hash
 from helpers.ops import l1 as l1_ops
+from helpers.ops import l1_files
 from helpers.stages import build_l1, teardown, verify_benchmark
+from helpers.steps import Action, Plan, Step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,9 +67,9 @@ def test_sizes_for_qemu_img(size, arg):
 
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="qemu-img not installed")
 def test_the_backing_file_command_makes_the_same_file_as_the_step(tmp_path):
-    cmd = by_hand.l1_files(tmp_path, tmp_path / "byhand.raw", 0.5).commands[1].split("#")[0]
+    cmd = by_hand.backing_file(tmp_path / "byhand.raw", 0.5)[0].split("#")[0]
     subprocess.run(cmd, shell=True, check=True, capture_output=True)
-    l1_ops.ensure_backing_file(Local(), tmp_path / "step.raw", 0.5, _State())
+    l1_files.apply_op(l1_files.plan_backing_file(Local(), tmp_path / "step.raw", 0.5), _State())
     assert (tmp_path / "byhand.raw").stat().st_size == (tmp_path / "step.raw").stat().st_size
     assert (tmp_path / "byhand.raw").stat().st_blocks * 512 < 1024 ** 2  # sparse, like the step's
 
@@ -83,7 +85,7 @@ def test_fio_is_the_command_the_benchmark_runs():
 
 
 def test_known_hosts_line_is_the_one_the_step_writes(tmp_path):
-    l1_ops.write_known_hosts(Local(), tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1", _State())
+    l1_files.apply_op(l1_files.plan_known_hosts(Local(), tmp_path / "kh", "127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1"), _State())
     line = l1_ops.known_hosts_line("127.0.0.1", 2222, "ssh-ed25519 AAAAkey root@l1")
     assert (tmp_path / "kh").read_text() == line + "\n"
     assert l1_ops.known_hosts_line("10.0.0.5", 22, "ssh-ed25519 AAAAkey") == "10.0.0.5 ssh-ed25519 AAAAkey"
@@ -125,7 +127,7 @@ def test_stage_02_files_and_define(ctx, tmp_path, monkeypatch):
     monkeypatch.setattr(l0_mod, "libvirt", lambda p: NoL1())
     plan = build_l1.PrepareFiles().plan(ctx)
     text = "\n".join(c for a in plan.actions for c in a.commands)
-    assert f"qemu-img create -f raw {tmp_path}/work/nvme.raw 1G" in text
+    assert f"truncate -s 1G {tmp_path}/work/nvme.raw" in text
     assert f"-b {ctx.cache}/l1.raw" in text and "'[127.0.0.1]:2222 ssh-ed25519 AAAA'" in text
     assert [a.machine for a in plan.actions] == ["L0"] * 5 and not (tmp_path / "work").exists()
     assert by_hand.define("nested-kvm", "nested-kvm.xml").commands[0].startswith("virsh define nested-kvm.xml")
@@ -140,12 +142,30 @@ def test_stage_05_and_99(ctx, tmp_path):
     assert plan.actions[0].commands[0] == f"rm -f {tmp_path}/work/known_hosts"
 
 
+class _Echo(Step):
+    """A step that plans one command and, applied, runs it (for the display tests)."""
+    label = "step"
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def plan(self, ctx):
+        self.seen.append("planned")
+        return Plan(self.label, [Action("L0", "define nested-kvm", by_hand.define("nested-kvm", "nested-kvm.xml").commands)])
+
+    def apply(self, ctx, plan):
+        self.seen.append("ran")
+        return "result"
+
+    def show(self, result):
+        self.seen.append(result)
+
+
 def test_a_batch_step_shows_its_commands_after_its_result_computed_before_it_runs(ctx, monkeypatch):
     seen = []
-    monkeypatch.setattr(ui, "show_by_hand", lambda b: seen.append(ui.by_hand_text(b)))
-    ctx.do("step", lambda: seen.append("ran") or "result", show=seen.append,
-           by_hand=lambda: seen.append("planned") or by_hand.ByHand("root@L0", ["true"]))
-    assert seen == ["planned", "ran", "result", "[root@L0] ~$ true"]
+    monkeypatch.setattr(ui, "show_plan", lambda plan, mode: seen.append(plan.actions[0].commands[0]))
+    ctx.step(_Echo(seen))
+    assert seen == ["planned", "virsh define nested-kvm.xml   # nested-kvm.xml: the XML shown above", "ran", "result"]
 
 
 def test_show_by_hand_without_commands_shows_nothing(monkeypatch):
@@ -159,6 +179,10 @@ def test_show_by_hand_without_commands_shows_nothing(monkeypatch):
 
 def test_an_interactive_step_previews_its_commands(ctx):
     ctx.interactive = True
-    button = ctx.do("Define L1", lambda: None, preview=lambda: "define domain nested-kvm",
-                    by_hand=lambda: by_hand.define("nested-kvm", "nested-kvm.xml"))
-    assert button.preview().startswith("define domain nested-kvm\nBy hand:\n[root@L0] ~$ virsh define nested-kvm.xml")
+    run = ctx.step(_Echo([]))
+    run.button.button.click()
+    assert "define nested-kvm" in run.button.preview and "virsh define nested-kvm.xml" in run.button.preview
+    assert not run.applied and run.button.confirm.layout.display == ""  # Confirm applies it
+
+
+

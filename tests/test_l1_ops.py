@@ -4,18 +4,24 @@ import pytest
 
 from helpers.guest import Local
 from helpers.ops import l1 as l1_ops
+from helpers.ops import l1_files
 from helpers.state import State
 
 L0 = Local()  # the file operations act through L0's command interface (here: this machine)
 
 
+def planned(op, st):
+    """A stage 02 file op as its step does it: the plan, then apply carries it out."""
+    return l1_files.apply_op(op, st)
+
+
 def test_backing_file_is_created_sparse_and_never_overwritten(tmp_path):
     st = State(tmp_path / "s.json")
     f = tmp_path / "nvme.raw"
-    ch = l1_ops.ensure_backing_file(L0, f, 1, st)
+    ch = planned(l1_files.plan_backing_file(L0, f, 1), st)
     assert ch.changed and f.stat().st_size == 1024 ** 3 and f.stat().st_blocks == 0
     f.write_bytes(b"data")  # the user's data
-    again = l1_ops.ensure_backing_file(L0, f, 1, st)
+    again = planned(l1_files.plan_backing_file(L0, f, 1), st)
     assert not again.changed and f.read_bytes() == b"data" and "not the 1 GiB asked" in again.detail
     assert st.created("files") == [str(f)]
 
@@ -25,10 +31,10 @@ def test_overlay_follows_the_golden_image(tmp_path):
     for g in (g1, g2):
         g.write_bytes(b"\0" * 1024 * 1024)
     st = State(tmp_path / "s.json")
-    assert l1_ops.ensure_overlay(L0, g1, ov, st).changed
-    assert not l1_ops.ensure_overlay(L0, g1, ov, st).changed
-    assert not l1_ops.ensure_overlay(L0, g2, ov, st, running=True).changed  # L1 runs on it: kept
-    assert l1_ops.ensure_overlay(L0, g2, ov, st).changed
+    assert planned(l1_files.plan_overlay(L0, g1, ov), st).changed
+    assert not planned(l1_files.plan_overlay(L0, g1, ov), st).changed
+    assert not planned(l1_files.plan_overlay(L0, g2, ov, running=True), st).changed  # L1 runs on it: kept
+    assert planned(l1_files.plan_overlay(L0, g2, ov), st).changed
     assert l1_ops.overlay_backing(L0, ov) == str(g2)
 
 
@@ -36,17 +42,17 @@ def test_key_copy_is_private_and_idempotent(tmp_path):
     st = State(tmp_path / "s.json")
     src, dest = tmp_path / "k", tmp_path / "copy"
     src.write_text("KEY")
-    assert l1_ops.copy_key(L0, src, dest, st).changed
+    assert planned(l1_files.plan_key(L0, src, dest), st).changed
     assert oct(dest.stat().st_mode & 0o777) == "0o600" and dest.read_text() == "KEY"
-    assert not l1_ops.copy_key(L0, src, dest, st).changed
+    assert not planned(l1_files.plan_key(L0, src, dest), st).changed
 
 
 def test_known_hosts_pins_the_forwarded_port(tmp_path):
     st = State(tmp_path / "s.json")
     kh = tmp_path / "known_hosts"
-    l1_ops.write_known_hosts(L0, kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY root@l1", st)
+    planned(l1_files.plan_known_hosts(L0, kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY root@l1"), st)
     assert kh.read_text() == "[127.0.0.1]:2222 ssh-ed25519 AAAAKEY\n"
-    assert not l1_ops.write_known_hosts(L0, kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY", st).changed
+    assert not planned(l1_files.plan_known_hosts(L0, kh, "127.0.0.1", 2222, "ssh-ed25519 AAAAKEY"), st).changed
 
 
 def test_files_that_cannot_fit_are_refused_before_anything_is_created(tmp_path):

@@ -44,10 +44,14 @@ def write_lab_params(path: Path = LAB, **l2_select) -> Path:
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(3600)]
 
 
-def runner(outputs: Path, *args, params: Path = LAB):
+def runner(outputs: Path, *args, params: Path = LAB, record: str = ""):
+    """``helpers run``; with ``record``, every command the stages run is recorded under that
+    label in the run folder's commands.jsonl (``helpers.record``)."""
+    import os
     cmd = [sys.executable, "-m", "helpers", "run", "--params", str(params), "--outputs", str(outputs), *args]
     print("$", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=3000)
+    env = {**os.environ, "NESTED_NVME_RECORD": record} if record else None
+    return subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=3000, env=env)
 
 
 def virsh_l0(*args):
@@ -63,7 +67,7 @@ def lab(tmp_path_factory):
     cold_check = cold_check_mode(outputs)
     # Once, with no retry: a stall or an L2 crash fails the suite and names itself (QEMU >= 8.1
     # under TCG is what setup installs; scripts/stall_runs.py counts them over many cold runs).
-    r = runner(outputs, "--run-id", RUN_ID)
+    r = runner(outputs, "--run-id", RUN_ID, record="cold")
     run = outputs / RUN_ID
     print(r.stdout[-6000:], r.stderr[-3000:])
     yield {"outputs": outputs, "run": run, "result": r, "cold_check": cold_check}
@@ -267,12 +271,28 @@ def test_06c_results_match_the_schema_and_two_real_runs_compare(lab):
 
 
 def test_07_rerunning_02_03_04_changes_nothing(lab):
-    r = runner(lab["outputs"], "--stages", "02,03,04", "--run-id", lab["run"].name)
+    r = runner(lab["outputs"], "--stages", "02,03,04", "--run-id", lab["run"].name, record="warm")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     changes = state(lab)["changes"]
     did = [(stage, c["what"]) for stage in ("02", "03", "04") for step in changes[stage].values()
            for c in step if c["changed"]]
     assert did == []
+
+
+def test_shown_is_run(lab):
+    """What each step's plan showed is what its apply ran, on every machine: in the cold run
+    (stages 01-05), each changing command that ran was in its step's plan and each planned
+    change ran; in the warm rerun of 02-04 (test_07), nothing was planned and nothing changed.
+    What counts as a change is defined in tests/shown_is_run.py (reads may run unplanned)."""
+    import shown_is_run as sir
+    records = lab["run"] / "commands.jsonl"
+    cold, warm = sir.load(records, "cold"), sir.load(records, "warm")
+    assert sir.mismatches(cold) == []
+    changed = sir.applied_steps(cold)
+    assert {("02", "Define L1"), ("02", "Start L1"), ("04", "Define L2"), ("04", "Start L2")} <= set(changed)
+    assert [r for r in cold if r["kind"] == "libvirt"], "the cold run defined and started L1 and L2"
+    assert warm and sir.mismatches(warm) == [] and sir.applied_steps(warm) == []
+    assert [r["cmd"] for r in warm if r["kind"] == "libvirt"] == []
 
 
 def test_07b_nbval_reruns_each_executed_stage_and_checks_its_outputs(lab):

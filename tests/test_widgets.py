@@ -10,6 +10,7 @@ import yaml
 
 from helpers import nb
 from helpers.stages import teardown
+from helpers.steps import Step
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,9 +72,19 @@ def test_a_changing_step_waits_for_confirm_then_runs_the_same_helper(lab_params,
 def test_a_read_only_step_runs_on_one_click(lab_params, tmp_path):
     ctx = stage(lab_params, tmp_path)
     calls = []
-    button = ctx.do("Look", lambda: calls.append(1) or "seen")
-    button.button.click()
-    assert calls == [1] and button.result == "seen"
+
+    class Look(Step):
+        label, reads_only = "Look", True
+
+        def plan(self, ctx):
+            return self.reads("nothing")
+
+        def apply(self, ctx, plan):
+            calls.append(1)
+            return "seen"
+    run = ctx.step(Look())
+    run.button.button.click()
+    assert calls == [1] and run.result == "seen"
 
 
 def _execute(path, interactive: bool, tmp_path, lab_params):

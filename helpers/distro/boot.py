@@ -104,6 +104,41 @@ def diff(path: str, old: str, new: str) -> str:
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), path, path + " (new)"))
 
 
+def line_edit(path: str, key: str, line: str, text: str) -> tuple[str, str]:
+    """The command that sets ``key``'s line of ``path`` (``text`` now) to ``line``, touching no
+    other line (sed on that line, or appended when there is none), and the text it leaves."""
+    if re.search(rf"^{key}=.*$", text, re.M):
+        sed = line.replace("\\", "\\\\").replace("|", "\\|").replace("&", "\\&")
+        return (f"sed -i {shlex.quote(f's|^{key}=.*|{sed}|')} {path}",
+                re.sub(rf"^{key}=.*$", lambda _: line, text, flags=re.M))
+    if not text:
+        return f"echo {shlex.quote(line)} > {path}", line + "\n"
+    return f"sed -i {shlex.quote(f'$a {line}')} {path}", (text if text.endswith("\n") else text + "\n") + line + "\n"
+
+
+def append_args(path: str, text: str, add: list[str]) -> tuple[str, str] | None:
+    """``add`` appended inside GRUB_CMDLINE_LINUX's quotes, whatever else the line holds (the
+    command safe to paste on any server), and the text it leaves; None when the line is not
+    double-quoted, empty, or one of ``add`` replaces an argument with the same key."""
+    m = re.search(r'^GRUB_CMDLINE_LINUX="([^"]*)"', text, re.M)
+    keys = {a.split("=")[0] for a in add}
+    if m is None or not m.group(1).strip() or any(a.split("=")[0] in keys for a in shlex.split(m.group(1))):
+        return None  # the line is set whole (it was empty, or an argument's value changes)
+    args = " ".join(add)
+    pattern = r'^(GRUB_CMDLINE_LINUX="[^"]*)"'
+    sed = f's/{pattern}/\\1 {args}"/'
+    return (f"sed -i -E {shlex.quote(sed)} {path}",
+            re.sub(pattern, lambda mm: f'{mm.group(1)} {args}"', text, flags=re.M))
+
+
+def run_plan(guest: Guest, plan: DistroPlan, timeout: float = 300) -> None:
+    """Run exactly the commands ``plan`` shows, on ``guest`` (``helpers.execute``)."""
+    from ..execute import run_on
+    from ..steps import Action
+    for e in plan.edits:
+        run_on(guest, Action(guest.name, e.what, list(e.commands)), timeout=timeout)
+
+
 def write_command(path: str, new: str) -> str:
     """The command that writes ``new`` into ``path``, as typed at a prompt."""
     return f"cat > {path} <<'EOF'\n{new.rstrip(chr(10))}\nEOF"
@@ -138,8 +173,7 @@ class Bootloader:
     def apply_default_kernel(self, guest: Guest, plan: DistroPlan) -> Change:
         if not plan.changes:
             return no_change(plan.what, plan.reason)
-        for cmd, inp in plan.data["run"]:
-            guest.run(cmd, input=inp, timeout=300, check=True)
+        run_plan(guest, plan)
         return did(plan.what, plan.data["said"])
 
     @staticmethod
@@ -173,8 +207,7 @@ class Grubby(Bootloader):
     def apply(self, guest, plan):
         if not plan.changes:
             return no_change(plan.what, plan.reason)
-        for cmd in plan.data["commands"]:
-            guest.run(cmd, timeout=300, check=True)
+        run_plan(guest, plan)
         return did(plan.what, "; ".join(plan.data["commands"]))
 
     def plan_default_kernel(self, guest, release):
@@ -183,7 +216,7 @@ class Grubby(Bootloader):
             return DistroPlan(what, reason=f"grubby --default-kernel is {kernel}")
         cmd = shlex.join(["grubby", "--set-default", kernel])
         return DistroPlan(what, [Edit(f"make {kernel} the default boot entry", [cmd])],
-                          data={"run": [(cmd, None)], "said": cmd})
+                          data={"said": cmd})
 
     @staticmethod
     def fix(args, where):
@@ -217,7 +250,10 @@ class DefaultGrub(Bootloader):
         new, add = edit_default_grub(text, wanted)
         if not add:
             return DistroPlan(self.what(wanted), reason=f"{self.FILE} has them")
-        commands = [f"cp {self.FILE} {self.BACKUP}", write_command(self.FILE, new), self.mkconfig]
+        edit = append_args(self.FILE, text, add) or line_edit(self.FILE, "GRUB_CMDLINE_LINUX",
+                                                              re.search(r"^GRUB_CMDLINE_LINUX=.*$", new, re.M).group(0), text)
+        new = edit[1]
+        commands = [f"cp {self.FILE} {self.BACKUP}", edit[0], self.mkconfig]
         return DistroPlan(self.what(wanted),
                           [Edit(f"add {' '.join(add)} to GRUB_CMDLINE_LINUX in {self.FILE}, then {self.mkconfig}",
                                 commands, diff(self.FILE, text, new))],
@@ -226,9 +262,7 @@ class DefaultGrub(Bootloader):
     def apply(self, guest, plan):
         if not plan.changes:
             return no_change(plan.what, plan.reason)
-        guest.run(f"cp {self.FILE} {self.BACKUP}", check=True)
-        guest.run(f"cat > {self.FILE}", input=plan.data["new"], check=True)
-        guest.run(self.mkconfig, timeout=300, check=True)
+        run_plan(guest, plan)
         return did(plan.what, f"added {' '.join(plan.data['add'])} to GRUB_CMDLINE_LINUX, then {self.mkconfig}")
 
     def plan_default_kernel(self, guest, release):
@@ -239,14 +273,12 @@ class DefaultGrub(Bootloader):
             raise RunbookError(f"{guest.name}: no GRUB menu entry for {release} in {' or '.join(GRUB_CFGS)}",
                                hint=f"run {self.mkconfig} in {guest.name}, then rerun stage 03")
         text = guest.read_text(self.FILE) or ""
-        new = set_grub_default(text, entry)
-        if new == text:
+        if set_grub_default(text, entry) == text:
             return DistroPlan(what, reason=f'GRUB_DEFAULT="{entry}" in {self.FILE} already starts {release}')
+        cmd, new = line_edit(self.FILE, "GRUB_DEFAULT", f'GRUB_DEFAULT="{entry}"', text)
         return DistroPlan(what, [Edit(f'GRUB_DEFAULT="{entry}" in {self.FILE}, then {self.mkconfig}: the next boot '
-                                      f"starts {release}", [write_command(self.FILE, new), self.mkconfig],
-                                      diff(self.FILE, text, new))],
-                          data={"run": [(f"cat > {self.FILE}", new), (self.mkconfig, None)],
-                                "said": f'GRUB_DEFAULT="{entry}", then {self.mkconfig}: the next boot starts {release}'})
+                                      f"starts {release}", [cmd, self.mkconfig], diff(self.FILE, text, new))],
+                          data={"said": f'GRUB_DEFAULT="{entry}", then {self.mkconfig}: the next boot starts {release}'})
 
     @staticmethod
     def fix(args, where):
@@ -281,8 +313,7 @@ class KernelInstall(Bootloader):
     def apply(self, guest, plan):
         if not plan.changes:
             return no_change(plan.what, plan.reason)
-        guest.run(f"cat > {self.FILE}", input=plan.data["new"], check=True)
-        guest.run(KERNEL_INSTALL, timeout=300, check=True)
+        run_plan(guest, plan)
         return did(plan.what, f"added {' '.join(plan.data['add'])} to {self.FILE}, then kernel-install")
 
     @staticmethod

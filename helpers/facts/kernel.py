@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import RunbookError
 from ..guest import Guest
 
 KCONFIG = {"intel": "CONFIG_INTEL_IOMMU", "amd": "CONFIG_AMD_IOMMU"}
@@ -43,12 +42,14 @@ class KernelChoice:
     running: str
     boot: str | None   # the release to boot instead; None: the running one will do
     reason: str
+    lacking: str = ""  # the driver's config option no installed kernel has ("": one has it)
 
 
 def kernel_for(guest: Guest, kind: str) -> KernelChoice:
     """The kernel L1 should boot for a ``kind`` vIOMMU: the running one when it has the
     driver (or its config cannot be read: the kernel log after the reboot tells), else an
-    installed one that has it; a clear error when none has."""
+    installed one that has it; when none has, ``lacking`` names the option (a fact: stage 03
+    refuses)."""
     release = running_kernel(guest)
     ok = has_driver(guest.read_text(f"/boot/config-{release}"), kind)
     if ok is None:
@@ -59,9 +60,6 @@ def kernel_for(guest: Guest, kind: str) -> KernelChoice:
     target = next((k for k in installed_kernels(guest)
                    if k != release and has_driver(guest.read_text(f"/boot/config-{k}"), kind)), None)
     if target is None:
-        raise RunbookError(
-            f"L1's kernel {release} is built without {KCONFIG[kind]} and no other installed kernel has it: "
-            f"the {kind} vIOMMU cannot be used in L1",
-            hint="install the distribution's generic kernel in L1 (Debian: apt-get install linux-image-amd64, whose "
-                 "cloud kernel lacks the AMD IOMMU driver; RHEL: dnf install kernel), then rerun stage 03")
+        return KernelChoice(release, None, f"L1's kernel {release} is built without {KCONFIG[kind]} and no other "
+                                           "installed kernel has it", lacking=KCONFIG[kind])
     return KernelChoice(release, target, f"the running kernel {release} lacks {KCONFIG[kind]}; {target} has it")

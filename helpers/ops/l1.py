@@ -64,50 +64,19 @@ def no_space(l0: Guest, path: Path, said: str) -> RunbookError:
                         hint=f"free space on {mount} or point the parameters at a filesystem with room, then rerun")
 
 
-def ensure_workdir(l0: Guest, workdir: Path, state: State) -> Change:
-    """The folder for the run's files on L0 (plan, then apply: ``ops.l1_files``)."""
-    from .l1_files import apply_op, plan_workdir
-    return apply_op(plan_workdir(l0, workdir), state)
-
-
-def ensure_backing_file(l0: Guest, path: Path, size_gib: float, state: State) -> Change:
-    """The NVMe's raw backing file on L0: created sparse at the size asked, never overwritten."""
-    from .l1_files import apply_op, plan_backing_file
-    return apply_op(plan_backing_file(l0, path, size_gib), state)
-
-
 def overlay_backing(l0: Guest, overlay: Path) -> str | None:
     """The backing file a qcow2 overlay points at (qemu-img info, on L0)."""
-    r = l0.run(["qemu-img", "info", "-U", "--output=json", str(overlay)], timeout=60)
+    r = l0.read(["qemu-img", "info", "-U", "--output=json", str(overlay)], timeout=60)
     if not r.ok:
         return None
     import json
     return json.loads(r.out).get("backing-filename")
 
 
-def ensure_overlay(l0: Guest, golden: Path, overlay: Path, state: State, running: bool = False) -> Change:
-    """L1's system disk in the lab: a qcow2 overlay on the cached golden image."""
-    from .l1_files import apply_op, plan_overlay
-    return apply_op(plan_overlay(l0, golden, overlay, running), state)
-
-
 def known_hosts_line(host: str, port: int, pubkey: str) -> str:
     """The known_hosts entry for L1: ``[host]:port type key`` (``host type key`` on port 22)."""
     key = " ".join(pubkey.split()[:2])
     return f"[{host}]:{port} {key}" if port != 22 else f"{host} {key}"
-
-
-def write_known_hosts(machine: Guest, path: Path, host: str, port: int, pubkey: str, state: State) -> Change:
-    """Pin L1's host key (the one baked into the lab image) in ``path`` on ``machine``."""
-    from .l1_files import apply_op, plan_known_hosts
-    return apply_op(plan_known_hosts(machine, path, host, port, pubkey), state)
-
-
-def copy_key(l0: Guest, key: Path, dest: Path, state: State) -> Change:
-    """The run keeps its own copy of the lab's SSH key on L0 (mode 0600)."""
-    from .l1_files import apply_op, plan_key
-    return apply_op(plan_key(l0, key, dest), state)
-
 
 
 def l1_iommu(kind: str, native_amd: bool, amd=None) -> tuple[IOMMU | None, list[str]]:

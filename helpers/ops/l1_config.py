@@ -11,22 +11,23 @@ from ..guest import Guest
 from ..wait import wait_for
 from . import Change, did
 
+# detached, so the SSH session that asks for it ends cleanly before the machine goes down
 REBOOT = "nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &"
 
 
 def boot_id(guest: Guest) -> str | None:
-    r = guest.run("cat /proc/sys/kernel/random/boot_id", timeout=20)
+    r = guest.read("cat /proc/sys/kernel/random/boot_id", timeout=20)
     return r.out.strip() if r.ok else None
 
 
 def running_lacks(guest: Guest, wanted: list[str]) -> list[str]:
     """Read only: the arguments of ``wanted`` the running kernel's command line lacks."""
-    return missing_args(guest.run("cat /proc/cmdline", check=True).out, wanted)
+    return missing_args(guest.read("cat /proc/cmdline").check().out, wanted)
 
 
 def running_kernel(guest: Guest) -> str:
     """Read only: the running kernel's release (``uname -r``)."""
-    return guest.run("uname -r", timeout=30, check=True).out.strip()
+    return guest.read("uname -r", timeout=30).check().out.strip()
 
 
 def reboot(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: str | None = None) -> Change:
@@ -38,12 +39,12 @@ def reboot(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: st
     wait_for(lambda: (b := boot_id(guest)) is not None and b != before,
              f"{guest.name}: reboot", timeout, interval=1, log=log,
              hint=f"{guest.name} did not come back: read its console log {log}")
-    after = guest.run("cat /proc/cmdline", check=True).out
+    after = guest.read("cat /proc/cmdline").check().out
     still = missing_args(after, wanted)
     if still:
         raise RunbookError(f"{guest.name} rebooted but its kernel command line lacks {' '.join(still)}: {after.strip()}",
                            hint="the bootloader did not take the change: check /etc/default/grub and grub.cfg")
-    if kernel and (now := guest.run("uname -r", check=True).out.strip()) != kernel:
+    if kernel and (now := guest.read("uname -r").check().out.strip()) != kernel:
         raise RunbookError(f"{guest.name} rebooted into kernel {now}, not {kernel}",
                            hint="the bootloader's default entry did not take: check GRUB_DEFAULT in "
                                 "/etc/default/grub and grub.cfg (or grubby --default-kernel)")
@@ -53,12 +54,13 @@ def reboot(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: st
 
 def libvirt_answers(guest: Guest, uri: str = "qemu:///system") -> bool:
     """Read only: does ``virsh -c uri version`` answer?"""
-    return guest.run(["virsh", "-c", uri, "version"], timeout=60).ok
+    from ..virt import Virsh
+    return Virsh(guest, uri).read("version", timeout=60).ok
 
 
 def libvirt_unit(guest: Guest) -> str:
     """Read only: libvirtd, or the modular daemons' virtqemud where libvirtd is not installed."""
-    return "libvirtd" if guest.run("systemctl cat libvirtd.service").ok else "virtqemud"
+    return "libvirtd" if guest.read("systemctl cat libvirtd.service").ok else "virtqemud"
 
 
 def start_libvirtd(guest: Guest, unit: str, uri: str = "qemu:///system", timeout: float = 120) -> Change:

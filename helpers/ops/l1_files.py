@@ -4,11 +4,10 @@ machine's command interface, so a remote L0 is read over SSH) and returns a ``Fi
 that op on the same machine. The commands shown are ``helpers.by_hand``'s, for the same paths."""
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import by_hand
+from .. import by_hand, execute
 from ..errors import RunbookError
 from ..guest import Guest
 from ..state import State
@@ -29,22 +28,19 @@ class FileOp:
 
 
 # QEMU's user must be able to use a file named only in <qemu:commandline> (libvirt does not
-# relabel those): owned by it, and each folder above traversable. One shell line on L0.
-_NEEDS_GIVING = ('p={q}; if id -u {u} >/dev/null 2>&1; then [ "$(stat -c %U:%G "$p")" = {u}:{u} ] || exit 0; '
-                 'fi; d=$(dirname "$p"); while [ "$d" != / ]; do case $(stat -c %A "$d") in *[xt]) ;; *) exit 0;; '
-                 'esac; d=$(dirname "$d"); done; exit 1')
-_GIVE = ('p={q}; if id -u {u} >/dev/null 2>&1; then chown {u}:{u} "$p"; fi; d=$(dirname "$p"); '
-         'while [ "$d" != / ]; do case $(stat -c %A "$d") in *[xt]) ;; *) chmod o+x "$d";; esac; '
-         'd=$(dirname "$d"); done')
-
-
-def needs_giving(m: Guest, path: Path) -> bool:
-    """Is ``path`` (existing) not yet usable by QEMU's user (owner, or a folder above not traversable)?"""
-    return m.run(_NEEDS_GIVING.format(q=shlex.quote(str(path)), u=QEMU_USER)).rc == 0
-
-
-def give_to_qemu(m: Guest, path: Path) -> None:
-    m.run(_GIVE.format(q=shlex.quote(str(path)), u=QEMU_USER), check=True)
+# relabel those): owned by it, and each folder above traversable by others.
+def give_to_qemu(m: Guest, path: Path, exists: bool = True) -> list[str]:
+    """The commands that let QEMU's user use ``path`` (read only): ``chown`` when that user
+    exists and does not own it, ``chmod o+x`` on each folder above that others cannot enter."""
+    cmds = []
+    if m.read(["id", "-u", QEMU_USER]).ok and (
+            not exists or m.read(["stat", "-c", "%U:%G", str(path)]).out.strip() != f"{QEMU_USER}:{QEMU_USER}"):
+        cmds.append(f"chown {QEMU_USER}:{QEMU_USER} {by_hand.q(path)}   # QEMU runs as {QEMU_USER}")
+    for d in reversed(path.parents[:-1]):
+        mode = m.read(["stat", "-c", "%A", str(d)])
+        if mode.ok and mode.out.strip()[-1:] not in ("x", "t"):
+            cmds.append(f"chmod o+x {by_hand.q(d)}   # QEMU's user must pass through it")
+    return cmds
 
 
 def plan_workdir(m: Guest, workdir: Path) -> FileOp:
@@ -55,20 +51,20 @@ def plan_workdir(m: Guest, workdir: Path) -> FileOp:
                   "mkdir", (workdir,), m)
 
 
-def plan_backing_file(m: Guest, path: Path, size_gib: float) -> FileOp:
+def plan_backing_file(m: Guest, path: Path, size_gib: float, workdir: Path | None = None) -> FileOp:
     """The NVMe's raw backing file: created sparse at the size asked, never overwritten."""
     what = f"NVMe backing file {path}"
     size = int(size_gib * 1024 ** 3)
     have = m.size(str(path))
     if have is not None:
         note = "" if have == size else f" (its size is {have / 1024 ** 3:.2f} GiB, not the {size_gib} GiB asked; left as it is)"
-        if needs_giving(m, path):
-            return FileOp(what, Action("L0", f"give {path} to QEMU's user {QEMU_USER}",
-                                       by_hand.backing_file(path, size_gib, create=False)),
+        if give := give_to_qemu(m, path):
+            return FileOp(what, Action("L0", f"give {path} to QEMU's user {QEMU_USER}", give),
                           "exists, kept; given to QEMU's user" + note, "chown", (path,), m)
         return FileOp(what, None, "exists, kept" + note)
+    folder = [] if path.parent == workdir or m.is_dir(str(path.parent)) else by_hand.mkdir(path.parent)
     return FileOp(what, Action("L0", f"create {path} (raw, sparse, {size_gib} GiB), owned by {QEMU_USER}",
-                               by_hand.backing_file(path, size_gib)),
+                               folder + by_hand.backing_file(path, size_gib) + give_to_qemu(m, path, exists=False)),
                   f"created raw, sparse, {size_gib} GiB", "backing", (path, size), m)
 
 
@@ -86,7 +82,7 @@ def plan_overlay(m: Guest, golden: Path, overlay: Path, running: bool = False) -
         replace = True
     verb = f"replace {overlay} (it is on an older image)" if replace else f"create {overlay}"
     return FileOp(what, Action("L0", f"{verb}: qcow2 overlay on {golden}",
-                               ([f"rm {by_hand.q(overlay)}"] if replace else []) + by_hand.overlay(golden, overlay)),
+                               ([f"rm -f {by_hand.q(overlay)}"] if replace else []) + by_hand.overlay(golden, overlay)),
                   f"qcow2 overlay on {golden}", "overlay", (golden, overlay, replace), m)
 
 
@@ -97,7 +93,9 @@ def plan_known_hosts(m: Guest, path: Path, host: str, port: int, pubkey: str, wh
     if m.read_text(str(path)) == line + "\n":
         return FileOp(what, None, "pins L1's host key already")
     key = " ".join(pubkey.split()[:2])
-    return FileOp(what, Action(where, f"write {path}: pin L1's host key", by_hand.known_hosts(path, line), line + "\n"),
+    folder = [] if m.is_dir(str(path.parent)) else [f"mkdir -p -m 700 {by_hand.q(path.parent)}"]
+    return FileOp(what, Action(where, f"write {path}: pin L1's host key", folder + by_hand.known_hosts(path, line),
+                               line + "\n"),
                   f"pins {key[:40]}...", "known_hosts", (path, line + "\n"), m, record=where == "L0")
 
 
@@ -105,7 +103,7 @@ def plan_key(m: Guest, src: Path, dest: Path) -> FileOp:
     """The run keeps its own copy of the lab's SSH key on L0 (mode 0600), so a rebuilt
     image cache never locks the runbook out of a running L1."""
     what = f"SSH key {dest}"
-    if m.run(["cmp", "-s", str(src), str(dest)]).ok:
+    if m.read(["cmp", "-s", str(src), str(dest)]).ok:
         return FileOp(what, None, "the lab key is in place")
     return FileOp(what, Action("L0", f"copy the lab's SSH key to {dest} (mode 0600)", by_hand.install_key(src, dest)),
                   f"copied from {src.parent}", "key", (src, dest), m)
@@ -127,60 +125,37 @@ def plan_fetch_key(m: Guest, src: Path, dest: Path) -> FileOp:
 
 
 def apply_op(op: FileOp, state: State) -> Change:
-    """Carry out ``op`` as planned (no change when it has no action)."""
+    """Carry out ``op`` as planned: its Action's commands on its machine (no change when it has
+    none); remember in the run state what it made (teardown removes it)."""
     if op.action is None:
         return no_change(op.what, op.detail)
-    m = op.machine
-    made = None
+    if op.kind == "fetch_key":  # this machine's own copy, read from a remote L0 (not a command here)
+        _fetch_key(*op.args)
+        return did(op.what, op.detail)
+    made = {"backing": 0, "overlay": 1, "known_hosts": 0, "key": 1}.get(op.kind)
+    made = op.args[made] if made is not None else None
+
+    def failed(line: str, said: str) -> RunbookError:
+        if made is not None and ("truncate" in line or "qemu-img" in line):
+            if op.kind == "overlay" and "No space left" not in said:
+                return RunbookError(f"qemu-img could not create {made}: {said}",
+                                    hint="check free space and that qemu-utils is installed")
+            return no_space(op.machine, made, said)
+        return RunbookError(f"{op.action.machine}: `{line}` failed: {said[-300:]}",
+                            hint="run it by hand to see why, fix that, then rerun stage 02")
+
+    execute.run_on(op.machine, op.action, timeout=120, failed=failed)
     if op.kind == "mkdir":
-        (workdir,) = op.args
-        m.mkdir(str(workdir), 0o755)
-        state.remember_created("dirs", str(workdir))
-    elif op.kind == "backing":
-        path, size = op.args
-        q = shlex.quote(str(path))
-        r = m.run(f"mkdir -p {shlex.quote(str(path.parent))} && truncate -s {size} {q}", timeout=120)
-        if not r.ok:
-            raise no_space(m, path, r.err or r.out) from None
-        give_to_qemu(m, path)
-        made = path
-    elif op.kind == "chown":
-        give_to_qemu(m, op.args[0])
-    elif op.kind == "overlay":
-        golden, overlay, replace = op.args
-        if replace:
-            m.remove(str(overlay))
-        r = m.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(golden), str(overlay)],
-                  timeout=120)
-        if not r.ok:
-            if "No space left" in r.err:
-                raise no_space(m, overlay, "No space left on device")
-            raise RunbookError(f"qemu-img could not create {overlay}: {r.err.strip()}",
-                               hint="check free space and that qemu-utils is installed")
-        made = overlay
-    elif op.kind == "known_hosts":
-        path, text = op.args
-        if op.record:
-            m.write_text(str(path), text, 0o644)
-        else:  # this machine's own copy: its folder may not exist yet
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_text(text)
-        made = path
-    elif op.kind == "key":
-        src, dest = op.args
-        s, d = shlex.quote(str(src)), shlex.quote(str(dest))
-        m.run(f"t=$(mktemp {d}.XXXXXX) && cat {s} > \"$t\" && chmod 600 \"$t\" && mv -f \"$t\" {d}", check=True)
-        made = dest
-    elif op.kind == "fetch_key":
-        import os
-        dest, text = op.args
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        dest.chmod(0o600)
-    else:  # pragma: no cover - a plan_* above made it
-        raise ValueError(op.kind)
+        state.remember_created("dirs", str(op.args[0]))
     if made is not None and op.record:
         state.remember_created("files", str(made))
     return did(op.what, op.detail)
+
+
+def _fetch_key(dest: Path, text: str) -> None:
+    import os
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    dest.chmod(0o600)

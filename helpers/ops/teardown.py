@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .. import record
 from ..facts import pci
 from ..guest import Guest
 from ..params import Params
 from ..paths import paths
 from ..state import State
+from ..virt import Virsh
 from . import Change, no_change
 
 
 def l1_reachable(l1: Guest | None) -> bool:
-    return l1 is not None and l1.run("true", timeout=20).ok
+    return l1 is not None and l1.read("true", timeout=20).ok
 
 
 def return_nvme(p: Params, l1: Guest | None, state: State, timeout: float = 60) -> list[Change]:
@@ -23,14 +25,16 @@ def return_nvme(p: Params, l1: Guest | None, state: State, timeout: float = 60) 
     if not bdf or not l1_reachable(l1):
         return [no_change("return the NVMe to L1", "no passthrough recorded or L1 not running")]
     deadline = time.monotonic() + timeout
-    driver = pci.driver_of(l1, bdf)
-    if driver == "vfio-pci":  # managed='yes' reattaches on destroy; do it by hand if it did not
-        l1.run(f"virsh nodedev-reattach pci_{bdf.replace(':', '_').replace('.', '_')}", timeout=60)
-    while pci.driver_of(l1, bdf) != "nvme" and time.monotonic() < deadline:
-        time.sleep(1)
-    driver = pci.driver_of(l1, bdf)
-    serial = p.nvme.serial
-    listed = [d for d in pci.nvme_list(l1) if d.get("SerialNumber", "").strip() == serial]
+    with record.reading():
+        driver = pci.driver_of(l1, bdf)
+    if driver == "vfio-pci":  # managed='yes' reattaches on destroy; do it by hand if it did not (unplanned: recorded)
+        Virsh(l1).nodedev("nodedev-reattach", pci.node_device_name(bdf))
+    with record.reading():
+        while pci.driver_of(l1, bdf) != "nvme" and time.monotonic() < deadline:
+            time.sleep(1)
+        driver = pci.driver_of(l1, bdf)
+        serial = p.nvme.serial
+        listed = [d for d in pci.nvme_list(l1) if d.get("SerialNumber", "").strip() == serial]
     state.update("teardown", nvme_driver_in_l1=driver, nvme_listed_in_l1=bool(listed))
     ok = driver == "nvme" and bool(listed)
     return [Change("return the NVMe to L1", ok,

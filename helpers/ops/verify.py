@@ -1,15 +1,12 @@
 """Stage 05 inside L2: (with consent) mkfs.xfs and mount, as the seed does after "登录L2-kvm".
 
-What L2 sees is read by ``facts.storage`` and judged by ``checks.passthrough``
-(``controller``, ``namespaces`` and ``df`` stay importable here for stage 05)."""
+What L2 sees is read by ``facts.storage`` and judged by ``checks.passthrough``."""
 from __future__ import annotations
 
 import shlex
 
 from ..errors import RunbookError
-from ..checks.passthrough import l2_controller as controller  # noqa: F401  (stage 05's names)
-from ..checks.passthrough import l2_namespaces as namespaces  # noqa: F401
-from ..facts.storage import Controller, df, mounted_at, signature  # noqa: F401
+from ..facts.storage import mounted_at, signature
 from ..guest import Guest
 from . import Change, did, no_change
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import by_hand
+from .. import by_hand, execute, record
 from .. import l0
 from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
@@ -18,7 +18,7 @@ from ..numa import choose_cpuset
 from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
 from ..ops import l1_files
-from ..steps import Action, Plan as StepPlan, Step
+from ..steps import Action, Plan, Step
 from ..paths import paths
 from ..guest import Local
 
@@ -33,13 +33,14 @@ def lab_images(ctx: Stage):
 
 
 IMAGES_UNKNOWN = "the lab images are built (step 'Lab images')"
+IMAGES_COMMAND = "python -m helpers.lab.images"
 
 
 class LabImages(Step):
     """The lab's L1 and L2 images, built once and cached (a real host: its own image, checked)."""
     label = "Lab images"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
         if p.l1.image != "lab":
             if not ctx.l0.exists(str(Path(p.l1.image).expanduser())):
@@ -52,18 +53,19 @@ class LabImages(Step):
         if imgs:
             return self.no_change(f"images up to date (recipe {imgs.recipe}) in {CACHE_DIR / imgs.recipe}", imgs)
         recipe = recipe_hash(ctx.l0)
-        return StepPlan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
+        return Plan(self.label, [Action("L0", f"build the lab images (recipe {recipe}) into {CACHE_DIR / recipe} "
                                                   "with mmdebstrap (about two minutes)",
-                                            ["python -m helpers.lab.images   # make images"])])
+                                            [f"{IMAGES_COMMAND}   # make images"])])
 
-    def apply(self, ctx: Stage, plan: StepPlan):
+    def apply(self, ctx: Stage, plan: Plan):
         if ctx.params.l1.image != "lab":
             return [no_change("lab images", "l1.image is given")]
         imgs = plan.data
         if plan.changes:
             from ..lab.images import LabImageError, ensure_images
             try:
-                imgs = ensure_images(ctx.l0, progress=print)
+                with record.part_of(IMAGES_COMMAND):  # what the plan shows, done in this process
+                    imgs = ensure_images(ctx.l0, progress=print)
             except LabImageError as e:
                 raise RunbookError(f"building the lab images failed: {e}",
                                    hint="read /var/cache/nested-nvme/images/build.log on L0") from None
@@ -72,7 +74,7 @@ class LabImages(Step):
 
 
 @dataclass
-class Plan:
+class L1Definition:
     """L1's definition."""
     domain: Domain
     xml: str
@@ -87,7 +89,7 @@ class Plan:
     nvme_reason: str = ""
 
 
-def definition(ctx: Stage) -> Plan:
+def definition(ctx: Stage) -> L1Definition:
     """L1's definition from the parameters, the accelerator stage 01 chose and the host's NUMA layout."""
     p = ctx.params
     accel = ctx.state["accel"]
@@ -112,7 +114,7 @@ def definition(ctx: Stage) -> Plan:
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
                            iommu=kind, native_amd_iommu=supports_native_amd_iommu(version), amd=amd)
-    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why,
+    return L1Definition(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why,
                 amd, nvme_why)
 
 
@@ -144,15 +146,15 @@ class Definition(Step):
     label = "L1's definition"
     reads_only = True
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
         return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version")
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> Plan:
+    def apply(self, ctx: Stage, plan: Plan) -> L1Definition:
         return definition(ctx)
 
-    def show(self, d: Plan) -> None:
+    def show(self, d: L1Definition) -> None:
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
         print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
@@ -169,7 +171,7 @@ class PrepareFiles(Step):
     """The workdir, the NVMe backing file, L1's disk (lab: an overlay) and the pinned host key."""
     label = "Prepare files"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         p, ps = ctx.params, paths(ctx.params)
         lab, m = p.l1.image == "lab", ctx.l0
         imgs = lab_images(ctx) if lab else None
@@ -177,7 +179,7 @@ class PrepareFiles(Step):
             return self.unknown(IMAGES_UNKNOWN)
         l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
         ops = [l1_files.plan_workdir(m, ps.workdir),
-               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib)]
+               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib, ps.workdir)]
         if lab:
             running = l0.libvirt(p).is_active(p.l1.name)
             spec = l1_ssh_spec(p)
@@ -192,9 +194,9 @@ class PrepareFiles(Step):
         actions = [o.action for o in ops if o.action]
         if not actions:
             return self.no_change("; ".join(f"{o.what}: {o.detail}" for o in ops), ops)
-        return StepPlan(self.label, actions, data=ops)
+        return Plan(self.label, actions, data=ops)
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         return [l1_files.apply_op(op, ctx.state) for op in plan.data]
 
 
@@ -203,7 +205,7 @@ INTEL_OPTIONS = {"device": "<iommu model='intel'> (QEMU: intel-iommu,intremap=on
                  "why": ["the seed's vIOMMU; caching mode lets L1 hand devices to VFIO"]}
 
 
-def _record_l1(ctx: Stage, d: Plan) -> None:
+def _record_l1(ctx: Stage, d: L1Definition) -> None:
     """What was decided here; the way in (SSH, keys, console log) follows from the parameters."""
     ctx.state.update("l1", accel=d.accel, cpuset=d.cpuset, native_nvme=d.native_nvme,
                      iommu_kind=d.iommu, iommu_reason=d.iommu_reason,
@@ -214,7 +216,7 @@ class DefineL1(Step):
     """Define L1 from its definition (idempotent; a different one replaced only with l1.replace)."""
     label = "Define L1"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
         p = ctx.params
@@ -223,42 +225,42 @@ class DefineL1(Step):
         dp = domain.plan_define(lv, p.l1.name, d.xml, replace=p.l1.replace)
         if not dp.how:
             return self.no_change(f"{p.l1.name} is defined with this definition", (d, dp))
-        cmds = by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri).commands
+        cmds = by_hand.define(p.l1.name, f"{p.l1.name}.xml", p.host.libvirt_uri,
+                              replace=dp.how == "replace", running=dp.running).commands
         if dp.how == "replace":
-            cmds = [by_hand.virsh("destroy", p.l1.name, uri=p.host.libvirt_uri) + "   # if it runs",
-                    by_hand.virsh("undefine", p.l1.name, uri=p.host.libvirt_uri)] + cmds
             what = f"replace the definition of {p.l1.name} in {p.host.libvirt_uri} (l1.replace is true)"
             content = "differences:\n  " + "\n  ".join(dp.diff) + "\n\n" + d.xml
         else:
             what, content = f"define {p.l1.name} in {p.host.libvirt_uri}", d.xml
-        return StepPlan(self.label, [Action("L0", what, cmds, content)], data=(d, dp))
+        return Plan(self.label, [Action("L0", what, cmds, content)], data=(d, dp))
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         d, dp = plan.data
-        change = domain.apply_define(l0.libvirt(ctx.params), dp)
+        name = ctx.params.l1.name
+        if plan.changes:
+            execute.run(ctx, plan.actions[0], files={f"{name}.xml": d.xml})
         _record_l1(ctx, d)
-        return [change]
+        return [did(f"define {name}", dp.detail) if plan.changes else no_change(f"define {name}", dp.detail)]
 
 
 class StartL1(Step):
     label = "Start L1"
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
         if l0.libvirt(p).is_active(p.l1.name):
             return self.no_change(f"{p.l1.name} is running")
-        return StepPlan(self.label, [Action("L0", f"start {p.l1.name}",
+        return Plan(self.label, [Action("L0", f"start {p.l1.name}",
                                             by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         name = ctx.params.l1.name
         if not plan.changes:
             return [no_change(f"start {name}", "already running")]
-        lv = l0.libvirt(ctx.params)
-        lv.start(name)
+        execute.run(ctx, plan.actions[0])
         ctx.state.update("l1", started_at=time.time())
         ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
-        return [did(f"start {name}", f"started in {lv.where}")]
+        return [did(f"start {name}", f"started in {l0.libvirt(ctx.params).where}")]
 
 
 def l1_not_up(ctx: Stage) -> str | None:
@@ -278,14 +280,14 @@ class WaitL1(Step):
     label = "Wait for L1"
     reads_only = True
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if why := l1_not_up(ctx):
             return self.unknown(why)
         p = ctx.params
         return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping), then SSH "
                           f"(up to {p.l1.boot_timeout_s} s)")
 
-    def apply(self, ctx: Stage, plan: StepPlan) -> dict:
+    def apply(self, ctx: Stage, plan: Plan) -> dict:
         return wait(ctx)
 
     def show(self, times: dict) -> None:
@@ -297,12 +299,12 @@ class InspectL1(Step):
     label = "Look inside L1"
     reads_only = True
 
-    def plan(self, ctx: Stage) -> StepPlan:
+    def plan(self, ctx: Stage) -> Plan:
         if why := l1_not_up(ctx):
             return self.unknown(why)
         return self.reads("lspci, dmesg and /proc/cmdline in L1")
 
-    def apply(self, ctx: Stage, plan: StepPlan):
+    def apply(self, ctx: Stage, plan: Plan):
         return inspect(ctx)
 
     def show(self, result) -> None:
@@ -312,8 +314,6 @@ class InspectL1(Step):
             ui.show_output(cmd, out, prompt="root@L1")
         ui.show_table(before, ["what the line proves", "in L1's kernel log now"])
 
-
-plan = definition  # the name earlier code used
 
 STEPS = [LabImages, Definition, PrepareFiles, DefineL1, StartL1, WaitL1, InspectL1]
 

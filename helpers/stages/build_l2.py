@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from .. import by_hand
+from .. import by_hand, execute
 from ..bench import fio
+from ..checks import passthrough
 from ..errors import RunbookError
 from ..lab import sources as lab_layout  # where the lab image puts L2's files in L1
 from ..facts import pci
@@ -14,8 +15,7 @@ from ..guest import Agent
 from ..libvirt_xml import CPU, OS, VCPU, Channel, Controller, Disk, Domain, Features, HostdevPCI, Memballoon, Serial
 from ..nb import Stage
 from ..ops import Change, did, domain, no_change
-from ..ops import passthrough
-from ..steps import Action, Plan, Step
+from ..steps import Action, Plan, Step, no_change_why
 from ..paths import paths
 from ..virt import Virsh
 from ..wait import wait_for
@@ -169,8 +169,7 @@ def show_nvme(ctx: Stage, run) -> None:
                     ", ".join(dev.group_members))],
                   ["BDF", "domain", "bus", "device", "function", "driver", "IOMMU group", "group members"])
     ui.show_output(f"lspci -k -s {dev.bdf}", ctx.l1().run(["lspci", "-k", "-s", dev.bdf]).out, prompt="root@L1")
-    ui.show_output(f"virsh nodedev-dumpxml {dev.name}",
-                   ctx.l1().run(["virsh", "-c", "qemu:///system", "nodedev-dumpxml", dev.name]).out, prompt="root@L1")
+    ui.show_output(f"virsh nodedev-dumpxml {dev.name}", Virsh(ctx.l1()).nodedev_xml(dev.name), prompt="root@L1")
 
 
 class Baseline(Step):
@@ -208,7 +207,7 @@ class Baseline(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            return [no_change("L1 baseline", plan.reason.removeprefix("no change: "))]
+            return [no_change("L1 baseline", no_change_why(plan))]
         b = ctx.params.bench
         rows = fio.run_profiles(ctx.l1(), "L1", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
         ctx.state.set("baseline", rows)
@@ -233,15 +232,14 @@ class PrepareL2Disk(Step):
             return self.no_change(f"L2's disk {disk} exists in L1")
         base = lab_layout.L2_ROOT_IN_L1
         return Plan(self.label, [Action("L1", f"create {disk}: a qcow2 overlay on {base}",
-                                        by_hand.l2_disk(base, disk).commands)],
-                    data=["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, disk])
+                                        by_hand.l2_disk(base, disk).commands)], data=base)
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         disk = paths(ctx.params).l2_disk
         if not plan.changes:
-            return [no_change(f"L2 disk {disk}", plan.reason.removeprefix("no change: "))]
-        ctx.l1().run(plan.data, check=True)
-        return [did(f"L2 disk {disk}", f"qcow2 overlay on {plan.data[-2]} (qemu-img, from stage 03's qemu-utils)")]
+            return [no_change(f"L2 disk {disk}", no_change_why(plan))]
+        execute.run(ctx, plan.actions[0])
+        return [did(f"L2 disk {disk}", f"qcow2 overlay on {plan.data} (qemu-img, from stage 03's qemu-utils)")]
 
 
 class DefineL2(Step):
@@ -259,14 +257,19 @@ class DefineL2(Step):
         dp = domain.plan_define(Virsh(ctx.l1()), p.l2.name, dom.to_xml(), replace=p.l2.replace)
         if not dp.how:
             return self.no_change(f"{p.l2.name} is defined in L1 with this definition", dp)
-        cmds = by_hand.define(p.l2.name, f"{p.l2.name}.xml", prompt="root@L1").commands
+        cmds = by_hand.define(p.l2.name, f"{p.l2.name}.xml", prompt="root@L1", replace=dp.how == "replace",
+                              running=dp.running).commands
         what = (f"replace the definition of {p.l2.name} in L1 (l2.replace is true)" if dp.how == "replace"
                 else f"define {p.l2.name} in L1's libvirt, with {dev.bdf} as a managed PCI hostdev")
         content = ("differences:\n  " + "\n  ".join(dp.diff) + "\n\n" if dp.diff else "") + dp.xml
         return Plan(self.label, [Action("L1", what, cmds, content)], data=dp)
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
-        return [domain.apply_define(Virsh(ctx.l1()), plan.data)]
+        dp, name = plan.data, ctx.params.l2.name
+        if not plan.changes:
+            return [no_change(f"define {name}", dp.detail)]
+        execute.run(ctx, plan.actions[0], files={f"{name}.xml": dp.xml})
+        return [did(f"define {name}", dp.detail)]
 
 
 class StartL2(Step):
@@ -298,11 +301,8 @@ class StartL2(Step):
         name = ctx.params.l2.name
         if not plan.changes:
             return [no_change(f"start {name}", "already running")]
+        execute.run(ctx, plan.actions[0])  # a restart: destroy first
         lv = Virsh(ctx.l1())
-        if plan.data:  # restart
-            lv.destroy(name)
-            lv.wait_stopped(name)
-        lv.start(name)
         ctx.state.update("l2", started_at=time.time(), **({"restarted_after": plan.data} if plan.data else {}))
         return [did(f"start {name}", f"restarted: {plan.data}" if plan.data else f"started in {lv.where}")]
 

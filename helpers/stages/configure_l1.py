@@ -3,6 +3,8 @@ in L1, L1's own checks, and L2's accelerator: ``STEPS``. The distribution's ways
 package manager) are ``helpers.distro`` classes, chosen once by the first step."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .. import checks, l0
 from .. import distro as distros
 from ..errors import RunbookError
@@ -11,7 +13,7 @@ from ..facts import system as system_facts
 from ..nb import Stage
 from ..ops import l1_config, no_change
 from ..paths import paths
-from ..steps import Action, Plan, Step
+from ..steps import Action, Plan, Step, no_change_why
 
 URI = "qemu:///system"   # libvirt inside L1, as the seed's `virsh` uses it
 
@@ -94,6 +96,24 @@ def l2_accel(ctx: Stage) -> tuple[str, str]:
     return accel, why
 
 
+@dataclass
+class BootChoice:
+    """What step 'A kernel with the vIOMMU's driver' plans: the kernel L1 is to boot (None: the
+    running one) and the bootloader's plan to make it the default (None: nothing to do)."""
+    kernel: str | None
+    plan: object | None
+
+
+def kernel_or_refuse(choice, kind: str):
+    """The kernel choice, or the refusal when no installed kernel has the vIOMMU's driver."""
+    if choice.lacking:
+        raise RunbookError(
+            f"{choice.reason}: the {kind} vIOMMU cannot be used in L1",
+            hint="install the distribution's generic kernel in L1 (Debian: apt-get install linux-image-amd64, whose "
+                 "cloud kernel lacks the AMD IOMMU driver; RHEL: dnf install kernel), then rerun stage 03")
+    return choice
+
+
 # --- the steps ---------------------------------------------------------------------------------
 
 DISTRO = "L1's distribution and bootloader"
@@ -146,22 +166,22 @@ class BootKernel(Step):
             return self.unknown(why)
         from ..facts import kernel
         kind = iommu_kind(ctx)
-        choice = kernel.kernel_for(ctx.l1(), kind)
-        ctx.seen["boot_kernel"] = choice.boot
+        choice = kernel_or_refuse(kernel.kernel_for(ctx.l1(), kind), kind)
         if choice.boot is None:
-            return self.no_change(choice.reason)
+            return self.no_change(choice.reason, BootChoice(None, None))
         planned = ctx.seen["boot"].plan_default_kernel(ctx.l1(), choice.boot)
         done = _from_distro(planned, self.label)
+        done.data = BootChoice(choice.boot, planned)
         if not done.changes:  # the default is set already (a rerun before the reboot)
             done.reason = f"no change: {choice.reason}; {planned.reason}"
         return done
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
-        if ctx.seen.get("boot_kernel"):  # what L1 is to boot, for the reboot's check and the report
-            ctx.state.update("l1", boot_kernel=ctx.seen["boot_kernel"])
-        if plan.data is None:
-            return [no_change(self.label, plan.reason.removeprefix("no change: "))]
-        return [ctx.seen["boot"].apply_default_kernel(ctx.l1(), plan.data)]
+        if plan.data.kernel:  # what L1 is to boot, for the reboot's check and the report
+            ctx.state.update("l1", boot_kernel=plan.data.kernel)
+        if plan.data.plan is None:
+            return [no_change(self.label, no_change_why(plan))]
+        return [ctx.seen["boot"].apply_default_kernel(ctx.l1(), plan.data.plan)]
 
 
 class KernelArgs(Step):
@@ -184,11 +204,11 @@ class Reboot(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _not_ready(ctx):
             return self.unknown(why)
-        args, kernel = ctx.seen["args"], ctx.seen.get("boot_kernel")
+        boot = ctx.planned(BootKernel)
+        args, kernel = ctx.seen["args"], boot.data.kernel if boot is not None and boot.data else None
         lacking = l1_config.running_lacks(ctx.l1(), args)
         other = kernel is not None and l1_config.running_kernel(ctx.l1()) != kernel
-        ctx.seen["reboot_pending"] = bool(lacking) or other
-        if not ctx.seen["reboot_pending"]:
+        if not (lacking or other):
             return self.no_change(f"the running kernel has {' '.join(args) or 'what it needs'} (/proc/cmdline)")
         why = " and ".join(([f"its running kernel lacks {' '.join(lacking)}"] if lacking else [])
                            + ([f"kernel {kernel} is to start"] if other else []))
@@ -196,16 +216,15 @@ class Reboot(Step):
         checks_ += [f"uname -r   # check: {kernel}"] if other else []
         return Plan(self.label, [Action("L1", f"reboot L1: {why}; wait until it is back "
                                               f"(up to {ctx.params.l1.boot_timeout_s} s)",
-                                        ["reboot", "# ... log in again, then:"] + checks_)],
+                                        [l1_config.REBOOT, "# ... log in again, then:"] + checks_)],
                     data=(args, kernel if other else None))
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
         if not plan.changes:
-            return [no_change(f"reboot {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
+            return [no_change(f"reboot {ctx.l1().name}", no_change_why(plan))]
         args, kernel = plan.data
         done = l1_config.reboot(ctx.l1(), args, ctx.params.l1.boot_timeout_s,
                                 log=l0.Log(ctx.l0, paths(ctx.params).l1_console), kernel=kernel)
-        ctx.seen["reboot_pending"] = False
         return [done]
 
 
@@ -217,7 +236,7 @@ class IommuOn(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _not_ready(ctx):
             return self.unknown(why)
-        if ctx.seen.get("reboot_pending"):
+        if ctx.pending(Reboot):
             return self.unknown("L1 is rebooted with the arguments (step 'Reboot L1')")
         return self.reads("L1's kernel log (DMAR, IOMMU, AMD-Vi lines) and /sys/kernel/iommu_groups")
 
@@ -240,12 +259,10 @@ class InstallVirt(Step):
         if why := _not_ready(ctx):
             return self.unknown(why)
         planned = ctx.seen["pm"].plan(ctx.l1(), list(ctx.params.l1.virt_packages))
-        ctx.seen["install_pending"] = planned.changes
         return _from_distro(planned, self.label)
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
         done = ctx.seen["pm"].apply(ctx.l1(), plan.data)
-        ctx.seen["install_pending"] = False
         return [done]
 
 
@@ -256,11 +273,10 @@ class StartLibvirt(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _not_ready(ctx):
             return self.unknown(why)
-        if ctx.seen.get("install_pending"):
+        if ctx.pending(InstallVirt):
             return self.unknown("the packages are installed (step 'Install the virtualization stack')")
         l1 = ctx.l1()
-        ctx.seen["libvirt_pending"] = not l1_config.libvirt_answers(l1, URI)
-        if not ctx.seen["libvirt_pending"]:
+        if l1_config.libvirt_answers(l1, URI):
             return self.no_change(f"{URI} answers in L1 (virsh version)")
         unit = l1_config.libvirt_unit(l1)
         return Plan(self.label, [Action("L1", f"enable and start {unit}; wait until {URI} answers",
@@ -269,9 +285,8 @@ class StartLibvirt(Step):
 
     def apply(self, ctx: Stage, plan: Plan) -> list:
         if not plan.changes:
-            return [no_change(f"libvirt in {ctx.l1().name}", plan.reason.removeprefix("no change: "))]
+            return [no_change(f"libvirt in {ctx.l1().name}", no_change_why(plan))]
         done = l1_config.start_libvirtd(ctx.l1(), plan.data, URI)
-        ctx.seen["libvirt_pending"] = False
         return [done]
 
 
@@ -283,11 +298,11 @@ class L1Checks(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _not_ready(ctx):
             return self.unknown(why)
-        for pending, until in (("reboot_pending", "L1 is rebooted with the arguments (step 'Reboot L1')"),
-                               ("install_pending", "libvirt and QEMU are installed in L1 (step 'Install the "
-                                                   "virtualization stack')"),
-                               ("libvirt_pending", "libvirt answers in L1 (step 'Start libvirt in L1')")):
-            if ctx.seen.get(pending):
+        for pending, until in ((Reboot, "L1 is rebooted with the arguments (step 'Reboot L1')"),
+                               (InstallVirt, "libvirt and QEMU are installed in L1 (step 'Install the "
+                                             "virtualization stack')"),
+                               (StartLibvirt, "libvirt answers in L1 (step 'Start libvirt in L1')")):
+            if ctx.pending(pending):
                 return self.unknown(until)
         from .check_host import what_is_read
         return self.reads(what_is_read(ctx, "L1, through SSH", "L2"))

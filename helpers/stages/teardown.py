@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import by_hand, l0
+from .. import by_hand, execute, l0
 from ..access import lab_credentials
 from ..errors import RunbookError
 from ..facts import pci
 from ..nb import Stage
 from ..ops import Change, did, no_change, teardown
 from ..paths import paths
-from ..steps import Action, Plan, Step
+from ..steps import Action, Plan, Step, no_change_why
 from ..virt import Virsh
 
 
@@ -41,50 +41,37 @@ class RemoveL2(Step):
         disk = paths(p).l2_disk if p.l2.image == "lab" else None
         bdf = (ctx.state.get("nvme") or {}).get("bdf_in_l1")
         todo = {"destroy": lv.is_active(name), "undefine": lv.exists(name),
-                "disk": bool(disk) and l1.run(["test", "-e", disk]).ok, "bdf": bdf,
-                "reattach": bool(bdf) and pci.driver_of(l1, bdf) == "vfio-pci"}
-        actions = []
-        if todo["destroy"]:
-            actions.append(Action("L1", f"stop {name} (like pulling its power)", [by_hand.virsh("destroy", name)]))
-        if todo["undefine"]:
-            actions.append(Action("L1", f"undefine {name}", [by_hand.virsh("undefine", name)]))
-        if todo["disk"]:
-            actions.append(Action("L1", f"remove L2's disk {disk}", [f"rm -f {by_hand.q(disk)}"]))
-        if todo["reattach"]:
-            actions.append(Action("L1", f"the NVMe {bdf} back to L1's nvme driver (libvirt does it for a managed "
-                                        "hostdev when L2 stops; by hand if it did not)",
-                                  [f"virsh nodedev-reattach {by_hand.node_device(bdf)}   # only if still on vfio-pci",
-                                   f"lspci -k -s {bdf}   # check: Kernel driver in use: nvme",
-                                   "nvme list   # check: the disk is back in L1"]))
-        if not actions:
+                "disk": bool(disk) and l1.exists(disk), "bdf": bdf}
+        todo["reattach"] = bool(bdf) and pci.driver_of(l1, bdf) == "vfio-pci"
+        parts = by_hand.remove_l2_parts(name, disk if todo["disk"] else None, bdf if todo["reattach"] else None,
+                                        running=todo["destroy"], defined=todo["undefine"],
+                                        stuck=todo["reattach"] and not todo["destroy"])
+        if not parts:
             return self.no_change(f"{name} is not defined in L1" + (f"; the NVMe {bdf} is on L1's nvme driver"
                                                                      if bdf else ""), todo)
-        return Plan(self.label, actions, data=todo)
+        return Plan(self.label, [Action("L1", what, cmds) for what, cmds in parts], data=todo)
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         p, todo = ctx.params, plan.data
-        if todo is None:
-            return [no_change(f"remove {p.l2.name}", plan.reason.removeprefix("no change: "))]
+        if not plan.changes:
+            return [no_change(f"remove {p.l2.name}", no_change_why(plan))]
         l1 = ctx.l1()
-        lv, name = Virsh(l1), p.l2.name
+        where = Virsh(l1).where
         changes = []
+        for action in plan.actions:
+            execute.run(ctx, action)
         if todo["destroy"]:
-            lv.destroy(name)
-            lv.wait_stopped(name)
-            changes.append(did(f"stop {name}", f"destroyed in {lv.where}"))
+            changes.append(did(f"stop {p.l2.name}", f"destroyed in {where}"))
         if todo["undefine"]:
-            lv.undefine(name)
-            changes.append(did(f"undefine {name}", f"removed from {lv.where}"))
+            changes.append(did(f"undefine {p.l2.name}", f"removed from {where}"))
         if todo["disk"]:
-            disk = paths(p).l2_disk
-            l1.run(["rm", "-f", disk], check=True)
-            changes.append(did(f"remove {disk} in L1", "L2's overlay"))
-        if todo["bdf"]:  # wait for libvirt's reattach (by hand if it did not), then check nvme list
+            changes.append(did(f"remove {paths(p).l2_disk} in L1", "L2's overlay"))
+        if todo["bdf"]:  # wait for libvirt's reattach, then check nvme list
             back = teardown.return_nvme(p, l1, ctx.state)
             if not (todo["destroy"] or todo["reattach"]):
                 back = [no_change(c.what, c.detail) for c in back]
             changes += back
-        return changes or [no_change(f"remove {name}", "nothing to do")]
+        return changes or [no_change(f"remove {p.l2.name}", "nothing to do")]
 
 
 class RemoveL1(Step):
@@ -105,16 +92,12 @@ class RemoveL1(Step):
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         name = ctx.params.l1.name
         if not plan.changes:
-            return [no_change(f"remove {name}", plan.reason.removeprefix("no change: "))]
+            return [no_change(f"remove {name}", no_change_why(plan))]
         lv = l0.libvirt(ctx.params)
-        changes = []
-        if plan.data["destroy"]:
-            lv.destroy(name)
-            lv.wait_stopped(name)
-            changes.append(did(f"stop {name}", f"destroyed in {lv.where}"))
-        if plan.data["undefine"]:
-            lv.undefine(name)
-            changes.append(did(f"undefine {name}", f"removed from {lv.where}"))
+        for action in plan.actions:
+            execute.run(ctx, action)
+        changes = ([did(f"stop {name}", f"destroyed in {lv.where}")] if plan.data["destroy"] else []) \
+            + ([did(f"undefine {name}", f"removed from {lv.where}")] if plan.data["undefine"] else [])
         try:
             ctx.l1().close()
         except RunbookError:
@@ -154,21 +137,16 @@ class RemoveFiles(Step):
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         if not plan.changes:
-            return [no_change("remove the run's files", plan.reason.removeprefix("no change: "))]
+            return [no_change("remove the run's files", no_change_why(plan))]
         files, dirs, here = plan.data
-        changes = []
+        for action in plan.actions:
+            execute.run(ctx, action)
         for f in files:
-            ctx.l0.remove(str(f))
             ctx.state.forget_created("files", str(f))
-            changes.append(did(f"remove {f}"))
-        for f in here:
-            f.unlink(missing_ok=True)
-            changes.append(did(f"remove {f} (this machine)"))
         for d in dirs:
-            ctx.l0.rmdir(str(d))
             ctx.state.forget_created("dirs", str(d))
-            changes.append(did(f"remove {d}", "empty"))
-        return changes
+        return ([did(f"remove {f}") for f in files] + [did(f"remove {f} (this machine)") for f in here]
+                + [did(f"remove {d}", "empty") for d in dirs])
 
 
 STEPS = [RemoveL2, RemoveL1, RemoveFiles]

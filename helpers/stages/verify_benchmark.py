@@ -3,25 +3,27 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .. import by_hand
+from .. import by_hand, execute
 from ..bench import fio, results
 from ..errors import RunbookError
 from ..nb import Stage
-from ..ops import Change, no_change
+from ..ops import Change, did, no_change
+from ..checks.passthrough import l2_controller, l2_namespaces
+from ..facts import storage
 from ..ops import verify
 from ..paths import paths
-from ..steps import Action, Plan, Step
+from ..steps import Action, Plan, Step, no_change_why
 
 
-def controller(ctx: Stage) -> tuple[verify.Controller, str]:
-    c, out = verify.controller(ctx.l2())
+def controller(ctx: Stage) -> tuple[storage.Controller, str]:
+    c, out = l2_controller(ctx.l2())
     ctx.state.update("l2_verify", controller={"bdf": c.bdf, "ids": c.ids, "class": c.pci_class, "line": c.line})
     return c, out
 
 
 def namespaces(ctx: Stage) -> tuple[dict, str]:
     """`nvme list` in L2: model, serial, size and block size of the passed-through namespace."""
-    devs, table = verify.namespaces(ctx.l2())
+    devs, table = l2_namespaces(ctx.l2())
     want = ctx.params.nvme.serial
     match = [d for d in devs if d.get("SerialNumber", "").strip() == want]
     if not match:
@@ -37,7 +39,7 @@ def namespaces(ctx: Stage) -> tuple[dict, str]:
 
 
 def df(ctx: Stage) -> tuple[dict, str]:
-    info, out = verify.df(ctx.l2(), ctx.params.verify.mount_point)
+    info, out = storage.df(ctx.l2(), ctx.params.verify.mount_point)
     if info["type"] != "xfs":
         raise RunbookError(f"{ctx.params.verify.mount_point} in L2 is {info['type']}, not xfs")
     ctx.state.update("l2_verify", df=info)
@@ -144,7 +146,7 @@ class Mkfs(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            ch, out = no_change("mkfs.xfs", plan.reason.removeprefix("no change: ")), ""
+            ch, out = no_change("mkfs.xfs", no_change_why(plan)), ""
         else:
             ch, out = verify.apply_xfs(ctx.l2(), *plan.data)
         ctx.state.update("l2_verify", mkfs=ch.detail)
@@ -173,8 +175,10 @@ class Mount(Step):
                     data=(dev, mp))
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
-        ch = verify.apply_mount(ctx.l2(), *plan.data) if plan.changes else no_change(
-            "mount", plan.reason.removeprefix("no change: "))
+        if plan.changes:
+            execute.run(ctx, plan.actions[0])
+        dev, mp = plan.data if plan.changes else ("", "")
+        ch = did(f"mount {dev} {mp}", "mounted") if plan.changes else no_change("mount", no_change_why(plan))
         ctx.state.update("l2_verify", mounted=True)
         return [ch]
 
@@ -219,7 +223,7 @@ class BenchL2(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            return [no_change("L2 benchmark", plan.reason.removeprefix("no change: "))]
+            return [no_change("L2 benchmark", no_change_why(plan))]
         b = ctx.params.bench
         rows = fio.run_profiles(ctx.l2(), "L2", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
         ctx.state.set("bench_l2", rows)
@@ -244,7 +248,7 @@ class BenchL0(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
-            return [no_change("L0 benchmark", plan.reason.removeprefix("no change: "))]
+            return [no_change("L0 benchmark", no_change_why(plan))]
         b = ctx.params.bench
         ctx.state.remember_created("files", plan.data)
         rows = fio.run_profiles(ctx.l0, "L0", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
