@@ -16,6 +16,7 @@ from .guest import Guest, Local
 from .state import State
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTHING_FOR_TARGET = "no change: nvme.target is l1"  # stages 03 and 04 with the NVMe ending in L1
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Stage:
             return run
         run.plan = self.plan(step)
         ui.show_plan(run.plan, self.mode)
+        if run.plan.reason.startswith(NOTHING_FOR_TARGET):  # shown as such; not applied
+            return run
         if run.plan.unknown:
             if not self.check:
                 raise RunbookError(f"step '{step.label}' cannot go on: unknown until {run.plan.unknown}",
@@ -86,7 +89,12 @@ class Stage:
         is fixed, and the check goes on."""
         from .steps import Plan
         try:
-            plan = step.plan(self)
+            if self.number in ("03", "04") and not self.params.nvme.in_l2 \
+                    and type(step).__name__ != "NothingForTarget":
+                plan = Plan(step.label, [], reason=f"{NOTHING_FOR_TARGET}: L1 keeps the NVMe, this step has "
+                                                   "nothing to do")
+            else:
+                plan = step.plan(self)
         except RunbookError as e:
             if not self.check:
                 raise

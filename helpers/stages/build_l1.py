@@ -12,8 +12,9 @@ from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
 from ..facts import iommu as iommu_facts
-from ..libvirt_xml import Domain, supports_native_amd_iommu, supports_native_nvme, virt_install_command
+from ..libvirt_xml import IOMMU, Domain, HostdevOnRootPort, supports_native_amd_iommu, supports_native_nvme, virt_install_command
 from ..nb import Stage
+from . import host_nvme
 from ..numa import choose_cpuset
 from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
@@ -83,25 +84,54 @@ class Plan:
     native_nvme: bool
     iommu: str = "intel"
     iommu_reason: str = ""
+    host_nvme_bdf: str | None = None   # nvme.source host: L0's controller, a hostdev of L1
+    memlock_mib: int = 0               # what libvirt locks for VFIO (0: no hostdev)
+    viommu: bool = True                # L1 has a vIOMMU (not with a host NVMe that ends in L1)
+    hostdev_xml: str = ""              # the root port and <hostdev>, as `virsh attach-device` takes it
+    by_hand: tuple[str, ...] = ()      # nodedev-detach, attach-device, nodedev-reattach
 
 
 def definition(ctx: Stage) -> Plan:
     """L1's definition from the parameters, the accelerator stage 01 chose and the host's NUMA layout."""
     p = ctx.params
     accel = ctx.state["accel"]
+    bdf = host_nvme.recorded(ctx)["bdf"] if p.nvme.host else None
     if p.l1.cpuset:
         cpuset, why = p.l1.cpuset, "given in the parameters"
     else:
         topo = cpu_facts.topology(ctx.l0)
-        cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
+        node = host_nvme.numa_node(ctx) if bdf else None
+        cpuset, why = (choose_cpuset({node: topo.nodes[node]}, topo.siblings, p.l1.vcpus, p.l1.threads)
+                       if node in topo.nodes else (None, ""))
+        if cpuset:
+            why = f"{why}: NUMA node {node}, the node of the NVMe {bdf} (l1.cpuset is empty)"
+        else:
+            cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
     lv = l0.libvirt(p)
     version = lv.lib_version()
     native = supports_native_nvme(version)
     kind, kind_why = iommu_kind(ctx)
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
-                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version))
-    return Plan(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why)
+                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version), host_nvme_bdf=bdf)
+    try:
+        xml = dom.to_xml()
+    except ValueError as e:  # Domain.problems(): e.g. a hostdev behind a vIOMMU without caching mode
+        raise RunbookError(f"L1's definition would not start: {e}", hint="fix l1.iommu or nvme.target") from None
+    memlock = l1_ops.memlock_mib(p.l1.memory_mib, 1 if bdf else 0, viommu=bool(bdf) and p.nvme.in_l2)
+    viommu = any(isinstance(x, IOMMU) for x in dom.devices) or bool(dom.qemu_args and any(
+        a.startswith("amd-iommu") for a in dom.qemu_args.args))
+    hostdev = next((x for x in dom.devices if isinstance(x, HostdevOnRootPort)), None)
+    return Plan(dom, xml, virt_install_command(dom), accel, cpuset, why, native, kind, kind_why, bdf, memlock, viommu,
+                hostdev.hostdev.to_xml() if hostdev else "",
+                tuple(host_nvme.by_hand_commands(p, bdf, "hostdev.xml")) if bdf else ())
+
+
+def host_nvme_unknown(ctx: Stage) -> str | None:
+    """With nvme.source host, why L1's definition cannot be known yet (stage 01 has not chosen the controller)."""
+    if ctx.params.nvme.host and not (ctx.state.get(host_nvme.STATE_KEY) or {}).get("bdf"):
+        return "stage 01 has chosen the NVMe controller of L0 (step 'The NVMe of L0 to give to L1')"
+    return None
 
 
 def iommu_kind(ctx: Stage) -> tuple[str, str]:
@@ -121,7 +151,10 @@ class Definition(Step):
     def plan(self, ctx: Stage) -> StepPlan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
-        return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version")
+        if why := host_nvme_unknown(ctx):
+            return self.unknown(why)
+        return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version"
+                          + (", the NVMe controller of L0 stage 01 chose" if ctx.params.nvme.host else ""))
 
     def apply(self, ctx: Stage, plan: StepPlan) -> Plan:
         return definition(ctx)
@@ -130,7 +163,17 @@ class Definition(Step):
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
         print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
-        print(f"emulated NVMe: {'native <disk bus=nvme>' if d.native_nvme else '<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)'}")
+        if d.host_nvme_bdf:
+            print(f"NVMe: L0's controller {d.host_nvme_bdf}, a managed <hostdev> on a PCIe root port of its own; "
+                  f"libvirt locks {d.memlock_mib} MiB for VFIO (L1's {d.domain.memory_mib} MiB + 1 GiB, "
+                  "libvirt's rule for a hostdev)")
+            if d.viommu:
+                print("vIOMMU with caching mode on: QEMU refuses a device assigned from L0 behind intel-iommu "
+                      "without it (checked in the definition)")
+            ui.show_output("cat hostdev.xml", d.hostdev_xml, prompt="root@L0")
+            ui.show_output("# by hand, what managed='yes' does", "\n".join(d.by_hand), prompt="root@L0")
+        else:
+            print(f"emulated NVMe: {'native <disk bus=nvme>' if d.native_nvme else '<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)'}")
         ui.show_output("virt-install ... --print-xml", d.virt_install, prompt="root@L0")
         ui.show_output(f"virsh dumpxml {d.domain.name}", d.xml, prompt="root@L0")
 
@@ -145,9 +188,13 @@ class PrepareFiles(Step):
         imgs = lab_images(ctx) if lab else None
         if lab and imgs is None:
             return self.unknown(IMAGES_UNKNOWN)
-        l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
-        ops = [l1_files.plan_workdir(m, ps.workdir),
-               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib)]
+        if p.nvme.host:  # no backing file: the NVMe is L0's own controller
+            l1_ops.check_space(m, ps.workdir, None, 0, lab)
+            ops = [l1_files.plan_workdir(m, ps.workdir)]
+        else:
+            l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
+            ops = [l1_files.plan_workdir(m, ps.workdir),
+                   l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib)]
         if lab:
             running = l0.libvirt(p).is_active(p.l1.name)
             spec = l1_ssh_spec(p)
@@ -181,6 +228,8 @@ class DefineL1(Step):
     def plan(self, ctx: Stage) -> StepPlan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
+        if why := host_nvme_unknown(ctx):
+            return self.unknown(why)
         p = ctx.params
         d = definition(ctx)
         lv = l0.libvirt(p)
@@ -211,8 +260,10 @@ class StartL1(Step):
         p = ctx.params
         if l0.libvirt(p).is_active(p.l1.name):
             return self.no_change(f"{p.l1.name} is running")
-        return StepPlan(self.label, [Action("L0", f"start {p.l1.name}",
-                                            by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
+        bdf = (ctx.state.get(host_nvme.STATE_KEY) or {}).get("bdf") if p.nvme.host else None
+        what = f"start {p.l1.name}" + (f": libvirt moves L0's NVMe {bdf} from the nvme driver to vfio-pci "
+                                       "(managed hostdev)" if bdf else "")
+        return StepPlan(self.label, [Action("L0", what, by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
 
     def apply(self, ctx: Stage, plan: StepPlan) -> list[Change]:
         name = ctx.params.l1.name
@@ -279,7 +330,8 @@ class InspectL1(Step):
 
 plan = definition  # the name earlier code used
 
-STEPS = [LabImages, Definition, PrepareFiles, DefineL1, StartL1, WaitL1, InspectL1]
+STEPS = [LabImages, Definition, PrepareFiles, DefineL1, host_nvme.ProveFreeAgain, StartL1, host_nvme.GivenToL1,
+         WaitL1, InspectL1]
 
 
 def wait(ctx: Stage) -> dict:

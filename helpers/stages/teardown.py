@@ -171,4 +171,6 @@ class RemoveFiles(Step):
         return changes
 
 
-STEPS = [RemoveL2, RemoveL1, RemoveFiles]
+from .host_nvme import GivenBack  # noqa: E402  (nvme.source host: the controller back on L0's nvme driver)
+
+STEPS = [RemoveL2, RemoveL1, GivenBack, RemoveFiles]

@@ -1,0 +1,298 @@
+"""``nvme.source: host``: an NVMe controller of L0 goes to L1 by VFIO. The steps the
+stages add for it: find it on L0 and prove it is free (01), prove it again right before
+L1 starts and see L0 give it up (02), say that 03 and 04 have nothing to do when it ends
+in L1, and see L0 take it back (99). The facts and checks that describe the controller
+and prove it free are ``checks.passthrough.select_host_nvme`` and ``prove_free``.
+
+With ``nvme.source: emulated`` (the lab, the seed) each step says in one line that
+there is no controller of L0 to give away, and changes nothing."""
+from __future__ import annotations
+
+import dataclasses
+
+from .. import by_hand
+from ..checks import Check
+from ..errors import RunbookError
+from ..facts import pci
+from ..nb import Stage
+from ..params import Params, parse_cpuset
+from ..steps import Plan, Step
+
+EMULATED = "nvme.source is emulated: QEMU emulates the NVMe for L1, no controller of L0 is given away"
+STATE_KEY = "host_nvme"
+
+
+def _checks():
+    """Issue 23a's checks (``checks.passthrough``): the one place that proves a controller free."""
+    from ..checks import passthrough
+    if not hasattr(passthrough, "prove_free"):  # pragma: no cover - until issue 23a is merged
+        raise RunbookError("this runbook lacks checks.passthrough.prove_free (issue 23a's checks of a host NVMe)",
+                           hint="merge branch issue23a; nothing was changed")
+    return passthrough
+
+
+def selection(p: Params) -> str:
+    """The selection in the parameters' words: 'serial S4EV...', 'bdf 0000:5e:00.0'."""
+    return ", ".join(f"{k} {v}" for k, v in p.nvme.select.model_dump().items() if v)
+
+
+def description_rows(desc) -> list[tuple[str, str]]:
+    """The controller's description as rows of words (never a raw Python value)."""
+    if hasattr(desc, "rows"):
+        return [(str(a), str(b)) for a, b in desc.rows()]
+    rows = []
+    for f in dataclasses.fields(desc):
+        v = getattr(desc, f.name)
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(map(str, v)) or "none"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{k}: {x}" for k, x in v.items()) or "none"
+        elif v is None:
+            v = "unknown"
+        rows.append((f.name.replace("_", " "), str(v)))
+    return rows
+
+
+def refuse_failed(found: list[Check], bdf: str, when: str) -> None:
+    """Stop, naming each thing that holds the controller and what to do, before anything changes."""
+    failed = [c for c in found if c.verdict == "fail"]
+    if failed:
+        lines = "\n".join(f"- {c.name}: {c.observed}. Fix: {c.fix}" for c in failed)
+        raise RunbookError(f"the NVMe controller {bdf} of L0 may not be given to L1 ({when}):\n{lines}",
+                           hint="free the controller as said (or select another with nvme.select), then run "
+                                "again; nothing was defined or changed")
+
+
+def prove(ctx: Stage, when: str):
+    """Select the controller on L0 and prove it free: its description and the checks;
+    refused (RunbookError naming the thing) when a check fails. Recorded in the run state."""
+    p = ctx.params
+    pt = _checks()
+    selected = pt.select_host_nvme(ctx.l0, p.nvme.select)
+    bdf = getattr(selected, "bdf", selected)
+    cpus = parse_cpuset(p.l1.cpuset) if p.l1.cpuset else None
+    desc, found = pt.prove_free(ctx.l0, bdf, role="l0", l1_cpus=cpus)
+    record = {"bdf": bdf, "when": when,
+              "checks": [{"name": c.name, "observed": c.observed, "verdict": c.verdict, "fix": c.fix} for c in found]}
+    for key in ("serial", "model", "numa_node", "iommu_group", "driver", "vendor_device"):
+        if hasattr(desc, key):
+            record[key] = getattr(desc, key)
+    ctx.state.update(STATE_KEY, **record)
+    if not ctx.check:
+        refuse_failed(found, bdf, when)
+    return desc, found
+
+
+def recorded(ctx: Stage) -> dict:
+    """What stage 01 found about the controller, or why it is missing."""
+    r = ctx.state.get(STATE_KEY)
+    if not r:
+        raise RunbookError("the NVMe controller of L0 has not been chosen in this run state",
+                           hint="run stage 01 first (`python -m helpers run --stages 01`)")
+    return r
+
+
+def serial(ctx: Stage) -> str:
+    """The serial by which the drive is found again in L1 or L2: the emulated drive's, or the
+    host controller's (given, or as stage 01 read it)."""
+    p = ctx.params
+    if not p.nvme.host:
+        return p.nvme.serial
+    return p.nvme.select.serial or recorded(ctx).get("serial") or ""
+
+
+def numa_node(ctx: Stage) -> int | None:
+    """The controller's NUMA node on L0 as stage 01 recorded it (None: unknown or no NUMA)."""
+    n = (ctx.state.get(STATE_KEY) or {}).get("numa_node")
+    return n if isinstance(n, int) and n >= 0 else None
+
+
+def on_l0(ctx: Stage, bdf: str) -> dict:
+    """Where the controller is on L0 now: its driver, and whether `nvme list` shows its serial."""
+    driver = pci.driver_of(ctx.l0, bdf)
+    want = serial(ctx)
+    listed = any(d.get("SerialNumber", "").strip() == want for d in pci.nvme_list(ctx.l0)) if want else False
+    shown = ctx.l0.run("nvme list", timeout=60).out.strip()
+    return {"driver": driver or "none", "nvme_list": shown or "(no NVMe namespace)", "listed": listed}
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+class ChooseHostNVMe(Step):
+    """Stage 01: the controller of L0 the parameters name, described, and proven free."""
+    label = "The NVMe of L0 to give to L1"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.nvme.host:
+            return self.reads(EMULATED)
+        return self.reads(f"on L0: the NVMe controller with {selection(p)} (sysfs, lspci, nvme id-ctrl), its "
+                          "namespaces and what holds them (mounts, swap, holders, open files, the boot disk), its "
+                          "IOMMU group, interrupt remapping, NUMA node and reset; a controller L0 still uses is "
+                          "refused before anything changes")
+
+    def apply(self, ctx: Stage, plan: Plan):
+        if not ctx.params.nvme.host:
+            print(EMULATED)
+            return None
+        return prove(ctx, "stage 01")
+
+    def show(self, result) -> None:
+        if result is None:
+            return
+        from .. import ui
+        desc, found = result
+        ui.show_table(description_rows(desc), ["the controller on L0", "value"])
+        ui.show_checks(found)
+
+
+class ProveFreeAgain(Step):
+    """Stage 02, right before L1 starts (the moment the controller leaves L0's nvme driver):
+    the same proof again, since L0 may have changed since stage 01."""
+    label = "Prove the NVMe of L0 free again"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        from .. import l0
+        p = ctx.params
+        if not p.nvme.host:
+            return self.reads(EMULATED)
+        if l0.libvirt(p).is_active(p.l1.name):
+            return self.reads(f"nothing: {p.l1.name} runs, so the controller is already L1's (on vfio-pci)")
+        return self.reads(f"on L0, again: the controller with {selection(p)} and everything that could hold it")
+
+    def apply(self, ctx: Stage, plan: Plan):
+        from .. import l0
+        p = ctx.params
+        if not p.nvme.host:
+            print(EMULATED)
+            return None
+        if l0.libvirt(p).is_active(p.l1.name):
+            print(plan.reason.removeprefix("reads: "))
+            return None
+        return prove(ctx, "right before L1 starts")
+
+    show = ChooseHostNVMe.show
+
+
+class GivenToL1(Step):
+    """Stage 02, after L1 started: L0 gave the controller up (vfio-pci, gone from `nvme list`)."""
+    label = "L0 gave the NVMe to L1"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.nvme.host:
+            return self.reads(EMULATED)
+        return self.reads("on L0: the controller's driver (it must be vfio-pci) and `nvme list` (the drive must "
+                          "be gone)")
+
+    def apply(self, ctx: Stage, plan: Plan):
+        if not ctx.params.nvme.host:
+            print(EMULATED)
+            return None
+        bdf = recorded(ctx)["bdf"]
+        now = on_l0(ctx, bdf)
+        ctx.state.update(STATE_KEY, given_to_l1=now)
+        if ctx.check:
+            return bdf, now
+        if now["driver"] != "vfio-pci" or now["listed"]:
+            raise RunbookError(f"L1 runs but L0 did not give up {bdf}: its driver is {now['driver']}"
+                               + (" and `nvme list` on L0 still shows it" if now["listed"] else ""),
+                               hint="read /var/log/libvirt/qemu/<L1>.log on L0; run stage 99, then stage 02 again")
+        return bdf, now
+
+    def show(self, result) -> None:
+        if result is None:
+            return
+        from .. import ui
+        bdf, now = result
+        ui.show_output("nvme list", now["nvme_list"], prompt="root@L0")
+        ui.show_table([(bdf, now["driver"], "no" if not now["listed"] else "yes")],
+                      ["BDF on L0", "driver", "in L0's `nvme list`"])
+
+
+class NothingForTarget(Step):
+    """Stages 03 and 04 with ``nvme.target: l1``: one line, and the run goes on."""
+    label = "The NVMe's target"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        return self.reads("nvme.target")
+
+    def apply(self, ctx: Stage, plan: Plan) -> str:
+        p = ctx.params
+        if p.nvme.in_l2:
+            line = f"nvme.target is l2: stage {ctx.number} takes the NVMe on to L2"
+        else:
+            line = (f"nvme.target is l1: nothing to do in stage {ctx.number} for this target (L1 keeps the NVMe; "
+                    "no vIOMMU, no L2); the run goes on")
+        print(line)
+        return line
+
+    def show(self, result) -> None:
+        pass
+
+
+def skipped_for_target(ctx: Stage) -> bool:
+    """Do stage 03's and 04's steps have nothing to do (``nvme.target: l1``)?"""
+    return not ctx.params.nvme.in_l2
+
+
+class GivenBack(Step):
+    """Stage 99, after L1 is gone: the controller is back on L0's nvme driver and in `nvme list`."""
+    label = "L0 has its NVMe back"
+    reads_only = True
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.nvme.host:
+            return self.reads(EMULATED)
+        bdf = p.nvme.select.bdf or (ctx.state.get(STATE_KEY) or {}).get("bdf") or "<bdf>"
+        return self.reads(f"on L0: {bdf}'s driver (nvme again once libvirt reattached it: "
+                          f"`{by_hand.virsh('nodedev-reattach', pci_nodedev(bdf))}` by hand) and `nvme list`")
+
+    def apply(self, ctx: Stage, plan: Plan):
+        from .. import l0
+        p = ctx.params
+        if not p.nvme.host:
+            print(EMULATED)
+            return None
+        bdf = recorded(ctx)["bdf"]
+        now = on_l0(ctx, bdf)
+        ctx.state.update(STATE_KEY, given_back=now)
+        if ctx.check:
+            return bdf, now
+        if l0.libvirt(p).is_active(p.l1.name):
+            raise RunbookError(f"{p.l1.name} still runs, so {bdf} is still L1's",
+                               hint="set teardown.l1: true and run stage 99 again")
+        if now["driver"] != "nvme" or not now["listed"]:
+            raise RunbookError(f"{bdf} is not back on L0's nvme driver: driver {now['driver']}"
+                               + ("" if now["listed"] else ", and `nvme list` does not show it"),
+                               hint=f"on L0: {by_hand.virsh('nodedev-reattach', pci_nodedev(bdf))}, then "
+                                    f"`echo {bdf} > /sys/bus/pci/drivers_probe` if no driver took it")
+        return bdf, now
+
+    def show(self, result) -> None:
+        if result is None:
+            return
+        from .. import ui
+        bdf, now = result
+        ui.show_output("nvme list", now["nvme_list"], prompt="root@L0")
+        ui.show_table([(bdf, now["driver"], "yes" if now["listed"] else "no")],
+                      ["BDF on L0", "driver", "in L0's `nvme list`"])
+
+
+pci_nodedev = by_hand.node_device  # 0000:5e:00.0 -> pci_0000_5e_00_0
+
+
+def by_hand_commands(p: Params, bdf: str, xml_file: str) -> list[str]:
+    """What an engineer types on L0 for a host NVMe, the runbook's managed hostdev spelled out:
+    detach from nvme to vfio-pci, give it to L1 (in the definition, or hot-plugged), give it back."""
+    uri = p.host.libvirt_uri
+    return [f"nvme list; lspci -Dnnk -s {bdf}   # the drive and its driver (nvme) before",
+            by_hand.virsh("nodedev-detach", pci_nodedev(bdf), uri=uri) + "   # nvme -> vfio-pci (managed='yes' does it at start)",
+            by_hand.virsh("attach-device", p.l1.name, xml_file, "--config", uri=uri)
+            + "   # or the <hostdev> in L1's XML, as the runbook defines it",
+            by_hand.virsh("nodedev-reattach", pci_nodedev(bdf), uri=uri) + "   # back to nvme after L1 stops (managed='yes' does it)"]
