@@ -157,11 +157,23 @@ class Stage:
         L1 is checked to run and to answer SSH (a vanished L1 or a lost sshd is
         named as such instead of surfacing as some command's failure)."""
         from .access import check_l1, l1_guest
+        if self.params.l1.lab_l2:  # the lab's L2 image as L1: no sshd, its guest agent through L0's libvirt
+            from . import l0
+            from .ops.l1 import l1_agent
+            return l1_agent(l0.libvirt(self.params), self.params.l1.name)
         guest = l1_guest(self.params, self.state)
         if self.number in ("03", "04", "05") and not self._l1_checked:
             check_l1(self.params, guest, self.params_file, self.l0)
             self._l1_checked = True
         return guest
+
+    def holder(self):
+        """The layer that holds the NVMe: L2 (nvme.target l2, the seed's chain), or L1 (target l1)."""
+        return self.l2() if self.params.nvme.in_l2 else self.l1()
+
+    @property
+    def holder_name(self) -> str:
+        return "L2" if self.params.nvme.in_l2 else "L1"
 
     def l2(self):
         """The guest agent of L2, through L1's libvirt."""

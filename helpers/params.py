@@ -37,6 +37,7 @@ def parse_cpuset(text: str) -> list[int]:
     return cpus
 
 
+LAB_L2_IMAGE = "lab-l2"             # l1.image: the lab's L2 image, in the lab's own L1 acting as L0
 MAX_CPU = 8191                      # Linux's highest CPU number (NR_CPUS is at most 8192)
 NAME_MAX = 255                      # the longest file name Linux filesystems take
 LONGEST_SUFFIX = "-console.log"     # the longest suffix the runbook adds to a domain name in a file name
@@ -320,8 +321,9 @@ class L1(Section):
     """The L1 guest, built by stage 02 and configured by stage 03."""
 
     name: str = F("nested-kvm", "L1's libvirt domain name on L0", pattern=r"^[A-Za-z0-9_.+-]+$")
-    image: str = F("lab", "`lab` (with lab: true: the lab builds it) or the absolute path of your L1 disk "
-                   "image on L0 (qcow2)", example="/kvm/nested/img-nested.qcow2")
+    image: str = F("lab", "`lab` (with lab: true: the lab builds it), `lab-l2` (with lab: true and L0 the lab's "
+                   "own L1: the lab's L2 image that L1 carries, booted directly, reached by its guest agent) "
+                   "or the absolute path of your L1 disk image on L0 (qcow2)", example="/kvm/nested/img-nested.qcow2")
     sockets: int = F(1, "L1's CPU sockets", ge=1, le=16)
     cores: int = F(2, "cores per socket", ge=1, le=256)
     threads: int = F(1, "threads per core", ge=1, le=8)
@@ -349,7 +351,7 @@ class L1(Section):
     @field_validator("image")
     @classmethod
     def _image(cls, v):
-        return v if v == "lab" else str(check_file_path(v, "/var/lib/libvirt/images/l1.qcow2"))
+        return v if v in ("lab", LAB_L2_IMAGE) else str(check_file_path(v, "/var/lib/libvirt/images/l1.qcow2"))
 
     @field_validator("cpuset")
     @classmethod
@@ -366,6 +368,11 @@ class L1(Section):
             if hi and int(hi) < int(lo):
                 raise ValueError(f"`{part}` runs backwards: write the lower CPU first, `{hi}-{lo}`")
         return v
+
+    @property
+    def lab_l2(self) -> bool:
+        """Is L1 the lab's L2 image, booted in the lab's own L1 as L0 (``image: lab-l2``)?"""
+        return self.image == LAB_L2_IMAGE
 
     @property
     def vcpus(self) -> int:
@@ -500,6 +507,14 @@ def lab_conflicts(p: Params) -> list[tuple[str, str]]:
     """What a whole parameter file must agree on about the lab (a file, not a
     partial set of sections as the checks' tests build)."""
     out = []
+    if p.l1.lab_l2:
+        if not p.lab:
+            out.append(("l1.image", "`lab-l2` is the lab's own L2 image: set `lab: true`"))
+        elif not p.nvme.host or p.nvme.in_l2 or not p.host.ssh:
+            out.append(("l1.image", "`lab-l2` (the lab's L2 image in the lab's L1, which acts as L0) is for a host "
+                                    "NVMe that ends in L1: nvme.source host, nvme.target l1, and host.ssh reaching "
+                                    "the lab's L1 (see parameters/lab-host-nvme.yaml)"))
+        return out
     for key, image in (("l1.image", p.l1.image), ("l2.image", p.l2.image)):
         where = "on L0" if key == "l1.image" else "inside L1"
         if not p.lab and image == "lab":

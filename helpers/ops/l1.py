@@ -177,7 +177,9 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
                             serial=p.nvme.serial))
     else:
         qemu_args += nvme_qemu_args(str(p.nvme.backing_file), p.nvme.serial, addr=p.nvme.pci_addr)
-    if l1.network.mode == "user":
+    if l1.lab_l2:  # the lab's L2 image: no network (its guest agent is the way in)
+        pass
+    elif l1.network.mode == "user":
         qemu_args += user_net_qemu_args(l1.network.ssh_port)
     else:
         devices += [Interface(type="bridge", source_bridge=l1.network.bridge, model="virtio",
@@ -185,12 +187,19 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
     return Domain(
         name=l1.name, type="kvm" if accel == "kvm" else "qemu", memory_mib=l1.memory_mib,
         vcpu=VCPU(count=l1.vcpus, cpuset=cpuset),
-        os=OS(machine="q35"),
+        os=lab_l2_os() if l1.lab_l2 else OS(machine="q35"),
         cpu=CPU(mode=cpu_mode(p, accel), sockets=l1.sockets, cores=l1.cores, threads=l1.threads),
         features=Features(acpi=True, apic=True, ioapic_driver="qemu", kvm_hidden=accel == "kvm"),
         devices=devices,
         qemu_args=QemuCommandline(args=qemu_args) if qemu_args else None,
         description="L1 of the nested NVMe runbook")
+
+
+def lab_l2_os() -> OS:
+    """``l1.image: lab-l2``: the lab's L2 kernel and initrd, booted directly, as stage 04 boots L2."""
+    from ..lab import sources as lab_layout
+    return OS(machine="q35", kernel=lab_layout.L2_KERNEL_IN_L1, initrd=lab_layout.L2_INITRD_IN_L1,
+              cmdline=lab_layout.L2_CMDLINE)
 
 
 def l1_agent(lv, name: str) -> Agent:

@@ -36,12 +36,27 @@ def lab_images(ctx: Stage):
 IMAGES_UNKNOWN = "the lab images are built (step 'Lab images')"
 
 
+def lab_l2_files(ctx: Stage) -> str:
+    """``l1.image: lab-l2``: the lab's L2 image (root, kernel, initrd) that the lab's L1 carries
+    once the Intel lab ran through stage 03; refused in one line when they are not there."""
+    from ..lab import sources as lab_layout
+    files = [lab_layout.L2_ROOT_IN_L1, lab_layout.L2_KERNEL_IN_L1, lab_layout.L2_INITRD_IN_L1]
+    missing = [f for f in files if not ctx.l0.exists(f)]
+    if missing:
+        raise RunbookError(f"L0 is not the Intel lab's L1 up through stage 03: {', '.join(missing)} missing there",
+                           hint="bring the lab up first: python -m helpers run --params parameters/lab.yaml "
+                                "--stages 01,02,03 (its L1 name, port and workdir as host.ssh here says)")
+    return f"the lab's L2 image is in L0 (the lab's L1): {', '.join(files)}"
+
+
 class LabImages(Step):
     """The lab's L1 and L2 images, built once and cached (a real host: its own image, checked)."""
     label = "Lab images"
 
     def plan(self, ctx: Stage) -> StepPlan:
         p = ctx.params
+        if p.l1.lab_l2:
+            return self.no_change(lab_l2_files(ctx))
         if p.l1.image != "lab":
             if not ctx.l0.exists(str(Path(p.l1.image).expanduser())):
                 raise RunbookError(f"l1.image {p.l1.image} does not exist on L0",
@@ -59,7 +74,8 @@ class LabImages(Step):
 
     def apply(self, ctx: Stage, plan: StepPlan):
         if ctx.params.l1.image != "lab":
-            return [no_change("lab images", "l1.image is given")]
+            return [no_change("lab images", "l1.image is given" if not ctx.params.l1.lab_l2 else
+                              "the lab's L2 image is in L0 (the lab's L1)")]
         imgs = plan.data
         if plan.changes:
             from ..lab.images import LabImageError, ensure_images
@@ -162,7 +178,8 @@ class Definition(Step):
     def show(self, d: Plan) -> None:
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
-        print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
+        print(f"vIOMMU: {d.iommu} ({d.iommu_reason})" if d.viommu else
+              "vIOMMU: none (nvme.target is l1: the NVMe ends in L1, nothing goes on to L2)")
         if d.host_nvme_bdf:
             print(f"NVMe: L0's controller {d.host_nvme_bdf}, a managed <hostdev> on a PCIe root port of its own; "
                   f"libvirt locks {d.memlock_mib} MiB for VFIO (L1's {d.domain.memory_mib} MiB + 1 GiB, "
@@ -188,6 +205,16 @@ class PrepareFiles(Step):
         imgs = lab_images(ctx) if lab else None
         if lab and imgs is None:
             return self.unknown(IMAGES_UNKNOWN)
+        if p.l1.lab_l2:  # the lab's L2 image as L1: an overlay on its root in L0's workdir; no SSH keys
+            from ..lab import sources as lab_layout
+            l1_ops.check_space(m, ps.workdir, None, 0, True)
+            running = l0.libvirt(p).is_active(p.l1.name)
+            ops = [l1_files.plan_workdir(m, ps.workdir),
+                   l1_files.plan_overlay(m, Path(lab_layout.L2_ROOT_IN_L1), ps.l1_disk, running)]
+            actions = [o.action for o in ops if o.action]
+            if not actions:
+                return self.no_change("; ".join(f"{o.what}: {o.detail}" for o in ops), ops)
+            return StepPlan(self.label, actions, data=ops)
         if p.nvme.host:  # no backing file: the NVMe is L0's own controller
             l1_ops.check_space(m, ps.workdir, None, 0, lab)
             ops = [l1_files.plan_workdir(m, ps.workdir)]
@@ -297,8 +324,8 @@ class WaitL1(Step):
         if why := l1_not_up(ctx):
             return self.unknown(why)
         p = ctx.params
-        return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping), then SSH "
-                          f"(up to {p.l1.boot_timeout_s} s)")
+        return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping)"
+                          + ("" if p.l1.lab_l2 else ", then SSH") + f" (up to {p.l1.boot_timeout_s} s)")
 
     def apply(self, ctx: Stage, plan: StepPlan) -> dict:
         return wait(ctx)
@@ -340,6 +367,10 @@ def wait(ctx: Stage) -> dict:
     lv = l0.libvirt(p)
     log = l0.Log(ctx.l0, paths(p).l1_console)
     t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
+    if p.l1.lab_l2:  # the lab's L2 image has no sshd: its guest agent is the way in
+        times = {"agent_wait_s": round(t_agent, 1)}
+        ctx.state.update("l1", boot=times)
+        return times
     t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
     started = ctx.state.get("l1", {}).get("started_at")
     since = round(time.time() - started, 1) if started else None

@@ -8,14 +8,11 @@ With ``nvme.source: emulated`` (the lab, the seed) each step says in one line th
 there is no controller of L0 to give away, and changes nothing."""
 from __future__ import annotations
 
-import dataclasses
-
 from .. import by_hand
-from ..checks import Check
 from ..errors import RunbookError
 from ..facts import pci
 from ..nb import Stage
-from ..params import Params, parse_cpuset
+from ..params import Params
 from ..steps import Plan, Step
 
 EMULATED = "nvme.source is emulated: QEMU emulates the NVMe for L1, no controller of L0 is given away"
@@ -25,9 +22,6 @@ STATE_KEY = "host_nvme"
 def _checks():
     """Issue 23a's checks (``checks.passthrough``): the one place that proves a controller free."""
     from ..checks import passthrough
-    if not hasattr(passthrough, "prove_free"):  # pragma: no cover - until issue 23a is merged
-        raise RunbookError("this runbook lacks checks.passthrough.prove_free (issue 23a's checks of a host NVMe)",
-                           hint="merge branch issue23a; nothing was changed")
     return passthrough
 
 
@@ -36,50 +30,22 @@ def selection(p: Params) -> str:
     return ", ".join(f"{k} {v}" for k, v in p.nvme.select.model_dump().items() if v)
 
 
-def description_rows(desc) -> list[tuple[str, str]]:
-    """The controller's description as rows of words (never a raw Python value)."""
-    if hasattr(desc, "rows"):
-        return [(str(a), str(b)) for a, b in desc.rows()]
-    rows = []
-    for f in dataclasses.fields(desc):
-        v = getattr(desc, f.name)
-        if isinstance(v, (list, tuple)):
-            v = ", ".join(map(str, v)) or "none"
-        elif isinstance(v, dict):
-            v = ", ".join(f"{k}: {x}" for k, x in v.items()) or "none"
-        elif v is None:
-            v = "unknown"
-        rows.append((f.name.replace("_", " "), str(v)))
-    return rows
-
-
-def refuse_failed(found: list[Check], bdf: str, when: str) -> None:
-    """Stop, naming each thing that holds the controller and what to do, before anything changes."""
-    failed = [c for c in found if c.verdict == "fail"]
-    if failed:
-        lines = "\n".join(f"- {c.name}: {c.observed}. Fix: {c.fix}" for c in failed)
-        raise RunbookError(f"the NVMe controller {bdf} of L0 may not be given to L1 ({when}):\n{lines}",
-                           hint="free the controller as said (or select another with nvme.select), then run "
-                                "again; nothing was defined or changed")
-
-
 def prove(ctx: Stage, when: str):
     """Select the controller on L0 and prove it free: its description and the checks;
     refused (RunbookError naming the thing) when a check fails. Recorded in the run state."""
     p = ctx.params
     pt = _checks()
-    selected = pt.select_host_nvme(ctx.l0, p.nvme.select)
-    bdf = getattr(selected, "bdf", selected)
-    cpus = parse_cpuset(p.l1.cpuset) if p.l1.cpuset else None
-    desc, found = pt.prove_free(ctx.l0, bdf, role="l0", l1_cpus=cpus)
-    record = {"bdf": bdf, "when": when,
-              "checks": [{"name": c.name, "observed": c.observed, "verdict": c.verdict, "fix": c.fix} for c in found]}
-    for key in ("serial", "model", "numa_node", "iommu_group", "driver", "vendor_device"):
-        if hasattr(desc, key):
-            record[key] = getattr(desc, key)
-    ctx.state.update(STATE_KEY, **record)
+    bdf = pt.select_host_nvme(ctx.l0, p.nvme.select, role="l0").bdf
+    desc, found = pt.prove_free(ctx.l0, bdf, role="l0", l1_cpus=p.l1.cpuset or None)
+    ctx.state.update(STATE_KEY, bdf=bdf, when=when, serial=desc.serial, model=desc.model,
+                     numa_node=desc.pci.numa_node, iommu_group=desc.pci.iommu_group, driver=desc.pci.driver,
+                     checks=[{"name": c.name, "observed": c.observed, "verdict": c.verdict, "fix": c.fix}
+                             for c in found])
     if not ctx.check:
-        refuse_failed(found, bdf, when)
+        try:
+            pt.refuse_unless_free(found, bdf, where="L0")
+        except RunbookError as e:
+            raise RunbookError(f"{e.message} ({when}; nothing was defined or changed)", hint=e.hint) from None
     return desc, found
 
 
@@ -143,7 +109,7 @@ class ChooseHostNVMe(Step):
             return
         from .. import ui
         desc, found = result
-        ui.show_table(description_rows(desc), ["the controller on L0", "value"])
+        ui.show_table(desc.rows(), ["the controller on L0", "value"])
         ui.show_checks(found)
 
 
@@ -182,9 +148,12 @@ class GivenToL1(Step):
     reads_only = True
 
     def plan(self, ctx: Stage) -> Plan:
+        from .. import l0
         p = ctx.params
         if not p.nvme.host:
             return self.reads(EMULATED)
+        if not l0.libvirt(p).is_active(p.l1.name):
+            return self.unknown(f"L1 ({p.l1.name}) runs (step 'Start L1')")
         return self.reads("on L0: the controller's driver (it must be vfio-pci) and `nvme list` (the drive must "
                           "be gone)")
 
