@@ -201,3 +201,12 @@ def test_target_l1_stages_03_04_say_so_in_one_line_and_apply_nothing(tmp_path, c
     assert not step.applied and other.plan.reason.startswith("no change: nvme.target is l1")
     out = capsys.readouterr().out
     assert out.count("nothing to do in stage") == 1 and "the run goes on" in out
+
+
+def test_l0_baseline_reads_without_consent_and_writes_only_with_it(tmp_path):
+    from helpers.stages.host_nvme import baseline_profiles
+    p = host_params(tmp_path, "l1")
+    p.bench.profiles = ["randread-4k", "randwrite-4k", "seqread-128k", "seqwrite-128k"]
+    assert baseline_profiles(p) == (["randread-4k", "seqread-128k"], ["randwrite-4k", "seqwrite-128k"])
+    p.nvme.baseline_consent = True
+    assert baseline_profiles(p) == (p.bench.profiles, [])

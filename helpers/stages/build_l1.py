@@ -357,7 +357,8 @@ class InspectL1(Step):
 
 plan = definition  # the name earlier code used
 
-STEPS = [LabImages, Definition, PrepareFiles, DefineL1, host_nvme.ProveFreeAgain, StartL1, host_nvme.GivenToL1,
+STEPS = [LabImages, Definition, PrepareFiles, DefineL1, host_nvme.ProveFreeAgain, host_nvme.BaselineL0, StartL1,
+         host_nvme.GivenToL1,
          WaitL1, InspectL1]
 
 

@@ -39,6 +39,7 @@ def prove(ctx: Stage, when: str):
     desc, found = pt.prove_free(ctx.l0, bdf, role="l0", l1_cpus=p.l1.cpuset or None)
     ctx.state.update(STATE_KEY, bdf=bdf, when=when, serial=desc.serial, model=desc.model,
                      numa_node=desc.pci.numa_node, iommu_group=desc.pci.iommu_group, driver=desc.pci.driver,
+                     disks=desc.disks,
                      checks=[{"name": c.name, "observed": c.observed, "verdict": c.verdict, "fix": c.fix}
                              for c in found])
     if not ctx.check:
@@ -140,6 +141,61 @@ class ProveFreeAgain(Step):
         return prove(ctx, "right before L1 starts")
 
     show = ChooseHostNVMe.show
+
+
+WRITING = ("randwrite-4k", "seqwrite-128k")
+
+
+def baseline_profiles(p: Params) -> tuple[list[str], list[str]]:
+    """The bench profiles the L0 baseline runs, and those it leaves out: the writing ones
+    need ``nvme.baseline_consent`` (they destroy what is on the drive)."""
+    run = [x for x in p.bench.profiles if x not in WRITING or p.nvme.baseline_consent]
+    return run, [x for x in p.bench.profiles if x not in run]
+
+
+class BaselineL0(Step):
+    """Stage 02, before L1 starts: fio on the physical drive on L0, the baseline the layer that
+    gets it is compared with. Read-only profiles need no consent; writing ones need
+    ``nvme.baseline_consent``. Once per run (stage 05 shows the figures as layer L0)."""
+    label = "Measure the drive on L0 before it goes"
+
+    def plan(self, ctx: Stage) -> Plan:
+        from .. import l0
+        from ..bench import fio
+        p = ctx.params
+        if not p.nvme.host:
+            return self.no_change("nvme.source is emulated (bench.on_l0 measures a scratch file in stage 05)")
+        if not p.bench.on_l0:
+            return self.no_change("bench.on_l0 is false")
+        if ctx.state.get("bench_l0"):
+            return self.no_change("measured already in this run (a new run id measures again)")
+        if l0.libvirt(p).is_active(p.l1.name):
+            return self.no_change(f"{p.l1.name} runs: the drive is L1's now, measured before or not at all")
+        disks = (ctx.state.get(STATE_KEY) or {}).get("disks") or []
+        if not disks:
+            return self.unknown("stage 01 has found the drive's namespace on L0")
+        run, left = baseline_profiles(p)
+        if not run:
+            return self.no_change(f"every profile writes ({', '.join(left)}) and nvme.baseline_consent is false")
+        target = f"/dev/{disks[0]}"
+        b = p.bench
+        cmd = by_hand.fio(target, fio.fio_command(target, run, b.runtime_s, b.size_mib), b.repeats, "root@L0").commands
+        writes = [x for x in run if x in WRITING]
+        what = (f"run fio on {target} on L0 ({', '.join(run)}, {b.repeats} times): "
+                + ("it WRITES to the drive (nvme.baseline_consent)" if writes else "reads only")
+                + (f"; left out without nvme.baseline_consent: {', '.join(left)}" if left else ""))
+        return Plan(self.label, [Action("L0", what, cmd)], data=(target, run))
+
+    def apply(self, ctx: Stage, plan: Plan):
+        from ..bench import fio
+        from ..ops import no_change
+        if not plan.changes:
+            return [no_change("L0 baseline", plan.reason.removeprefix("no change: "))]
+        target, run = plan.data
+        b = ctx.params.bench
+        rows = fio.run_profiles(ctx.l0, "L0", target, run, b.repeats, b.runtime_s, b.size_mib)
+        ctx.state.set("bench_l0", rows)
+        return rows
 
 
 class GivenToL1(Step):

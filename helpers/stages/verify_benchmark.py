@@ -244,6 +244,8 @@ class BenchL0(Step):
         b = ctx.params.bench
         if not b.on_l0:
             return self.no_change("bench.on_l0 is false")
+        if ctx.params.nvme.host:
+            return self.no_change("the physical drive was measured on L0 in stage 02, before it went to L1")
         if ctx.state.get("bench_l0"):
             return self.no_change("measured already in this run (a new run id measures again)")
         target = str(paths(ctx.params).l0_bench)
