@@ -299,7 +299,8 @@ class StartL1(Step):
         lv = l0.libvirt(ctx.params)
         lv.start(name)
         ctx.state.update("l1", started_at=time.time())
-        ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
+        if not ctx.params.l1.lab_l2:  # (lab-l2: its guest agent, no connection kept)
+            ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
         return [did(f"start {name}", f"started in {lv.where}")]
 
 
