@@ -13,7 +13,7 @@ from ..errors import RunbookError
 from ..facts import pci
 from ..nb import Stage
 from ..params import Params
-from ..steps import Plan, Step
+from ..steps import Action, Plan, Step
 
 EMULATED = "nvme.source is emulated: QEMU emulates the NVMe for L1, no controller of L0 is given away"
 STATE_KEY = "host_nvme"
