@@ -210,3 +210,95 @@ def test_l0_baseline_reads_without_consent_and_writes_only_with_it(tmp_path):
     assert baseline_profiles(p) == (["randread-4k", "seqread-128k"], ["randwrite-4k", "seqwrite-128k"])
     p.nvme.baseline_consent = True
     assert baseline_profiles(p) == (p.bench.profiles, [])
+
+
+# --- stage 02 with a host NVMe, against fakes of libvirt and of L0's controller -------------------
+
+class FakeLibvirt:
+    where = "fake:///"
+
+    def lib_version(self):
+        return 9_000_000
+
+    def inactive_xml(self, name):
+        return None
+
+    def is_active(self, name):
+        return False
+
+
+class FakeDesc:
+    """What checks.passthrough.prove_free describes (issue 23a's DeviceDescription), reduced."""
+
+    class pci:
+        numa_node, iommu_group, driver = None, 6, "nvme"
+
+    bdf, serial, model, disks = "0000:5e:00.0", "S4EVNF0M123456", "Samsung SSD", ["nvme0n1"]
+
+    def rows(self):
+        return [("BDF", self.bdf), ("serial", self.serial)]
+
+
+def fake_checks(verdict="pass"):
+    from helpers.checks import Check, passthrough
+
+    class Fake:
+        select_host_nvme = staticmethod(lambda guest, select, role="l0": FakeDesc())
+        prove_free = staticmethod(lambda guest, bdf, role, l1_cpus=None: (FakeDesc(), [
+            Check("not mounted", "nvme0n1 on /srv (xfs)" if verdict == "fail" else "no filesystem mounted",
+                  verdict, "umount /srv on L0" if verdict == "fail" else "")]))
+        refuse_unless_free = staticmethod(passthrough.refuse_unless_free)
+    return Fake
+
+
+def stage_02(tmp_path, monkeypatch, mode, verdict="pass"):
+    from helpers import l0 as l0_mod
+    from helpers.facts import cpu as cpu_facts
+    from helpers.stages import host_nvme
+    data = yaml.safe_load((ROOT / "parameters" / "real-host-nvme.yaml").read_text())
+    data["host"]["workdir"] = str(tmp_path / "work")
+    data["l1"]["image"] = str(tmp_path / "img.qcow2")
+    data["bench"]["profiles"] = ["randread-4k", "randwrite-4k"]
+    (tmp_path / "img.qcow2").write_text("")
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(l0_mod, "libvirt", lambda p: FakeLibvirt())
+    monkeypatch.setattr(host_nvme, "_checks", lambda: fake_checks(verdict))
+    monkeypatch.setattr(cpu_facts, "topology", lambda g: type("T", (), {"nodes": {0: list(range(16))},
+                                                                      "siblings": {}})())
+    ctx = nb.stage("02", str(f), str(tmp_path / "state.json"), show_picture=False, mode=mode)
+    ctx.state.set("accel", "kvm")
+    return ctx
+
+
+def test_check_mode_plans_stage_02_for_a_host_nvme_target_l2(tmp_path, monkeypatch):
+    from helpers.stages import build_l1, host_nvme
+    ctx = stage_02(tmp_path, monkeypatch, "check")
+    host_nvme.prove(ctx, "stage 01")  # what stage 01 records
+    runs = {r.step.label: r for r in (ctx.step(s()) for s in build_l1.STEPS)}
+    d = runs["L1's definition"].result
+    assert d.host_nvme_bdf == "0000:5e:00.0" and d.viommu and d.memlock_mib == 32768 + 1024
+    assert 'caching_mode="on"' in d.xml and '<hostdev mode="subsystem" type="pci" managed="yes">' in d.xml
+    assert [c.split("   #")[0] for c in d.by_hand][1:] == ["virsh nodedev-detach pci_0000_5e_00_0",
+                                                         "virsh attach-device nested-kvm hostdev.xml --config",
+                                                         "virsh nodedev-reattach pci_0000_5e_00_0"]
+    define = runs["Define L1"].plan.actions[0]
+    assert "<hostdev" in define.content  # the XML the plan shows is the one apply defines
+    baseline = runs["Measure the drive on L0 before it goes"].plan.actions[0]
+    assert "reads only" in baseline.what and "left out without nvme.baseline_consent: randwrite-4k" in baseline.what
+    assert "--rw=randwrite" not in " ".join(baseline.commands)
+    assert "libvirt moves L0's NVMe 0000:5e:00.0 from the nvme driver to vfio-pci" in \
+        runs["Start L1"].plan.actions[0].what
+    assert runs["L0 gave the NVMe to L1"].plan.unknown  # until L1 runs
+    assert not runs["Start L1"].applied and not (tmp_path / "work").exists()
+
+
+def test_a_controller_in_use_is_refused_right_before_l1_starts(tmp_path, monkeypatch):
+    from helpers.errors import RunbookError
+    from helpers.stages import host_nvme
+    ctx = stage_02(tmp_path, monkeypatch, "run", verdict="fail")
+    ctx.state.set(host_nvme.STATE_KEY, {"bdf": "0000:5e:00.0"})
+    with pytest.raises(RunbookError) as e:
+        ctx.step(host_nvme.ProveFreeAgain())
+    assert "nvme0n1 on /srv (xfs)" in e.value.message and "nothing was defined or changed" in e.value.message
+    assert e.value.hint == "umount /srv on L0"
