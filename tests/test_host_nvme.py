@@ -302,3 +302,11 @@ def test_a_controller_in_use_is_refused_right_before_l1_starts(tmp_path, monkeyp
         ctx.step(host_nvme.ProveFreeAgain())
     assert "nvme0n1 on /srv (xfs)" in e.value.message and "nothing was defined or changed" in e.value.message
     assert e.value.hint == "umount /srv on L0"
+
+
+def test_teardown_with_a_fresh_run_state_has_nothing_to_give_back(tmp_path, monkeypatch, capsys):
+    from helpers.stages import host_nvme
+    ctx = stage_02(tmp_path, monkeypatch, "run")
+    ctx.number = "99"
+    assert ctx.step(host_nvme.GivenBack()).result is None
+    assert "nothing to give back" in capsys.readouterr().out

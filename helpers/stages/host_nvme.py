@@ -284,7 +284,11 @@ class GivenBack(Step):
         if not p.nvme.host:
             print(EMULATED)
             return None
-        bdf = recorded(ctx)["bdf"]
+        bdf = p.nvme.select.bdf or (ctx.state.get(STATE_KEY) or {}).get("bdf")
+        if not bdf:  # a teardown with a run state of its own: nothing of L0 was given away in it
+            print("no controller of L0 was given to L1 in this run state (stage 01 never chose one): nothing to "
+                  "give back")
+            return None
         now = on_l0(ctx, bdf)
         ctx.state.update(STATE_KEY, given_back=now)
         if ctx.check:
