@@ -116,7 +116,8 @@ class RemoveL1(Step):
             lv.undefine(name)
             changes.append(did(f"undefine {name}", f"removed from {lv.where}"))
         try:
-            ctx.l1().close()
+            if not ctx.params.l1.lab_l2:  # (lab-l2: reached by its guest agent, no connection kept)
+                ctx.l1().close()
         except RunbookError:
             pass
         return changes
