@@ -207,15 +207,15 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
     add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype})" for m in other],
         [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" for m in other],
         f"no filesystem of {nothing} is mounted", prefix=f"{bdf} is in use {where}: ")
-    add(NOT_SWAP, [f"{u.chain(s.name)} ({s.path}"
-                   + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]})" if s.size_kib else ")") for s in u.swaps],
+    add(NOT_SWAP, [u.chain(s.name) + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "")
+                   for s in u.swaps],
         [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
         "no active swap on it", prefix=f"{bdf} is in use {where} as swap: ")
 
     holders_ = u.holders()
     lvm = [h for h in holders_ if h.holder_kind == "lvm"]
     pv_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "LVM2_member"]
-    lvm_failed = [f"{h.label}, an LVM logical volume of volume group {holders.lvm_vg(h.dm_name)}, on {u.chain(h.on[0])}"
+    lvm_failed = [f"{h.label}, an LVM logical volume of volume group {holders.lvm_vg(h.dm_name)}, on {_names(h.on)}"
                   for h in lvm]
     lvm_failed += [f"{n} is a physical volume of volume group {vg} (pvs)" for n, vg in u.pvs.items()
                    if not any(n in h.on for h in lvm)]
@@ -241,7 +241,7 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
 
     dm_fix = {"dm-crypt": "cryptsetup close {n}", "multipath": "multipath -f {n}", "device-mapper": "dmsetup remove {n}"}
     dm = [h for h in holders_ if h.holder_kind in dm_fix]
-    add(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {u.chain(h.on[0])}" for h in dm],
+    add(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {_names(h.on)}" for h in dm],
         [dm_fix[h.holder_kind].format(n=h.dm_name or h.name) + f" {where} (after unmounting it)" for h in dm],
         "no device-mapper target on it", prefix=f"{bdf} is held {where} by device-mapper: ")
 

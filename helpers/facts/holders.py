@@ -214,14 +214,20 @@ class Uses:
         return out
 
     def chain(self, name: str) -> str:
-        """How ``name`` reaches a namespace: 'dm-0 (vg0-root) on nvme0n1p3 on nvme0n1'."""
-        parts, n, seen = [], name, set()
+        """``name`` and what it sits on, down to a partition or namespace:
+        'nvme0n1p1', 'dm-0 (vg0-data, on nvme0n1p1)', 'dm-1 (secret, on dm-0 on nvme0n1p3)'."""
+        d = self.devices.get(name)
+        if d is None or d.kind in ("namespace", "partition") or not d.on:
+            return name
+        below, n, seen = [], d.on[0], {name}
         while n in self.devices and n not in seen:
             seen.add(n)
-            d = self.devices[n]
-            parts.append(d.label)
-            n = d.on[0] if d.on else ""
-        return " on ".join(parts) if parts else name
+            below.append(n)
+            b = self.devices[n]
+            if b.kind in ("namespace", "partition") or not b.on:
+                break
+            n = b.on[0]
+        return f"{name} ({d.dm_name + ', ' if d.dm_name else ''}on {' on '.join(below)})"
 
     def holders(self) -> list[BlockDev]:
         """Everything stacked on the namespaces (not the namespaces and their partitions)."""

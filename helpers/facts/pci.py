@@ -433,8 +433,8 @@ def human_bytes(n: int | None) -> str:
     """1073741824 -> '1.00 GiB (1,073,741,824 bytes)'."""
     if n is None:
         return "size unknown"
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):  # 1023.999 MiB: 1.00 GiB
+        if n >= size * 0.9995:
             return f"{n / size:.2f} {unit} ({n:,} bytes)"
     return f"{n} bytes"
 
