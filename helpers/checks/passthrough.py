@@ -1,7 +1,16 @@
-"""Judging the NVMe's way from L1 to L2: which controller the parameters mean, whether
-it may go (not in use, not L1's system disk, a viable IOMMU group), whether L1 gave it up
-to VFIO, and whether L2 sees it. Each judgment reads facts (``facts.pci``, ``facts.storage``)
-and refuses with the reason (RunbookError) or returns what it found."""
+"""Judging an NVMe's way into a guest: which controller the parameters mean, whether it may
+leave its machine's driver, whether that machine gave it up to VFIO, and whether the guest
+sees it. Each judgment reads facts (``facts.pci``, ``facts.holders``, ``facts.storage``) and
+refuses with the reason (RunbookError) or returns what it found.
+
+Whether it may go is one proof on any machine (L0 for a host NVMe, L1 before L2 takes the
+emulated one): ``prove_free(guest, bdf, role=...)`` describes the controller and returns one
+Check per question (not the system disk, not mounted, not swap, no LVM, md, device-mapper,
+loop or bcache holder, no ZFS, not open by a process, a viable IOMMU group, interrupt
+remapping; warnings for another device of the same vendor:device, a NUMA node away from
+L1's CPUs, no function-level reset); ``refuse_unless_free`` turns the failures into one
+RunbookError naming each thing and what to do. ``select_host_nvme`` chooses L0's controller
+by serial, BDF or model and never takes 'the only NVMe' by default."""
 from __future__ import annotations
 
 from ..errors import RunbookError
@@ -58,28 +67,16 @@ def group_offenders(members: dict[str, tuple[str | None, int]], bdf: str) -> lis
     return bad
 
 
-def may_pass(dev: PciDevice, r: Readiness) -> Readiness:
-    """Refuse, with the reason, a device that is in use in L1 or whose IOMMU group is not viable."""
-    if r.root_disk and r.root_disk in r.disks:
-        raise RunbookError(f"{dev.bdf} holds L1's own root filesystem ({r.root_disk})",
-                           hint="pass through another NVMe; L1 cannot give away its system disk")
-    if r.mounts:
-        raise RunbookError(f"{dev.bdf} is in use in L1: " + ", ".join(r.mounts),
-                           hint="unmount it in L1 first (umount ...), or select another device")
-    if dev.iommu_group is None:
-        raise RunbookError(f"{dev.bdf} has no IOMMU group: the IOMMU is off in L1",
-                           hint="run stage 03 (intel_iommu=on and a reboot) first")
-    bad = group_offenders(r.group_members, dev.bdf)
-    if bad:
-        raise RunbookError(f"IOMMU group {dev.iommu_group} of {dev.bdf} is not viable: "
-                           + ", ".join(bad) + " still on host drivers",
-                           hint="pass the whole group through, or unbind those devices, or move the NVMe to its own slot")
-    return r
-
-
-def check_passable(guest: Guest, dev: PciDevice) -> Readiness:
-    """``may_pass`` on what ``guest`` (L1) shows now."""
-    return may_pass(dev, pci.readiness(guest, dev))
+def check_passable(guest: Guest, dev: PciDevice, *, root: str = "") -> Readiness:
+    """In L1, before L2 takes ``dev``: ``prove_free`` with role 'l1' (not L1's system disk,
+    nothing mounted, no swap, no holder, not open, a viable IOMMU group, interrupt
+    remapping), refused with every reason named; what was found, for the run state."""
+    desc, checks = prove_free(guest, dev.bdf, role="l1", root=root)
+    refuse_unless_free(checks, dev.bdf, "L1")
+    u = desc.uses
+    return Readiness(desc.disks, [f"{u.chain(m.name)} on {m.mountpoint}" for m in u.mounts],
+                     u.system_mounts.get("/", ("", ""))[1] or None,
+                     {m.bdf: (m.driver, m.pci_class) for m in desc.group}, desc, checks)
 
 
 def given_up(dev: PciDevice, h: Handover, serial: str | None) -> dict:
