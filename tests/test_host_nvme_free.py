@@ -479,3 +479,28 @@ def test_a_selection_that_matches_nothing_or_several(tree):
     with pytest.raises(RunbookError, match=r"2 NVMe controllers on L0 match: 0000:00:10.0 \(serial 1234\), "
                                            r"0000:00:12.0 \(serial 1234\)"):
         pt.select_host_nvme(Local(), Select(serial="1234"), root=str(tree.root))
+
+
+# --- the lab's hazards (tests/hostnvme_hazards.py), without a lab ----------------------------------------
+
+def test_hazards_are_made_only_on_the_labs_scratch_nvme(tree):
+    import hostnvme_hazards as hz
+    assert hz.lab_namespace(Local(), BDF, root=str(tree.root)) == "nvme0n1"
+    with pytest.raises(RuntimeError, match="is not the lab's scratch NVMe"):
+        hz.lab_namespace(Local(), BDF, serial="S5GX", root=str(tree.root))
+    with pytest.raises(RuntimeError, match="is not the lab's scratch NVMe"):
+        hz.lab_namespace(Local(), "0000:01:00.0", root=str(tree.root))
+
+
+def test_the_hazards_partition_table_is_one_linux_partition_to_the_end(tmp_path):
+    """What partition_mounted writes with printf and dd, read back by partx (util-linux, as in the lab's L1)."""
+    import subprocess
+
+    import hostnvme_hazards as hz
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(8 << 20))
+    subprocess.run(["sh", "-c", f"printf '{hz._mbr(16384)}' | dd of={disk} bs=1 seek=446 conv=notrunc status=none && "
+                                f"printf '\\125\\252' | dd of={disk} bs=1 seek=510 conv=notrunc status=none"], check=True)
+    out = subprocess.run(["partx", "--pairs", "-o", "NR,START,SECTORS,TYPE", str(disk)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == 'NR="1" START="2048" SECTORS="14336" TYPE="0x83"'
