@@ -504,3 +504,18 @@ def test_the_hazards_partition_table_is_one_linux_partition_to_the_end(tmp_path)
     out = subprocess.run(["partx", "--pairs", "-o", "NR,START,SECTORS,TYPE", str(disk)],
                          capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == 'NR="1" START="2048" SECTORS="14336" TYPE="0x83"'
+
+
+def test_l1s_cpuset_is_placed_on_the_nvmes_node(tree):
+    desc = pci.describe(Local(), BDF, root=str(tree.root))
+    nodes = {0: [0, 1, 2, 3], 1: [4, 5, 6, 7]}
+    siblings = {c: [c] for c in range(8)}
+    desc.pci.numa_node = 0
+    assert pt.cpuset_near(desc, nodes, siblings, 2) == ("2-3", "node 0: 2 CPUs on separate physical cores, "
+                                                        "on the NVMe's NUMA node")
+    desc.pci.numa_node = 1
+    assert pt.cpuset_near(desc, nodes, siblings, 2)[0] == "6-7"
+    cpuset, why = pt.cpuset_near(desc, {0: list(range(8)), 1: [8]}, {c: [c] for c in range(9)}, 2)
+    assert cpuset == "6-7" and "the NVMe's node 1 has no room for 2 vCPUs" in why
+    desc.pci.numa_node = None
+    assert pt.cpuset_near(desc, nodes, siblings, 2)[1].endswith("(the NVMe reports no NUMA node)")

@@ -137,7 +137,7 @@ NUMA = "NUMA node"
 RESET = "function-level reset"
 FREE_CHECKS = (NOT_SYSTEM, NOT_MOUNTED, NOT_SWAP, NO_LVM, NO_MD, NO_DM, NO_LOOP, NO_BCACHE, NO_ZFS, NOT_OPEN,
                DRIVER, GROUP, IRQ, SAME_IDS, NUMA, RESET)
-DESCRIPTION_COLUMNS = ["", "value"]
+DESCRIPTION_COLUMNS = ["fact", "value"]
 ROLES = {"l0": ("L0", "on L0"), "l1": ("L1", "in L1")}
 
 
@@ -350,6 +350,23 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                             + ("through its bus or slot (and all behind it)" if r else "not at all"),
                             "warn", "expect the device to keep state between guests; a model with FLR is safer"))
     return checks
+
+
+def cpuset_near(desc: pci.DeviceDescription, nodes: dict[int, list[int]], siblings: dict[int, list[int]],
+                vcpus: int, threads: int = 1) -> tuple[str | None, str]:
+    """L1's cpuset when l1.cpuset is empty and L1 gets this device: ``numa.choose_cpuset``
+    inside the device's NUMA node (``nodes``/``siblings`` from ``facts.cpu.topology`` of the
+    same machine), and why; any node when the device reports none or its node has no room."""
+    from ..numa import choose_cpuset
+    node = desc.pci.numa_node
+    if node is None or node not in nodes:
+        cpuset, why = choose_cpuset(nodes, siblings, vcpus, threads)
+        return cpuset, f"{why} (the NVMe reports no NUMA node)"
+    cpuset, why = choose_cpuset({node: nodes[node]}, siblings, vcpus, threads)
+    if cpuset:
+        return cpuset, f"{why}, on the NVMe's NUMA node"
+    cpuset, why = choose_cpuset(nodes, siblings, vcpus, threads)
+    return cpuset, f"{why} (the NVMe's node {node} has no room for {vcpus} vCPUs: its I/O crosses nodes)"
 
 
 def failed(checks: list[Check]) -> list[Check]:

@@ -109,6 +109,7 @@ if command -v zpool >/dev/null 2>&1; then
   printf 'tool\tzpool\n'
   zpool status -PL 2>/dev/null | while IFS= read -r l; do printf 'zpool\t%s\n' "$l"; done
 fi
+exit 0
 """
 
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi")
