@@ -519,3 +519,14 @@ def test_l1s_cpuset_is_placed_on_the_nvmes_node(tree):
     assert cpuset == "6-7" and "the NVMe's node 1 has no room for 2 vCPUs" in why
     desc.pci.numa_node = None
     assert pt.cpuset_near(desc, nodes, siblings, 2)[1].endswith("(the NVMe reports no NUMA node)")
+
+
+def test_a_swap_file_on_one_of_its_filesystems(tree):
+    """swapoff first, or the umount the mount check asks for fails."""
+    tree.mount("259:0", "/data", "xfs", "/dev/nvme0n1")
+    tree.swap("/data/swapfile", kib=262140)
+    tree.swap("/datastore/swapfile", kib=262140)   # another filesystem whose path only starts alike
+    _, c = prove(tree)
+    assert c[pt.NOT_SWAP].observed == f"{BDF} is in use on L0 as swap: nvme0n1 (swap file /data/swapfile), 256.00 MiB"
+    assert c[pt.NOT_SWAP].fix == "swapoff /data/swapfile on L0 (and take it out of /etc/fstab)"
+    assert c[pt.NOT_MOUNTED].verdict == "fail"

@@ -204,8 +204,8 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
     add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype})" for m in other],
         [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" for m in other],
         f"no filesystem of {nothing} is mounted", prefix=f"{bdf} is in use {where}: ")
-    add(NOT_SWAP, [u.chain(s.name) + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "")
-                   for s in u.swaps],
+    add(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
+                   + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "") for s in u.swaps],
         [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
         "no active swap on it", prefix=f"{bdf} is in use {where} as swap: ")
 

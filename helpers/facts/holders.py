@@ -161,8 +161,8 @@ class Mount:
 
 @dataclass
 class Swap:
-    name: str             # nvme0n1p2, dm-1
-    path: str             # /dev/nvme0n1p2
+    name: str             # nvme0n1p2, dm-1 (the device, or the one whose filesystem holds the swap file)
+    path: str             # /dev/nvme0n1p2, /data/swapfile
     size_kib: int | None
 
 
@@ -308,9 +308,11 @@ def parse_uses(records: list[list[str]]) -> Uses:
     for line in swap_lines:
         f = line.split()
         if f and f[0] != "Filename":
-            name = by_src.get(_unescape(f[0]))
+            path = _unescape(f[0])
+            name = by_src.get(path) or next((m.name for m in u.mounts if path.startswith(m.mountpoint.rstrip("/") + "/")),
+                                            None)  # a swap file on one of its filesystems
             if name:
-                u.swaps.append(Swap(name, _unescape(f[0]), _int(f[2]) if len(f) > 2 else None))
+                u.swaps.append(Swap(name, path, _int(f[2]) if len(f) > 2 else None))
     pool = ""
     for line in zpool_lines:
         s = line.strip()
