@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 NVME, VIRTIO_BLK, BRIDGE, NET = "0x010802", "0x010000", "0x060400", "0x020000"
+HOST_MNTNS = 4026531841
 
 
 class Tree:
@@ -20,6 +21,8 @@ class Tree:
         for d in (self.sys / "bus/pci/devices", self.sys / "class/block", self.sys / "dev/block",
                   self.sys / "class/nvme-subsystem", self.proc / "self/fd", self.dev, self.bin, self.root / "blkid"):
             d.mkdir(parents=True, exist_ok=True)
+        (self.proc / "self/ns").mkdir()
+        (self.proc / "self/ns/mnt").symlink_to(f"mnt:[{HOST_MNTNS}]")
         self.mountinfo: list[str] = []
         self.swaps: list[str] = []
         self.lspci: list[str] = []
@@ -150,10 +153,16 @@ class Tree:
         self.swaps.append(f"{path}                               partition\t{kib}\t\t0\t\t-2")
         self._write_lists()
 
-    def process(self, pid: int, comm: str, fds: dict[int, str]) -> None:
+    def process(self, pid: int, comm: str, fds: dict[int, str], mntns: int = HOST_MNTNS,
+                mountinfo: list[str] = ()) -> None:
+        """A process with open files {fd: target}; ``mntns`` another mount namespace than
+        the host's, with its own ``mountinfo`` lines."""
         p = self.proc / str(pid)
         (p / "fd").mkdir(parents=True)
+        (p / "ns").mkdir()
+        (p / "ns/mnt").symlink_to(f"mnt:[{mntns}]")
         (p / "comm").write_text(comm + "\n")
+        (p / "mountinfo").write_text("".join(line + "\n" for line in mountinfo))
         for fd, target in fds.items():
             (p / "fd" / str(fd)).symlink_to(target)
 

@@ -530,3 +530,17 @@ def test_a_swap_file_on_one_of_its_filesystems(tree):
     assert c[pt.NOT_SWAP].observed == f"{BDF} is in use on L0 as swap: nvme0n1 (swap file /data/swapfile), 256.00 MiB"
     assert c[pt.NOT_SWAP].fix == "swapoff /data/swapfile on L0 (and take it out of /etc/fstab)"
     assert c[pt.NOT_MOUNTED].verdict == "fail"
+
+
+def test_a_mount_in_another_mount_namespace(tree):
+    """A container or a service with private mounts: not in L0's own mount table, still mounted."""
+    line = "301 290 259:0 / /var/lib/data rw,relatime - xfs /dev/nvme0n1 rw"
+    tree.process(5000, "postgres", {}, mntns=4026532400, mountinfo=["290 1 0:50 / / rw - overlay overlay rw", line])
+    tree.process(5001, "postgres", {}, mntns=4026532400, mountinfo=[line])   # the same namespace: read once
+    tree.process(5002, "bash", {}, mountinfo=[line])   # L0's own namespace: its table is read as L0's
+    f = only_failure(tree)
+    assert f.observed == (f"{BDF} is in use on L0: nvme0n1 on /var/lib/data (xfs; in the mount namespace of "
+                          "postgres, pid 5000)")
+    assert f.fix == "nsenter -t 5000 -m umount /var/lib/data on L0, or stop postgres"
+    tree.mount("259:0", "/var/lib/data", "xfs", "/dev/nvme0n1")   # propagated to L0's own table too: said once
+    assert only_failure(tree).observed == f"{BDF} is in use on L0: nvme0n1 on /var/lib/data (xfs)"

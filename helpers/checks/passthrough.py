@@ -192,7 +192,7 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
     nothing = f"{_names(disks)}" if disks else "no namespace on this machine"
 
     # the system disk: /, /boot, /boot/efi on a namespace or anything stacked on it
-    sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS]
+    sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS and m.ns_pid is None]
     kinds = {"/": "root filesystem", "/boot": "boot filesystem", "/boot/efi": "EFI system partition"}
     elsewhere = ", ".join(f"{mp} on {v[0] or '?'}" for mp, v in u.system_mounts.items())
     add(NOT_SYSTEM, [f"{kinds[m.mountpoint]} {m.mountpoint} on {u.chain(m.name)}" for m in sys_m],
@@ -201,8 +201,12 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
         prefix=f"{bdf} holds {who}'s own ")
     # any other mounted filesystem, directly, through a partition or a holder
     other = [m for m in u.mounts if m not in sys_m]
-    add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype})" for m in other],
-        [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" for m in other],
+    add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype}"
+                      + (f"; in the mount namespace of {m.ns_comm or '?'}, pid {m.ns_pid})" if m.ns_pid else ")")
+                      for m in other],
+        [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" if m.ns_pid is None else
+         f"nsenter -t {m.ns_pid} -m umount {m.mountpoint} {where}, or stop {m.ns_comm or 'that process'}"
+         for m in other],
         f"no filesystem of {nothing} is mounted", prefix=f"{bdf} is in use {where}: ")
     add(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
                    + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "") for s in u.swaps],
