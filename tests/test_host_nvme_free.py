@@ -417,6 +417,9 @@ def test_already_on_vfio_pci(tmp_path, monkeypatch):
     assert desc.namespaces == [] and desc.serial is None and not pt.failed(checks)
     assert by_name(checks)[pt.DRIVER].observed == "vfio-pci: already given to VFIO, no block device of it in L1"
     assert dict(desc.rows())["namespaces"] == "none visible (driver vfio-pci, not nvme)"
+    c = by_name(checks)
+    assert c[pt.NOT_MOUNTED].observed == "no namespace of it in L1: nothing mounted"
+    assert c[pt.NOT_OPEN].observed == "no process has its character devices open (none in L1)"
 
 
 # --- choosing the host's NVMe ---------------------------------------------------------------------------

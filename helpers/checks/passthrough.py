@@ -189,7 +189,6 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
             checks.append(Check(name, clean, "pass"))
 
     disks = desc.disks
-    nothing = f"{_names(disks)}" if disks else "no namespace on this machine"
 
     # the system disk: /, /boot, /boot/efi on a namespace or anything stacked on it
     sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS and m.ns_pid is None]
@@ -207,7 +206,8 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
         [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" if m.ns_pid is None else
          f"nsenter -t {m.ns_pid} -m umount {m.mountpoint} {where}, or stop {m.ns_comm or 'that process'}"
          for m in other],
-        f"no filesystem of {nothing} is mounted", prefix=f"{bdf} is in use {where}: ")
+        f"no filesystem of {_names(disks)} is mounted" if disks else f"no namespace of it {where}: nothing mounted",
+        prefix=f"{bdf} is in use {where}: ")
     add(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
                    + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "") for s in u.swaps],
         [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
@@ -278,7 +278,9 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                             "fail", f"run as root {where}: only root sees every process's open files"))
     else:
         add(NOT_OPEN, opened, [f"close it: stop {o.comm or 'the process'} (kill {o.pid}) {where}" for o in u.openers],
-            f"no process has {nothing} or its character devices open", prefix=f"{bdf} is open {where}: ")
+            f"no process has {_names(disks)} or its character devices open" if disks else
+            f"no process has its character devices open ({_names(desc.controllers + desc.generic) or 'none'} {where})",
+            prefix=f"{bdf} is open {where}: ")
 
     drv = desc.pci.driver
     checks.append(Check(DRIVER, {"nvme": f"nvme ({_names(desc.controllers) or 'no controller'})",
@@ -317,10 +319,10 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                             + "; the runbook never sets allow_unsafe_interrupts"))
 
     if desc.same_ids:
-        checks.append(Check(SAME_IDS, f"{_names(f'{o.bdf} ({o.driver or chr(45)})' for o in desc.same_ids)} "
-                                      f"{'is' if len(desc.same_ids) == 1 else 'are'} also {desc.pci.ids} {where}: binding "
-                                      "by vendor:device (new_id, vfio-pci.ids=) would take "
-                                      f"{'both' if len(desc.same_ids) == 1 else 'all'}", "warn",
+        one = len(desc.same_ids) == 1
+        others = _names(f"{o.bdf} ({o.driver or 'no driver'})" for o in desc.same_ids)
+        checks.append(Check(SAME_IDS, f"{others} {'is' if one else 'are'} also {desc.pci.ids} {where}: binding by "
+                                      f"vendor:device (new_id, vfio-pci.ids=) would take {'both' if one else 'all'}", "warn",
                             "nothing to do for the runbook: it binds by address only; never bind this model by ID by hand"))
     else:
         checks.append(Check(SAME_IDS, f"no other {desc.pci.ids} {where}", "pass"))
