@@ -1,7 +1,16 @@
-"""Judging the NVMe's way from L1 to L2: which controller the parameters mean, whether
-it may go (not in use, not L1's system disk, a viable IOMMU group), whether L1 gave it up
-to VFIO, and whether L2 sees it. Each judgment reads facts (``facts.pci``, ``facts.storage``)
-and refuses with the reason (RunbookError) or returns what it found."""
+"""Judging an NVMe's way into a guest: which controller the parameters mean, whether it may
+leave its machine's driver, whether that machine gave it up to VFIO, and whether the guest
+sees it. Each judgment reads facts (``facts.pci``, ``facts.holders``, ``facts.storage``) and
+refuses with the reason (RunbookError) or returns what it found.
+
+Whether it may go is one proof on any machine (L0 for a host NVMe, L1 before L2 takes the
+emulated one): ``prove_free(guest, bdf, role=...)`` describes the controller and returns one
+Check per question (not the system disk, not mounted, not swap, no LVM, md, device-mapper,
+loop or bcache holder, no ZFS, not open by a process, a viable IOMMU group, interrupt
+remapping; warnings for another device of the same vendor:device, a NUMA node away from
+L1's CPUs, no function-level reset); ``refuse_unless_free`` turns the failures into one
+RunbookError naming each thing and what to do. ``select_host_nvme`` chooses L0's controller
+by serial, BDF or model and never takes 'the only NVMe' by default."""
 from __future__ import annotations
 
 from ..errors import RunbookError
@@ -58,28 +67,16 @@ def group_offenders(members: dict[str, tuple[str | None, int]], bdf: str) -> lis
     return bad
 
 
-def may_pass(dev: PciDevice, r: Readiness) -> Readiness:
-    """Refuse, with the reason, a device that is in use in L1 or whose IOMMU group is not viable."""
-    if r.root_disk and r.root_disk in r.disks:
-        raise RunbookError(f"{dev.bdf} holds L1's own root filesystem ({r.root_disk})",
-                           hint="pass through another NVMe; L1 cannot give away its system disk")
-    if r.mounts:
-        raise RunbookError(f"{dev.bdf} is in use in L1: " + ", ".join(r.mounts),
-                           hint="unmount it in L1 first (umount ...), or select another device")
-    if dev.iommu_group is None:
-        raise RunbookError(f"{dev.bdf} has no IOMMU group: the IOMMU is off in L1",
-                           hint="run stage 03 (intel_iommu=on and a reboot) first")
-    bad = group_offenders(r.group_members, dev.bdf)
-    if bad:
-        raise RunbookError(f"IOMMU group {dev.iommu_group} of {dev.bdf} is not viable: "
-                           + ", ".join(bad) + " still on host drivers",
-                           hint="pass the whole group through, or unbind those devices, or move the NVMe to its own slot")
-    return r
-
-
-def check_passable(guest: Guest, dev: PciDevice) -> Readiness:
-    """``may_pass`` on what ``guest`` (L1) shows now."""
-    return may_pass(dev, pci.readiness(guest, dev))
+def check_passable(guest: Guest, dev: PciDevice, *, root: str = "") -> Readiness:
+    """In L1, before L2 takes ``dev``: ``prove_free`` with role 'l1' (not L1's system disk,
+    nothing mounted, no swap, no holder, not open, a viable IOMMU group, interrupt
+    remapping), refused with every reason named; what was found, for the run state."""
+    desc, checks = prove_free(guest, dev.bdf, role="l1", root=root)
+    refuse_unless_free(checks, dev.bdf, "L1")
+    u = desc.uses
+    return Readiness(desc.disks, [f"{u.chain(m.name)} on {m.mountpoint}" for m in u.mounts],
+                     u.system_mounts.get("/", ("", ""))[1] or None,
+                     {m.bdf: (m.driver, m.pci_class) for m in desc.group}, desc, checks)
 
 
 def given_up(dev: PciDevice, h: Handover, serial: str | None) -> dict:
@@ -140,7 +137,7 @@ NUMA = "NUMA node"
 RESET = "function-level reset"
 FREE_CHECKS = (NOT_SYSTEM, NOT_MOUNTED, NOT_SWAP, NO_LVM, NO_MD, NO_DM, NO_LOOP, NO_BCACHE, NO_ZFS, NOT_OPEN,
                DRIVER, GROUP, IRQ, SAME_IDS, NUMA, RESET)
-DESCRIPTION_COLUMNS = ["", "value"]
+DESCRIPTION_COLUMNS = ["fact", "value"]
 ROLES = {"l0": ("L0", "on L0"), "l1": ("L1", "in L1")}
 
 
@@ -192,10 +189,9 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
             checks.append(Check(name, clean, "pass"))
 
     disks = desc.disks
-    nothing = f"{_names(disks)}" if disks else "no namespace on this machine"
 
     # the system disk: /, /boot, /boot/efi on a namespace or anything stacked on it
-    sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS]
+    sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS and m.ns_pid is None]
     kinds = {"/": "root filesystem", "/boot": "boot filesystem", "/boot/efi": "EFI system partition"}
     elsewhere = ", ".join(f"{mp} on {v[0] or '?'}" for mp, v in u.system_mounts.items())
     add(NOT_SYSTEM, [f"{kinds[m.mountpoint]} {m.mountpoint} on {u.chain(m.name)}" for m in sys_m],
@@ -204,18 +200,23 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
         prefix=f"{bdf} holds {who}'s own ")
     # any other mounted filesystem, directly, through a partition or a holder
     other = [m for m in u.mounts if m not in sys_m]
-    add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype})" for m in other],
-        [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" for m in other],
-        f"no filesystem of {nothing} is mounted", prefix=f"{bdf} is in use {where}: ")
-    add(NOT_SWAP, [f"{u.chain(s.name)} ({s.path}"
-                   + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]})" if s.size_kib else ")") for s in u.swaps],
+    add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype}"
+                      + (f"; in the mount namespace of {m.ns_comm or '?'}, pid {m.ns_pid})" if m.ns_pid else ")")
+                      for m in other],
+        [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" if m.ns_pid is None else
+         f"nsenter -t {m.ns_pid} -m umount {m.mountpoint} {where}, or stop {m.ns_comm or 'that process'}"
+         for m in other],
+        f"no filesystem of {_names(disks)} is mounted" if disks else f"no namespace of it {where}: nothing mounted",
+        prefix=f"{bdf} is in use {where}: ")
+    add(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
+                   + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "") for s in u.swaps],
         [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
         "no active swap on it", prefix=f"{bdf} is in use {where} as swap: ")
 
     holders_ = u.holders()
     lvm = [h for h in holders_ if h.holder_kind == "lvm"]
     pv_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "LVM2_member"]
-    lvm_failed = [f"{h.label}, an LVM logical volume of volume group {holders.lvm_vg(h.dm_name)}, on {u.chain(h.on[0])}"
+    lvm_failed = [f"{h.label}, an LVM logical volume of volume group {holders.lvm_vg(h.dm_name)}, on {_names(h.on)}"
                   for h in lvm]
     lvm_failed += [f"{n} is a physical volume of volume group {vg} (pvs)" for n, vg in u.pvs.items()
                    if not any(n in h.on for h in lvm)]
@@ -241,7 +242,7 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
 
     dm_fix = {"dm-crypt": "cryptsetup close {n}", "multipath": "multipath -f {n}", "device-mapper": "dmsetup remove {n}"}
     dm = [h for h in holders_ if h.holder_kind in dm_fix]
-    add(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {u.chain(h.on[0])}" for h in dm],
+    add(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {_names(h.on)}" for h in dm],
         [dm_fix[h.holder_kind].format(n=h.dm_name or h.name) + f" {where} (after unmounting it)" for h in dm],
         "no device-mapper target on it", prefix=f"{bdf} is held {where} by device-mapper: ")
 
@@ -277,7 +278,9 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                             "fail", f"run as root {where}: only root sees every process's open files"))
     else:
         add(NOT_OPEN, opened, [f"close it: stop {o.comm or 'the process'} (kill {o.pid}) {where}" for o in u.openers],
-            f"no process has {nothing} or its character devices open", prefix=f"{bdf} is open {where}: ")
+            f"no process has {_names(disks)} or its character devices open" if disks else
+            f"no process has its character devices open ({_names(desc.controllers + desc.generic) or 'none'} {where})",
+            prefix=f"{bdf} is open {where}: ")
 
     drv = desc.pci.driver
     checks.append(Check(DRIVER, {"nvme": f"nvme ({_names(desc.controllers) or 'no controller'})",
@@ -316,10 +319,10 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                             + "; the runbook never sets allow_unsafe_interrupts"))
 
     if desc.same_ids:
-        checks.append(Check(SAME_IDS, f"{_names(f'{o.bdf} ({o.driver or chr(45)})' for o in desc.same_ids)} "
-                                      f"{'is' if len(desc.same_ids) == 1 else 'are'} also {desc.pci.ids} {where}: binding "
-                                      "by vendor:device (new_id, vfio-pci.ids=) would take "
-                                      f"{'both' if len(desc.same_ids) == 1 else 'all'}", "warn",
+        one = len(desc.same_ids) == 1
+        others = _names(f"{o.bdf} ({o.driver or 'no driver'})" for o in desc.same_ids)
+        checks.append(Check(SAME_IDS, f"{others} {'is' if one else 'are'} also {desc.pci.ids} {where}: binding by "
+                                      f"vendor:device (new_id, vfio-pci.ids=) would take {'both' if one else 'all'}", "warn",
                             "nothing to do for the runbook: it binds by address only; never bind this model by ID by hand"))
     else:
         checks.append(Check(SAME_IDS, f"no other {desc.pci.ids} {where}", "pass"))
@@ -353,6 +356,23 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                             + ("through its bus or slot (and all behind it)" if r else "not at all"),
                             "warn", "expect the device to keep state between guests; a model with FLR is safer"))
     return checks
+
+
+def cpuset_near(desc: pci.DeviceDescription, nodes: dict[int, list[int]], siblings: dict[int, list[int]],
+                vcpus: int, threads: int = 1) -> tuple[str | None, str]:
+    """L1's cpuset when l1.cpuset is empty and L1 gets this device: ``numa.choose_cpuset``
+    inside the device's NUMA node (``nodes``/``siblings`` from ``facts.cpu.topology`` of the
+    same machine), and why; any node when the device reports none or its node has no room."""
+    from ..numa import choose_cpuset
+    node = desc.pci.numa_node
+    if node is None or node not in nodes:
+        cpuset, why = choose_cpuset(nodes, siblings, vcpus, threads)
+        return cpuset, f"{why} (the NVMe reports no NUMA node)"
+    cpuset, why = choose_cpuset({node: nodes[node]}, siblings, vcpus, threads)
+    if cpuset:
+        return cpuset, f"{why}, on the NVMe's NUMA node"
+    cpuset, why = choose_cpuset(nodes, siblings, vcpus, threads)
+    return cpuset, f"{why} (the NVMe's node {node} has no room for {vcpus} vCPUs: its I/O crosses nodes)"
 
 
 def failed(checks: list[Check]) -> list[Check]:

@@ -18,6 +18,7 @@ devices, nvme0 and ng0n1) and prints one tab-separated record per line:
     loop  LOOPN BACKING_FILE             (every loop device; the parser keeps those backed by ours)
     sysmnt MOUNTPOINT NAME DISK          (/, /boot, /boot/efi: which block device and disk)
     mnt   <a /proc/self/mountinfo line on one of our devices>
+    mntns PID COMM <a mountinfo line of another mount namespace (one process of each) on one of ours>
     swap  <a /proc/swaps line>
     open  PID COMM PATH
     fdunreadable N
@@ -73,18 +74,33 @@ while [ -n "${{todo# }}" ]; do  # everything stacked on them: holders, and loop 
   done
 done
 srcs=" "; for n in $names; do srcs="$srcs/dev/$n "; done
-while IFS= read -r l; do
-  set -f; set -- $l; set +f
-  mp=$5; dv=$3; r=${{l#* - }}; set -f; set -- $r; set +f; src=$2
-  case "$mp" in /|/boot|/boot/efi)
-    w=; k=; if cd -P {sys}/dev/block/$dv 2>/dev/null; then w=${{PWD##*/}}
-      if [ -e ../dev ]; then cd -P .. && k=${{PWD##*/}}; else k=$w; fi; fi
-    printf 'sysmnt\t%s\t%s\t%s\n' "$mp" "$w" "$k";;
-  esac
-  case "$devs" in *" $dv "*) printf 'mnt\t%s\n' "$l"; continue;; esac
-  case "$srcs" in *" $src "*) printf 'mnt\t%s\n' "$l";; esac
-done <{proc}/self/mountinfo
+mi() {{  # a mountinfo file, the record's tag: its lines on our devices
+  mf=$1; mt=$2
+  while IFS= read -r l; do
+    set -f; set -- $l; set +f
+    mp=$5; dv=$3; r=${{l#* - }}; set -f; set -- $r; set +f; src=$2
+    if [ "$mt" = mnt ]; then case "$mp" in /|/boot|/boot/efi)
+      w=; k=; if cd -P {sys}/dev/block/$dv 2>/dev/null; then w=${{PWD##*/}}
+        if [ -e ../dev ]; then cd -P .. && k=${{PWD##*/}}; else k=$w; fi; fi
+      printf 'sysmnt\t%s\t%s\t%s\n' "$mp" "$w" "$k";;
+    esac; fi
+    case "$devs" in *" $dv "*) printf '%s\t%s\n' "$mt" "$l"; continue;; esac
+    case "$srcs" in *" $src "*) printf '%s\t%s\n' "$mt" "$l";; esac
+  done <"$mf"
+}}
+mi {proc}/self/mountinfo mnt
 cd /
+# other mount namespaces (containers, services with private mounts): one process of each
+sn=$(ls -l {proc}/self/ns/mnt 2>/dev/null); sn=${{sn##* -> }}
+ls -l {proc}/[0-9]*/ns/mnt 2>/dev/null | {{
+  seen=" $sn "
+  while IFS= read -r l; do
+    n=${{l##* -> }}; p=${{l% -> *}}; p=${{p%/ns/mnt}}; pid=${{p##*/}}
+    case "$seen" in *" $n "*) continue;; esac
+    seen="$seen$n "; c=; read -r c 2>/dev/null <"{proc}/$pid/comm"
+    [ -r "{proc}/$pid/mountinfo" ] && mi "{proc}/$pid/mountinfo" "mntns	$pid	$c"
+  done
+}}
 while IFS= read -r l; do printf 'swap\t%s\n' "$l"; done <{proc}/swaps 2>/dev/null
 watch=" $names$chars "; u=0
 for d in {proc}/[0-9]*/fd; do [ -e "$d" ] && ! [ -r "$d" ] && u=$((u+1)); done
@@ -109,6 +125,7 @@ if command -v zpool >/dev/null 2>&1; then
   printf 'tool\tzpool\n'
   zpool status -PL 2>/dev/null | while IFS= read -r l; do printf 'zpool\t%s\n' "$l"; done
 fi
+exit 0
 """
 
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi")
@@ -156,12 +173,14 @@ class Mount:
     mountpoint: str
     fstype: str
     source: str           # as mountinfo says: /dev/nvme0n1p1, /dev/mapper/vg0-data
+    ns_pid: int | None = None   # mounted in another mount namespace: a process in it
+    ns_comm: str = ""
 
 
 @dataclass
 class Swap:
-    name: str             # nvme0n1p2, dm-1
-    path: str             # /dev/nvme0n1p2
+    name: str             # nvme0n1p2, dm-1 (the device, or the one whose filesystem holds the swap file)
+    path: str             # /dev/nvme0n1p2, /data/swapfile
     size_kib: int | None
 
 
@@ -214,14 +233,20 @@ class Uses:
         return out
 
     def chain(self, name: str) -> str:
-        """How ``name`` reaches a namespace: 'dm-0 (vg0-root) on nvme0n1p3 on nvme0n1'."""
-        parts, n, seen = [], name, set()
+        """``name`` and what it sits on, down to a partition or namespace:
+        'nvme0n1p1', 'dm-0 (vg0-data, on nvme0n1p1)', 'dm-1 (secret, on dm-0 on nvme0n1p3)'."""
+        d = self.devices.get(name)
+        if d is None or d.kind in ("namespace", "partition") or not d.on:
+            return name
+        below, n, seen = [], d.on[0], {name}
         while n in self.devices and n not in seen:
             seen.add(n)
-            d = self.devices[n]
-            parts.append(d.label)
-            n = d.on[0] if d.on else ""
-        return " on ".join(parts) if parts else name
+            below.append(n)
+            b = self.devices[n]
+            if b.kind in ("namespace", "partition") or not b.on:
+                break
+            n = b.on[0]
+        return f"{name} ({d.dm_name + ', ' if d.dm_name else ''}on {' on '.join(below)})"
 
     def holders(self) -> list[BlockDev]:
         """Everything stacked on the namespaces (not the namespaces and their partitions)."""
@@ -265,7 +290,9 @@ def parse_uses(records: list[list[str]]) -> Uses:
         elif tag == "sysmnt" and len(rest) >= 3:
             u.system_mounts[rest[0]] = (rest[1], rest[2])
         elif tag == "mnt":
-            mount_lines.append("\t".join(rest))
+            mount_lines.append((None, "", "\t".join(rest)))
+        elif tag == "mntns" and len(rest) >= 3 and rest[0].isdigit():
+            mount_lines.append((int(rest[0]), rest[1], "\t".join(rest[2:])))
         elif tag == "swap":
             swap_lines.append("\t".join(rest))
         elif tag == "open" and len(rest) >= 3 and rest[0].isdigit():
@@ -290,20 +317,22 @@ def parse_uses(records: list[list[str]]) -> Uses:
     by_dev = {d.dev: d.name for d in u.devices.values() if d.dev}
     by_src = {f"/dev/{n}": n for n in u.devices}
     by_src.update({f"/dev/mapper/{d.dm_name}": d.name for d in u.devices.values() if d.dm_name})
-    for line in mount_lines:
+    for ns_pid, ns_comm, line in mount_lines:
         f = line.split()
         if len(f) < 7 or " - " not in line:
             continue
         fstype, source = (line.split(" - ", 1)[1].split() + ["", ""])[:2]
         name = by_dev.get(f[2]) or by_src.get(source)
-        if name:
-            u.mounts.append(Mount(name, _unescape(f[4]), fstype, source))
+        if name and not any(m.name == name and m.mountpoint == _unescape(f[4]) for m in u.mounts):
+            u.mounts.append(Mount(name, _unescape(f[4]), fstype, source, ns_pid, ns_comm))
     for line in swap_lines:
         f = line.split()
         if f and f[0] != "Filename":
-            name = by_src.get(_unescape(f[0]))
+            path = _unescape(f[0])
+            name = by_src.get(path) or next((m.name for m in u.mounts if path.startswith(m.mountpoint.rstrip("/") + "/")),
+                                            None)  # a swap file on one of its filesystems
             if name:
-                u.swaps.append(Swap(name, _unescape(f[0]), _int(f[2]) if len(f) > 2 else None))
+                u.swaps.append(Swap(name, path, _int(f[2]) if len(f) > 2 else None))
     pool = ""
     for line in zpool_lines:
         s = line.strip()

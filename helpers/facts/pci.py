@@ -196,30 +196,6 @@ def block_devices(guest: Guest, bdf: str, sysfs: str = "/sys") -> list[str]:
     return parse_block_listing(guest.run(BLOCK_SCRIPT.format(sys=sysfs, bdf=bdf)).out)
 
 
-def mounts_on(guest: Guest, disks: list[str]) -> list[str]:
-    """Mounted filesystems (or swap) on the given disks or their partitions: 'nvme0n1p1 on /data'."""
-    if not disks:
-        return []
-    r = guest.run("lsblk -J -o NAME,MOUNTPOINT " + " ".join(f"/dev/{d}" for d in disks))
-    if not r.ok:
-        return []
-    found = []
-
-    def walk(nodes):
-        for n in nodes:
-            if n.get("mountpoint"):
-                found.append(f"{n['name']} on {n['mountpoint']}")
-            walk(n.get("children", []))
-    walk(json.loads(r.out).get("blockdevices", []))
-    return found
-
-
-def root_disk(guest: Guest) -> str | None:
-    """The disk holding / (e.g. vda), so the runbook never passes it through."""
-    r = guest.run("lsblk -no PKNAME $(findmnt -no SOURCE /) 2>/dev/null | head -1")
-    return r.out.strip() or None
-
-
 def driver_of(guest: Guest, bdf: str) -> str | None:
     link = guest.readlink(f"/sys/bus/pci/devices/{bdf}/driver")
     return link.rsplit("/", 1)[-1] if link else None
@@ -244,20 +220,17 @@ def nvme_list(guest: Guest) -> list[dict]:
 
 @dataclass
 class Readiness:
-    """What tells whether a device may be passed through, as read before touching it:
-    its block devices, what is mounted on them, L1's root disk, and its IOMMU group's
-    members (each with its driver and PCI class)."""
+    """What stage 04 keeps of the proof that a device may be passed through (read before
+    touching it): its block devices, what is mounted on them, the machine's root disk, its
+    IOMMU group's members (each with its driver and PCI class), and the whole description
+    and checks (``checks.passthrough.prove_free``)."""
 
     disks: list[str]
     mounts: list[str]
     root_disk: str | None
     group_members: dict[str, tuple[str | None, int]]
-
-
-def readiness(guest: Guest, dev: PciDevice) -> Readiness:
-    disks = block_devices(guest, dev.bdf)
-    return Readiness(disks, mounts_on(guest, disks), root_disk(guest),
-                     group_drivers(guest, dev.iommu_group) if dev.iommu_group is not None else {})
+    description: "DeviceDescription | None" = None
+    checks: list = field(default_factory=list)
 
 
 @dataclass
@@ -433,8 +406,8 @@ def human_bytes(n: int | None) -> str:
     """1073741824 -> '1.00 GiB (1,073,741,824 bytes)'."""
     if n is None:
         return "size unknown"
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):  # 1023.999 MiB: 1.00 GiB
+        if n >= size * 0.9995:
             return f"{n / size:.2f} {unit} ({n:,} bytes)"
     return f"{n} bytes"
 
