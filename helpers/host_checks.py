@@ -160,7 +160,7 @@ def file_problems(p: Params, image: bool = True) -> list[tuple[str, str]]:
                                                 "then compare the fingerprint with L1's console)"),
         ("l1.ssh.config", ssh.config, "give an existing ssh config file, or remove the key"),
     ]
-    if image and p.l1.image != "lab":
+    if image and p.l1.image not in ("lab", "lab-l2"):
         wanted.append(("l1.image", Path(p.l1.image), "put L1's disk image there (prepared beforehand), "
                                                      "or fix the path"))
     return [(key, f"{path} does not exist: {fix}") for key, path, fix in wanted if path and not path.exists()]
@@ -170,7 +170,7 @@ def space_problems(p: Params, room: Room | None = None) -> list[tuple[str, str]]
     """The backing file, when it is still to be made: it fits in the free space
     and in the biggest file its filesystem holds."""
     f = Path(p.nvme.backing_file)
-    if f.exists():
+    if p.nvme.host or f.exists():  # a host NVMe has no backing file
         return []
     room = room or room_for(f)
     size = p.nvme.size_gib * GIB
@@ -243,11 +243,11 @@ def remote_problems(p: Params, g, stages: list[str] | None = None) -> list[tuple
     out = [(k, m) for k, m in file_problems(p, image=False)]
     if stages is not None and set(stages) <= {"99"}:
         return out
-    if p.l1.image != "lab" and not g.exists(p.l1.image):
+    if p.l1.image not in ("lab", "lab-l2") and not g.exists(p.l1.image):
         out.append(("l1.image", f"{p.l1.image} does not exist on L0: put L1's disk image there (prepared "
                                 "beforehand), or fix the path"))
     f = str(p.nvme.backing_file)
-    if not g.exists(f):
+    if not p.nvme.host and not g.exists(f):  # a host NVMe has no backing file
         from .facts.system import free_disk
         d = free_disk(g, f)
         if d.avail_bytes is not None:

@@ -16,6 +16,7 @@ from .guest import Guest, Local
 from .state import State
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTHING_FOR_TARGET = "no change: nvme.target is l1"  # stages 03 and 04 with the NVMe ending in L1
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Stage:
             return run
         run.plan = self.plan(step)
         ui.show_plan(run.plan, self.mode)
+        if run.plan.reason.startswith(NOTHING_FOR_TARGET):  # shown as such; not applied
+            return run
         if run.plan.unknown:
             if not self.check:
                 raise RunbookError(f"step '{step.label}' cannot go on: unknown until {run.plan.unknown}",
@@ -89,7 +92,12 @@ class Stage:
         from .steps import Plan
         try:
             with record.step(step.label, "plan"):
-                plan = step.plan(self)
+                if self.number in ("03", "04") and not self.params.nvme.in_l2 \
+                        and type(step).__name__ != "NothingForTarget":
+                    plan = Plan(step.label, [], reason=f"{NOTHING_FOR_TARGET}: L1 keeps the NVMe, this step has "
+                                                       "nothing to do")
+                else:
+                    plan = step.plan(self)
         except RunbookError as e:
             if not self.check:
                 raise
@@ -106,6 +114,8 @@ class Stage:
 
     def apply(self, step, run) -> None:
         """Carry out ``run.plan`` (already shown), record and show the result."""
+        if run.plan.reason.startswith(NOTHING_FOR_TARGET):  # stages 03/04 with target l1 (buttons too)
+            return
         with record.step(step.label, "apply"):
             result = step.apply(self, run.plan)
             record.applied(step.label)
@@ -143,11 +153,23 @@ class Stage:
         L1 is checked to run and to answer SSH (a vanished L1 or a lost sshd is
         named as such instead of surfacing as some command's failure)."""
         from .access import check_l1, l1_guest
+        if self.params.l1.lab_l2:  # the lab's L2 image as L1: no sshd, its guest agent through L0's libvirt
+            from . import l0
+            from .ops.l1 import l1_agent
+            return l1_agent(l0.libvirt(self.params), self.params.l1.name)
         guest = l1_guest(self.params, self.state)
         if self.number in ("03", "04", "05") and not self._l1_checked:
             check_l1(self.params, guest, self.params_file, self.l0)
             self._l1_checked = True
         return guest
+
+    def holder(self):
+        """The layer that holds the NVMe: L2 (nvme.target l2, the seed's chain), or L1 (target l1)."""
+        return self.l2() if self.params.nvme.in_l2 else self.l1()
+
+    @property
+    def holder_name(self) -> str:
+        return "L2" if self.params.nvme.in_l2 else "L1"
 
     def l2(self):
         """The guest agent of L2, through L1's libvirt."""

@@ -37,6 +37,7 @@ def parse_cpuset(text: str) -> list[int]:
     return cpus
 
 
+LAB_L2_IMAGE = "lab-l2"             # l1.image: the lab's L2 image, in the lab's own L1 acting as L0
 MAX_CPU = 8191                      # Linux's highest CPU number (NR_CPUS is at most 8192)
 NAME_MAX = 255                      # the longest file name Linux filesystems take
 LONGEST_SUFFIX = "-console.log"     # the longest suffix the runbook adds to a domain name in a file name
@@ -221,31 +222,108 @@ class SSHAccess(Section):
         return check_file_path(v, f"/root/.ssh/{'id_ed25519' if info.field_name == 'identity' else info.field_name}")
 
 
-class NVMe(Section):
-    """The emulated NVMe drive L1 gets, later passed through to L2."""
+class HostNVMeSelect(Section):
+    """With ``nvme.source: host``: which NVMe controller of L0 goes to L1. It must name
+    the device (serial or bdf): the only NVMe of a host may be its system disk, so it
+    is never taken by default. ``model`` only narrows a selection by serial or bdf."""
 
+    serial: Optional[str] = F(None, "the controller's serial number, as `nvme list` on L0 shows it",
+                              example="S4EVNF0M123456")
+    bdf: Optional[str] = F(None, "the controller's PCI address on L0, as `lspci -D` shows it", example="0000:5e:00.0")
+    model: Optional[str] = F(None, "with serial or bdf: the model must contain this text",
+                             example="Samsung SSD 980 PRO")
+
+    @field_validator("bdf")
+    @classmethod
+    def _bdf(cls, v):
+        if v is not None and not BDF_RE.match(v):
+            raise ValueError("expected a PCI address DDDD:BB:DD.F, e.g. 0000:5e:00.0")
+        return v.lower() if v else v
+
+
+EMULATED_ONLY = ("backing_file", "size_gib", "serial", "pci_addr", "remove_backing_file")
+
+
+class NVMe(Section):
+    """The NVMe passed through: the drive QEMU emulates for L1 (``source: emulated``, the
+    seed's and the lab's), or a real NVMe controller of L0 (``source: host``), which ends
+    in L1 (``target: l1``) or goes on through L1's vIOMMU to L2 (``target: l2``)."""
+
+    source: Literal["emulated", "host"] = F(
+        "emulated", "emulated: QEMU on L0 emulates an NVMe for L1 (the seed, the lab); host: an NVMe controller "
+                    "of L0 goes to L1 by VFIO (nvme.select names it)")
+    target: Literal["l2", "l1"] = F(
+        "l2", "where the NVMe ends: l2 (the seed's chain: through L1's vIOMMU to L2) or l1 (source host only: "
+              "L1 keeps it; no vIOMMU, nothing for stages 03 and 04)")
     backing_file: Path = F(Path("/var/lib/nested-nvme/nvme.raw"),
-                           "the raw file on L0 behind L1's emulated NVMe (created sparse by stage 02)",
+                           "source emulated: the raw file on L0 behind L1's emulated NVMe (created sparse by stage 02)",
                            example="/var/lib/nested-nvme/nvme.raw")
-    size_gib: float = F(1, "the NVMe's size in GiB (the file is sparse; L0 must have room for it)", gt=0, le=65536)
-    serial: str = F("1234", "the NVMe's serial number; l2.select.serial picks the NVMe by it",
+    size_gib: float = F(1, "source emulated: the NVMe's size in GiB (the file is sparse; L0 must have room for it)",
+                        gt=0, le=65536)
+    serial: str = F("1234", "source emulated: the NVMe's serial number; l2.select.serial picks the NVMe by it",
                     min_length=1, max_length=20)
-    pci_addr: str = F("0x10", "the NVMe's PCI slot on L1's root bus", pattern=r"^0x[0-1][0-9a-fA-F]$")
-    remove_backing_file: bool = F(False, "teardown deletes the backing file",
+    pci_addr: str = F("0x10", "source emulated: the NVMe's PCI slot on L1's root bus", pattern=r"^0x[0-1][0-9a-fA-F]$")
+    remove_backing_file: bool = F(False, "source emulated: teardown deletes the backing file",
                                   consent="teardown (stage 99) deletes nvme.backing_file and the data in it")
+    select: HostNVMeSelect = F(HostNVMeSelect(), "source host: which NVMe controller of L0 (below)")
+    baseline_consent: bool = F(
+        False, "source host: fio may write to L0's NVMe before it goes to L1 (a baseline; read-only profiles "
+               "need no consent)",
+        consent="stage 05 runs the writing fio profiles on L0's NVMe (source host) before passthrough, "
+                "destroying what is on it")
 
     @field_validator("backing_file")
     @classmethod
     def _file(cls, v):
         return check_file_path(v, "/var/lib/nested-nvme/nvme.raw")
 
+    @property
+    def host(self) -> bool:
+        """Is the NVMe a controller of L0 (source host)?"""
+        return self.source == "host"
+
+    @property
+    def in_l2(self) -> bool:
+        """Does the NVMe end in L2 (stages 03 and 04 pass it on)?"""
+        return self.target == "l2"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What contradicts the source and target chosen: (key, what to change)."""
+        out = []
+        if self.source == "emulated":
+            if self.target == "l1":
+                out.append(("nvme.target", "`l1` with source `emulated` passes nothing through (QEMU would only "
+                                           "emulate the drive for L1): use target l2, or source host with "
+                                           "nvme.select naming a controller of L0"))
+            for key in ("serial", "bdf", "model"):
+                if getattr(self.select, key):
+                    out.append((f"nvme.select.{key}", "selects a controller of L0, which only source `host` uses: "
+                                                      "set nvme.source: host, or remove nvme.select (the emulated "
+                                                      "drive is picked in L1 by l2.select)"))
+            if self.baseline_consent:
+                out.append(("nvme.baseline_consent", "is for a controller of L0 (source host); the emulated drive's "
+                                                     "baseline in L1 is l2.baseline_consent"))
+            return out
+        for key in EMULATED_ONLY:
+            if key in self.model_fields_set:
+                out.append((f"nvme.{key}", "only the emulated drive (source `emulated`) uses it: with "
+                                           "source `host` the NVMe is a real controller of L0, named by "
+                                           "nvme.select, with its own size and serial; remove this key"))
+        if not (self.select.serial or self.select.bdf):
+            out.append(("nvme.select", "with source `host` name the controller by serial or bdf (`nvme list` and "
+                                       "`lspci -D` on L0 show them): the only NVMe of a host may be its system "
+                                       "disk, so it is never taken by default"
+                                       + ("; model only narrows a selection" if self.select.model else "")))
+        return out
+
 
 class L1(Section):
     """The L1 guest, built by stage 02 and configured by stage 03."""
 
     name: str = F("nested-kvm", "L1's libvirt domain name on L0", pattern=r"^[A-Za-z0-9_.+-]+$")
-    image: str = F("lab", "`lab` (with lab: true: the lab builds it) or the absolute path of your L1 disk "
-                   "image on L0 (qcow2)", example="/kvm/nested/img-nested.qcow2")
+    image: str = F("lab", "`lab` (with lab: true: the lab builds it), `lab-l2` (with lab: true and L0 the lab's "
+                   "own L1: the lab's L2 image that L1 carries, booted directly, reached by its guest agent) "
+                   "or the absolute path of your L1 disk image on L0 (qcow2)", example="/kvm/nested/img-nested.qcow2")
     sockets: int = F(1, "L1's CPU sockets", ge=1, le=16)
     cores: int = F(2, "cores per socket", ge=1, le=256)
     threads: int = F(1, "threads per core", ge=1, le=8)
@@ -274,7 +352,7 @@ class L1(Section):
     @field_validator("image")
     @classmethod
     def _image(cls, v):
-        return v if v == "lab" else str(check_file_path(v, "/var/lib/libvirt/images/l1.qcow2"))
+        return v if v in ("lab", LAB_L2_IMAGE) else str(check_file_path(v, "/var/lib/libvirt/images/l1.qcow2"))
 
     @field_validator("cpuset")
     @classmethod
@@ -291,6 +369,11 @@ class L1(Section):
             if hi and int(hi) < int(lo):
                 raise ValueError(f"`{part}` runs backwards: write the lower CPU first, `{hi}-{lo}`")
         return v
+
+    @property
+    def lab_l2(self) -> bool:
+        """Is L1 the lab's L2 image, booted in the lab's own L1 as L0 (``image: lab-l2``)?"""
+        return self.image == LAB_L2_IMAGE
 
     @property
     def vcpus(self) -> int:
@@ -385,7 +468,7 @@ class Params(Section):
                   "false: a real host with its own images (l1.image, l2.image)")
     host: Host = F(Host(), "L0")
     l1: L1 = F(L1(), "the L1 guest")
-    nvme: NVMe = F(NVMe(), "the emulated NVMe")
+    nvme: NVMe = F(NVMe(), "the NVMe passed through: emulated by QEMU, or a controller of L0")
     l2: L2 = F(L2(), "the L2 guest")
     verify: Verify = F(Verify(), "stage 05's checks")
     bench: Bench = F(Bench(), "the benchmark")
@@ -400,14 +483,23 @@ class Params(Section):
 
 def conflicts(p: Params) -> list[tuple[str, str]]:
     """Settings that contradict each other, whatever the file: (key, what to change)."""
-    out = []
-    if p.l2.memory_mib >= p.l1.memory_mib:
+    out = list(p.nvme.problems())
+    if p.nvme.host and p.nvme.target == "l2" and p.l1.iommu == "amd":
+        out.append(("l1.iommu", "`amd` cannot carry a device assigned from L0 on to L2: QEMU's amd-iommu has no "
+                                "caching mode, which VFIO needs behind a vIOMMU; use l1.iommu intel (or auto), or "
+                                "nvme.target l1"))
+    if p.l2.memory_mib >= p.l1.memory_mib and p.nvme.target == "l2":
         out.append(("l2.memory_mib", f"{p.l2.memory_mib} MiB must be less than L1's {p.l1.memory_mib} MiB"))
-    if p.l2.select.serial is not None and p.l2.select.serial != p.nvme.serial:
+    if p.nvme.host and p.nvme.in_l2 and p.l2.select.serial is not None and p.nvme.select.serial \
+            and p.l2.select.serial != p.nvme.select.serial:
+        out.append(("l2.select.serial", f"`{p.l2.select.serial}` is not the serial of the controller L1 gets from "
+                                        f"L0 (nvme.select.serial `{p.nvme.select.serial}`): make them equal, or "
+                                        "leave l2.select.serial empty"))
+    if not p.nvme.host and p.l2.select.serial is not None and p.l2.select.serial != p.nvme.serial:
         out.append(("l2.select.serial", f"`{p.l2.select.serial}` matches no NVMe: the one the runbook gives L1 "
                                         f"has serial `{p.nvme.serial}` (nvme.serial); make them equal, or leave "
                                         "l2.select.serial empty"))
-    if p.l1.image != "lab" and Path(p.l1.image) == p.nvme.backing_file:
+    if not p.nvme.host and p.l1.image != "lab" and Path(p.l1.image) == p.nvme.backing_file:
         out.append(("nvme.backing_file", f"{p.nvme.backing_file} is also l1.image: give the NVMe a file of its own"))
     return out
 
@@ -416,6 +508,14 @@ def lab_conflicts(p: Params) -> list[tuple[str, str]]:
     """What a whole parameter file must agree on about the lab (a file, not a
     partial set of sections as the checks' tests build)."""
     out = []
+    if p.l1.lab_l2:
+        if not p.lab:
+            out.append(("l1.image", "`lab-l2` is the lab's own L2 image: set `lab: true`"))
+        elif not p.nvme.host or p.nvme.in_l2 or not p.host.ssh:
+            out.append(("l1.image", "`lab-l2` (the lab's L2 image in the lab's L1, which acts as L0) is for a host "
+                                    "NVMe that ends in L1: nvme.source host, nvme.target l1, and host.ssh reaching "
+                                    "the lab's L1 (see parameters/lab-host-nvme.yaml)"))
+        return out
     for key, image in (("l1.image", p.l1.image), ("l2.image", p.l2.image)):
         where = "on L0" if key == "l1.image" else "inside L1"
         if not p.lab and image == "lab":

@@ -54,6 +54,13 @@ what is wrong and what to do.
 - `lab: true` is the emulated lab: `l1.image` and `l2.image` are `lab` (the
   runbook builds them). `lab: false` is a real host: give both images' paths.
 - `l2.select.serial`, when given, is `nvme.serial` (the NVMe the runbook gives L1).
+- `nvme.source: host` (a controller of L0 goes to L1): `nvme.select` names it by
+  `serial` or `bdf` (never "the only NVMe": it may be L0's system disk; `model`
+  only narrows); the emulated drive's keys (`backing_file`, `size_gib`, `serial`,
+  `pci_addr`, `remove_backing_file`) are refused; `nvme.target: l2` needs
+  `l1.iommu` intel or auto (QEMU's amd-iommu has no caching mode). With
+  `nvme.source: emulated`, `nvme.target: l1` is refused (nothing would be passed
+  through), and so are `nvme.select` and `nvme.baseline_consent`.
 - `l2.memory_mib` is less than `l1.memory_mib`; a cpuset range runs upwards (`1-3`, not `3-1`).
 - `l1.name` and `l2.name` start with a letter or a digit and are at most
   {longest} characters (the runbook's file names add `{suffix}`).

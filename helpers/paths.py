@@ -25,7 +25,7 @@ def paths(p: Params) -> Paths:
     lab_disk = w / f"{p.l1.name}.qcow2"
     return Paths(
         workdir=w,
-        l1_disk=lab_disk if p.l1.image == "lab" else Path(p.l1.image).expanduser(),
+        l1_disk=lab_disk if p.l1.image in ("lab", "lab-l2") else Path(p.l1.image).expanduser(),
         l1_console=w / f"{p.l1.name}-console.log",
         known_hosts=w / "known_hosts",
         lab_key=w / "lab_key",

@@ -150,7 +150,7 @@ CASES = [
     ("a misspelt key", "  memroy_mib: 4096\n",
      "{f}:10: l1.memroy_mib: unknown key; did you mean `memory_mib`? (the keys are in parameters/README.md)"),
     ("a key in the wrong section", "  serial: '1234'\n",
-     "{f}:10: l1.serial: unknown key here; it belongs in nvme or l2.select (see parameters/README.md)"),
+     "{f}:10: l1.serial: unknown key here; it belongs in nvme or nvme.select or l2.select (see parameters/README.md)"),
     ("a key nothing resembles", "verify:\n  frobnicate: 1\n",
      "{f}:11: verify.frobnicate: unknown key; verify has mkfs, force_wipe, mount_point (see parameters/README.md)"),
     ("a wrong type", "  cores: two\n",

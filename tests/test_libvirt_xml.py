@@ -115,7 +115,7 @@ def every_option() -> Domain:
             Disk("/srv/b.qcow2", "qcow2", "vdb", "virtio", cache="directsync"),
             Interface("user", mac="52:54:00:12:34:56"),
             Interface("bridge", "br0", model="e1000e"),
-            IOMMU(intremap=False, caching_mode=None, iotlb=None, eim=False),
+            IOMMU(intremap=False, caching_mode=True, iotlb=None, eim=False),
             HostdevPCI.from_nodedev("pci_0000_03_00_1", managed=False),
             Serial("/var/log/every.log", kind="file", console=False, append=True),
             Channel("org.example.ch.0"),

@@ -6,6 +6,7 @@ import pytest
 from helpers.errors import RunbookError
 from helpers.facts import pci
 from helpers.checks import passthrough as pt
+from helpers.guest import Local
 from helpers.params import Select
 from machines import Machine
 
@@ -86,38 +87,64 @@ def test_group_viability():
                               "0000:00:02.0") == ["0000:00:02.1 (driver e1000e)"]
 
 
-def _l1(mounted: str | None = None, root: str = "vda", companion: str | None = None):
-    files = {"/sys/bus/pci/devices/0000:00:02.0/class": "0x010802\n"}
-    answers = {r"/sys/bus/pci/devices/0000:00:02.0/nvme/nvme\*": "nvme0n1\n",
-               r"^lsblk -J": '{"blockdevices": [{"name": "nvme0n1", "mountpoint": %s}]}' % (
-                   f'"{mounted}"' if mounted else "null"),
-               r"^lsblk -no PKNAME": root + "\n",
-               r"^ls -1A /sys/kernel/iommu_groups/7/devices": "0000:00:02.0\n" + (f"{companion}\n" if companion else ""),
-               r"^readlink /sys/bus/pci/devices/0000:00:02.0/driver": "../../../bus/pci/drivers/nvme\n"}
-    if companion:
-        files[f"/sys/bus/pci/devices/{companion}/class"] = "0x020000\n"
-        answers[rf"^readlink /sys/bus/pci/devices/{companion}/driver"] = "../../../bus/pci/drivers/e1000e\n"
-    return Machine(files=files, answers=answers, name="l1")
+@pytest.fixture
+def l1(tmp_path, monkeypatch):
+    """The seed's L1 as a sysfs/procfs-shaped tree (its NVMe at 0000:00:02.0 in group 7,
+    / on vda1), read through a real shell: ``l1(mounted=..., root=..., companion=...)``
+    gives the Tree (``str(tree.root)`` to read it under)."""
+    from nvme_tree import NET, Tree
+
+    def build(mounted: str | None = None, root: str = "vda", companion: str | None = None) -> Tree:
+        t = Tree(tmp_path / "tree")
+        monkeypatch.setenv("PATH", t.path)
+        t.pci("0000:00:02.0", group=7)
+        t.nvme("0000:00:02.0")
+        t.block("vda", "254:0", 8388608)
+        t.partition("vda", "vda1", "254:1", 8386560)
+        t.mount("259:0" if root == "nvme0n1" else "254:1", "/", "ext4")
+        if mounted:
+            t.mount("259:0", mounted, "xfs", "/dev/nvme0n1")
+        if companion:
+            t.pci(companion, cls=NET, ids="8086:10d3", driver="e1000e", group=7)
+        return t
+    return build
 
 
-def test_a_free_nvme_in_its_own_group_passes():
-    r = pt.check_passable(_l1(), devices()[0])
+def test_a_free_nvme_in_its_own_group_passes(l1):
+    r = pt.check_passable(Local(), devices()[0], root=str(l1().root))
     assert r.disks == ["nvme0n1"] and r.mounts == [] and r.root_disk == "vda"
+    assert r.group_members == {"0000:00:02.0": ("nvme", NVME)} and r.description.serial == "1234"
 
 
-def test_a_mounted_nvme_is_refused():
+def test_a_mounted_nvme_is_refused(l1):
     with pytest.raises(RunbookError, match="in use in L1: nvme0n1 on /data"):
-        pt.check_passable(_l1(mounted="/data"), devices()[0])
+        pt.check_passable(Local(), devices()[0], root=str(l1(mounted="/data").root))
 
 
-def test_l1s_own_system_disk_is_refused():
+def test_l1s_own_system_disk_is_refused(l1):
     with pytest.raises(RunbookError, match="holds L1's own root filesystem"):
-        pt.check_passable(_l1(root="nvme0n1"), devices()[0])
+        pt.check_passable(Local(), devices()[0], root=str(l1(root="nvme0n1").root))
 
 
-def test_a_group_with_a_bound_companion_is_refused_and_named():
+def test_a_group_with_a_bound_companion_is_refused_and_named(l1):
     with pytest.raises(RunbookError, match=r"IOMMU group 7 of 0000:00:02.0 is not viable: 0000:00:02.1 \(driver e1000e\)"):
-        pt.check_passable(_l1(companion="0000:00:02.1"), devices()[0])
+        pt.check_passable(Local(), devices()[0], root=str(l1(companion="0000:00:02.1").root))
+
+
+def test_stage_04_refuses_swap_holders_and_open_files_in_l1_too(l1):
+    """The same proof as a host NVMe's: swap, a device-mapper target, a process holding it."""
+    t = l1()
+    t.swap("/dev/nvme0n1")
+    t.holder("nvme0n1", "dm-0", "253:0", dm_name="h23a-lin")
+    t.process(4242, "sleep", {0: "/dev/nvme0n1"})
+    with pytest.raises(RunbookError) as e:
+        pt.check_passable(Local(), devices()[0], root=str(t.root))
+    assert e.value.message == ("0000:00:02.0 may not be passed through from L1, for 3 reasons: "
+                               "0000:00:02.0 is in use in L1 as swap: nvme0n1, 1.00 GiB; "
+                               "0000:00:02.0 is held in L1 by device-mapper: dm-0 (h23a-lin), a device-mapper target, "
+                               "on nvme0n1; 0000:00:02.0 is open in L1: sleep (pid 4242) holds /dev/nvme0n1 open")
+    assert e.value.hint == ("swapoff /dev/nvme0n1 in L1 (and take it out of /etc/fstab); dmsetup remove h23a-lin in L1 "
+                            "(after unmounting it); close it: stop sleep (kill 4242) in L1")
 
 
 SEED_L2_LSPCI = ("0000:00:00.0 Host bridge [0600]: Intel Corporation 82G33/G31/P35/P31 Express DRAM Controller [8086:29c0]\n"

@@ -226,7 +226,8 @@ def test_check_mode_on_a_cold_host_plans_stage_02_without_changing_anything(para
     assert plans["Start L1"].actions[0].commands[0] == "virsh start nested-kvm"
     assert "<iommu model=\"intel\">" in runs[1].result.xml  # the read-only step ran: L1's definition
     assert plans["Wait for L1"].unknown and plans["Look inside L1"].unknown
-    assert applied == ["L1's definition"]  # the one read-only step that could plan; no changing step
+    # the read-only steps that could plan (with the emulated NVMe the host-NVMe steps only say so); no changing step
+    assert applied == ["L1's definition", "Prove the NVMe of L0 free again", "L0 gave the NVMe to L1"]
     assert not (tmp_path / "work").exists()
 
 

@@ -1,15 +1,26 @@
-"""Judging the NVMe's way from L1 to L2: which controller the parameters mean, whether
-it may go (not in use, not L1's system disk, a viable IOMMU group), whether L1 gave it up
-to VFIO, and whether L2 sees it. Each judgment reads facts (``facts.pci``, ``facts.storage``)
-and refuses with the reason (RunbookError) or returns what it found."""
+"""Judging an NVMe's way into a guest: which controller the parameters mean, whether it may
+leave its machine's driver, whether that machine gave it up to VFIO, and whether the guest
+sees it. Each judgment reads facts (``facts.pci``, ``facts.holders``, ``facts.storage``) and
+refuses with the reason (RunbookError) or returns what it found.
+
+Whether it may go is one proof on any machine (L0 for a host NVMe, L1 before L2 takes the
+emulated one): ``prove_free(guest, bdf, role=...)`` describes the controller and returns one
+Check per question (not the system disk, not mounted, not swap, no LVM, md, device-mapper,
+loop or bcache holder, no ZFS, not open by a process, a viable IOMMU group, interrupt
+remapping; warnings for another device of the same vendor:device, a NUMA node away from
+L1's CPUs, no function-level reset); ``refuse_unless_free`` turns the failures into one
+RunbookError naming each thing and what to do. ``select_host_nvme`` chooses L0's controller
+by serial, BDF or model and never takes 'the only NVMe' by default."""
 from __future__ import annotations
 
 from ..errors import RunbookError
 from ..facts import pci
+from ..facts import holders
 from ..facts import storage
 from ..facts.pci import Handover, PciDevice, Readiness
 from ..guest import Guest
 from ..params import Select
+from .base import Check
 
 
 def select_nvme(devices: list[PciDevice], select: Select, serials: dict[str, str | None],
@@ -56,28 +67,16 @@ def group_offenders(members: dict[str, tuple[str | None, int]], bdf: str) -> lis
     return bad
 
 
-def may_pass(dev: PciDevice, r: Readiness) -> Readiness:
-    """Refuse, with the reason, a device that is in use in L1 or whose IOMMU group is not viable."""
-    if r.root_disk and r.root_disk in r.disks:
-        raise RunbookError(f"{dev.bdf} holds L1's own root filesystem ({r.root_disk})",
-                           hint="pass through another NVMe; L1 cannot give away its system disk")
-    if r.mounts:
-        raise RunbookError(f"{dev.bdf} is in use in L1: " + ", ".join(r.mounts),
-                           hint="unmount it in L1 first (umount ...), or select another device")
-    if dev.iommu_group is None:
-        raise RunbookError(f"{dev.bdf} has no IOMMU group: the IOMMU is off in L1",
-                           hint="run stage 03 (intel_iommu=on and a reboot) first")
-    bad = group_offenders(r.group_members, dev.bdf)
-    if bad:
-        raise RunbookError(f"IOMMU group {dev.iommu_group} of {dev.bdf} is not viable: "
-                           + ", ".join(bad) + " still on host drivers",
-                           hint="pass the whole group through, or unbind those devices, or move the NVMe to its own slot")
-    return r
-
-
-def check_passable(guest: Guest, dev: PciDevice) -> Readiness:
-    """``may_pass`` on what ``guest`` (L1) shows now."""
-    return may_pass(dev, pci.readiness(guest, dev))
+def check_passable(guest: Guest, dev: PciDevice, *, root: str = "") -> Readiness:
+    """In L1, before L2 takes ``dev``: ``prove_free`` with role 'l1' (not L1's system disk,
+    nothing mounted, no swap, no holder, not open, a viable IOMMU group, interrupt
+    remapping), refused with every reason named; what was found, for the run state."""
+    desc, checks = prove_free(guest, dev.bdf, role="l1", root=root)
+    refuse_unless_free(checks, dev.bdf, "L1")
+    u = desc.uses
+    return Readiness(desc.disks, [f"{u.chain(m.name)} on {m.mountpoint}" for m in u.mounts],
+                     u.system_mounts.get("/", ("", ""))[1] or None,
+                     {m.bdf: (m.driver, m.pci_class) for m in desc.group}, desc, checks)
 
 
 def given_up(dev: PciDevice, h: Handover, serial: str | None) -> dict:
@@ -115,3 +114,321 @@ def l2_namespaces(guest: Guest) -> tuple[list[dict], str]:
         raise RunbookError(f"`nvme list` in {guest.name} shows no namespace",
                            hint="the nvme driver did not bind in L2: read `dmesg | grep nvme` there")
     return devs, table
+
+
+# --- proving a controller free, on any machine --------------------------------------------------
+
+# The checks' names, in table order.
+NOT_SYSTEM = "not the system disk"
+NOT_MOUNTED = "not mounted"
+NOT_SWAP = "not swap"
+NO_LVM = "no LVM"
+NO_MD = "no md RAID"
+NO_DM = "no device-mapper"
+NO_LOOP = "no loop device"
+NO_BCACHE = "no bcache"
+NO_ZFS = "no ZFS"
+NOT_OPEN = "not open"
+DRIVER = "driver"
+GROUP = "IOMMU group viable"
+IRQ = "interrupt remapping"
+SAME_IDS = "one device of its kind"
+NUMA = "NUMA node"
+RESET = "function-level reset"
+FREE_CHECKS = (NOT_SYSTEM, NOT_MOUNTED, NOT_SWAP, NO_LVM, NO_MD, NO_DM, NO_LOOP, NO_BCACHE, NO_ZFS, NOT_OPEN,
+               DRIVER, GROUP, IRQ, SAME_IDS, NUMA, RESET)
+DESCRIPTION_COLUMNS = ["fact", "value"]
+ROLES = {"l0": ("L0", "on L0"), "l1": ("L1", "in L1")}
+
+
+def prove_free(guest: Guest, bdf: str, *, role: str, l1_cpus: str | list[int] | None = None, root: str = ""
+               ) -> tuple[pci.DeviceDescription, list[Check]]:
+    """Describe the NVMe controller at ``bdf`` on ``guest`` (L0 with role 'l0', L1 with role
+    'l1'; Local, SSH or Agent alike, in one round trip) and prove it may leave that machine's
+    driver. Returns the description (``.rows()`` for a table) and one Check per question,
+    in table order: each 'fail' names the thing (namespace or partition, mount point, holder,
+    process and pid) and says what to do; 'warn' says why. ``l1_cpus``: the CPUs L1 is
+    pinned to (cpuset text or list), to compare with the device's NUMA node. ``root``: a
+    fixture tree in tests (prefixes /sys, /proc, /dev), empty on a machine.
+
+    Refuses (RunbookError) only what cannot be judged at all: no PCI device at ``bdf``, or one
+    that is not an NVMe controller (named). ``refuse_unless_free(checks, ...)`` turns the
+    failed checks into one RunbookError."""
+    where = ROLES[role][0]
+    found = pci.describe(guest, bdf, root=root)
+    if found is None:
+        raise RunbookError(f"no PCI device at {bdf} in {where}" if role == "l1" else f"no PCI device at {bdf} on {where}",
+                           hint=f"list {where}'s NVMe controllers with `lspci -D -d ::0108` and fix the BDF")
+    if not found.is_nvme:
+        raise RunbookError(not_nvme(found.pci), hint=f"choose an NVMe controller of {where} (`lspci -D -d ::0108`)")
+    return found, judge_free(found, role=role, l1_cpus=l1_cpus)
+
+
+def not_nvme(d: PciDevice) -> str:
+    """'0000:00:03.0 is a Virtio block device (Red Hat, Inc., class 0x010000), not an NVMe controller'."""
+    what = d.product or f"PCI device of class {d.pci_class:#08x}"
+    by = ", ".join(x for x in (d.vendor, f"class {d.pci_class:#08x}") if x)
+    return f"{d.bdf} is a {what} ({by}), not an NVMe controller (class {pci.NVME_CLASS:#08x})"
+
+
+def _names(items) -> str:
+    return ", ".join(items)
+
+
+def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[int] | None = None) -> list[Check]:
+    """The checks of ``prove_free`` on a description already read (see there)."""
+    from ..params import parse_cpuset
+    who, where = ROLES[role]
+    bdf, u = desc.bdf, desc.uses
+    checks: list[Check] = []
+
+    def add(name, failed: list[str], fixes: list[str], clean: str, verdict: str = "fail", prefix: str = ""):
+        if failed:
+            checks.append(Check(name, prefix + _names(failed), verdict, "; ".join(dict.fromkeys(fixes))))
+        else:
+            checks.append(Check(name, clean, "pass"))
+
+    disks = desc.disks
+
+    # the system disk: /, /boot, /boot/efi on a namespace or anything stacked on it
+    sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS and m.ns_pid is None]
+    kinds = {"/": "root filesystem", "/boot": "boot filesystem", "/boot/efi": "EFI system partition"}
+    elsewhere = ", ".join(f"{mp} on {v[0] or '?'}" for mp, v in u.system_mounts.items())
+    add(NOT_SYSTEM, [f"{kinds[m.mountpoint]} {m.mountpoint} on {u.chain(m.name)}" for m in sys_m],
+        [f"choose another NVMe: {who} cannot give away the disk it runs from"],
+        f"{who}'s system is elsewhere ({elsewhere or 'no /, /boot or /boot/efi read'})",
+        prefix=f"{bdf} holds {who}'s own ")
+    # any other mounted filesystem, directly, through a partition or a holder
+    other = [m for m in u.mounts if m not in sys_m]
+    add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype}"
+                      + (f"; in the mount namespace of {m.ns_comm or '?'}, pid {m.ns_pid})" if m.ns_pid else ")")
+                      for m in other],
+        [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" if m.ns_pid is None else
+         f"nsenter -t {m.ns_pid} -m umount {m.mountpoint} {where}, or stop {m.ns_comm or 'that process'}"
+         for m in other],
+        f"no filesystem of {_names(disks)} is mounted" if disks else f"no namespace of it {where}: nothing mounted",
+        prefix=f"{bdf} is in use {where}: ")
+    add(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
+                   + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "") for s in u.swaps],
+        [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
+        "no active swap on it", prefix=f"{bdf} is in use {where} as swap: ")
+
+    holders_ = u.holders()
+    lvm = [h for h in holders_ if h.holder_kind == "lvm"]
+    pv_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "LVM2_member"]
+    lvm_failed = [f"{h.label}, an LVM logical volume of volume group {holders.lvm_vg(h.dm_name)}, on {_names(h.on)}"
+                  for h in lvm]
+    lvm_failed += [f"{n} is a physical volume of volume group {vg} (pvs)" for n, vg in u.pvs.items()
+                   if not any(n in h.on for h in lvm)]
+    lvm_failed += [f"{n} carries an LVM physical volume label (blkid: LVM2_member"
+                   + ("; lvm2 is not installed here to say more)" if "pvs" not in u.tools else ")")
+                   for n in pv_sig if n not in u.pvs and not any(n in h.on for h in lvm)]
+    vgs = sorted({holders.lvm_vg(h.dm_name) for h in lvm} | set(u.pvs.values()))
+    add(NO_LVM, lvm_failed,
+        [f"vgchange -an {vg} {where} (after unmounting its volumes)" for vg in vgs]
+        + ([f"if that volume group is gone for good: pvremove (or wipefs -a) the device {where}; else choose another NVMe"]
+           if pv_sig and not lvm else []),
+        "no LVM logical volume on it" + ("" if "blkid" in u.tools else " (blkid missing: signatures not read)"),
+        prefix=f"{bdf} is used by LVM {where}: ")
+
+    md = [h for h in holders_ if h.holder_kind == "md"]
+    md_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "linux_raid_member"
+              and not any(n in h.on for h in md)]
+    add(NO_MD, [f"{h.name} (an md array) holds {_names(h.on)}" for h in md]
+        + [f"{n} carries an md RAID superblock (blkid: linux_raid_member), of an array not running" for n in md_sig],
+        [f"mdadm --stop /dev/{h.name} {where} (after unmounting it)" for h in md]
+        + [f"if that array is gone for good: mdadm --zero-superblock /dev/{n}; else choose another NVMe" for n in md_sig],
+        "no md array on it", prefix=f"{bdf} is an md RAID member {where}: ")
+
+    dm_fix = {"dm-crypt": "cryptsetup close {n}", "multipath": "multipath -f {n}", "device-mapper": "dmsetup remove {n}"}
+    dm = [h for h in holders_ if h.holder_kind in dm_fix]
+    add(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {_names(h.on)}" for h in dm],
+        [dm_fix[h.holder_kind].format(n=h.dm_name or h.name) + f" {where} (after unmounting it)" for h in dm],
+        "no device-mapper target on it", prefix=f"{bdf} is held {where} by device-mapper: ")
+
+    loops = [h for h in holders_ if h.holder_kind == "loop"]
+    add(NO_LOOP, [f"/dev/{h.name} is backed by /dev/{h.on[0]}" for h in loops],
+        [f"losetup -d /dev/{h.name} {where}" for h in loops],
+        "no loop device backed by it", prefix=f"{bdf} backs a loop device {where}: ")
+
+    bc = [h for h in holders_ if h.holder_kind == "bcache"]
+    bc_reg = [n for n in u.bcache if u.devices.get(n) and u.devices[n].kind in ("namespace", "partition")
+              and not any(n in h.on for h in bc)]
+    bc_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "bcache"
+              and n not in bc_reg and not any(n in h.on for h in bc)]
+    add(NO_BCACHE, [f"{h.name} (bcache) holds {_names(h.on)}" for h in bc]
+        + [f"{n} is registered with bcache (a cache device)" for n in bc_reg]
+        + [f"{n} carries a bcache superblock (blkid: bcache)" for n in bc_sig],
+        [f"echo 1 > /sys/block/{h.name}/bcache/stop {where} (after unmounting it)" for h in bc]
+        + [f"unregister its cache set {where}: echo 1 > /sys/block/{n}/bcache/set/unregister" for n in bc_reg]
+        + [f"if that bcache is gone for good: wipefs -a /dev/{n}; else choose another NVMe" for n in bc_sig],
+        "no bcache on it", prefix=f"{bdf} is used by bcache {where}: ")
+
+    zsig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "zfs_member" and n not in u.zpools]
+    add(NO_ZFS, [f"{n} is in ZFS pool {p}" for n, p in u.zpools.items()]
+        + [f"{n} carries a ZFS label (blkid: zfs_member"
+           + ("; no zpool here to name the pool)" if "zpool" not in u.tools else ", in no imported pool)") for n in zsig],
+        [f"zpool export {p} {where}" for p in sorted(set(u.zpools.values()))]
+        + [f"if that pool is gone for good: zpool labelclear /dev/{n}; else choose another NVMe" for n in zsig],
+        "no ZFS pool on it", prefix=f"{bdf} is a ZFS pool member {where}: ")
+
+    opened = [f"{o.comm or '?'} (pid {o.pid}) holds {o.path} open" for o in u.openers]
+    if u.fd_unreadable and not opened:
+        checks.append(Check(NOT_OPEN, f"the open files of {u.fd_unreadable} processes {where} could not be read",
+                            "fail", f"run as root {where}: only root sees every process's open files"))
+    else:
+        add(NOT_OPEN, opened, [f"close it: stop {o.comm or 'the process'} (kill {o.pid}) {where}" for o in u.openers],
+            f"no process has {_names(disks)} or its character devices open" if disks else
+            f"no process has its character devices open ({_names(desc.controllers + desc.generic) or 'none'} {where})",
+            prefix=f"{bdf} is open {where}: ")
+
+    drv = desc.pci.driver
+    checks.append(Check(DRIVER, {"nvme": f"nvme ({_names(desc.controllers) or 'no controller'})",
+                                 "vfio-pci": f"vfio-pci: already given to VFIO, no block device of it {where}",
+                                 None: "none bound"}.get(drv, drv), "pass"))
+
+    if desc.pci.iommu_group is None:
+        fix = ("run stage 03 (intel_iommu=on and a reboot) first" if role == "l1" else
+               "turn the IOMMU on: VT-d or AMD-Vi in the firmware, intel_iommu=on (Intel) on the kernel command line, reboot")
+        checks.append(Check(GROUP, f"{bdf} has no IOMMU group: the IOMMU is off {where}", "fail", fix))
+    else:
+        members = {m.bdf: (m.driver, m.pci_class) for m in desc.group}
+        bad = group_offenders(members, bdf)
+        g = desc.pci.iommu_group
+        if bad:
+            checks.append(Check(GROUP, f"IOMMU group {g} of {bdf} is not viable: " + _names(bad)
+                                + " still on host drivers", "fail",
+                                "pass the whole group through, or unbind those devices, or move the NVMe to its own slot"))
+        else:
+            others = [m for m in desc.group if m.bdf != bdf]
+            checks.append(Check(GROUP, f"group {g}: " + (
+                f"{bdf} with " + _names(f"{m.bdf} ({'bridge' if m.is_bridge else m.driver or 'no driver'})"
+                                        for m in others) if others else f"{bdf} alone"), "pass"))
+
+    if desc.irq_remapped:
+        checks.append(Check(IRQ, f"on {who}: {desc.irq_remapped} remapped interrupt chips (IR-) in /proc/interrupts", "pass"))
+    elif desc.allow_unsafe_interrupts:
+        checks.append(Check(IRQ, f"none {where}, and vfio_iommu_type1 allow_unsafe_interrupts=Y: a guest could "
+                                 "inject interrupts into the host", "warn",
+                            "enable interrupt remapping (x2APIC and IR in the firmware) and drop allow_unsafe_interrupts"))
+    else:
+        checks.append(Check(IRQ, f"no interrupt remapping {where} (no IR- interrupt chip in /proc/interrupts): "
+                                 "VFIO would need allow_unsafe_interrupts", "fail",
+                            "enable interrupt remapping: x2APIC and VT-d/AMD-Vi interrupt remapping in the firmware"
+                            + (" (intremap=on on L1's vIOMMU)" if role == "l1" else "")
+                            + "; the runbook never sets allow_unsafe_interrupts"))
+
+    if desc.same_ids:
+        one = len(desc.same_ids) == 1
+        others = _names(f"{o.bdf} ({o.driver or 'no driver'})" for o in desc.same_ids)
+        checks.append(Check(SAME_IDS, f"{others} {'is' if one else 'are'} also {desc.pci.ids} {where}: binding by "
+                                      f"vendor:device (new_id, vfio-pci.ids=) would take {'both' if one else 'all'}", "warn",
+                            "nothing to do for the runbook: it binds by address only; never bind this model by ID by hand"))
+    else:
+        checks.append(Check(SAME_IDS, f"no other {desc.pci.ids} {where}", "pass"))
+
+    node, cpus = desc.pci.numa_node, desc.node_cpus
+    if node is None:
+        checks.append(Check(NUMA, "the device reports no NUMA node (one node)", "pass"))
+    else:
+        near = f"node {node} (CPUs {pci.format_cpus(cpus) or 'unknown'})"
+        pinned = parse_cpuset(l1_cpus) if isinstance(l1_cpus, str) and l1_cpus else list(l1_cpus or [])
+        far = sorted(set(pinned) - set(cpus))
+        if not pinned:
+            checks.append(Check(NUMA, f"{near}; L1 not pinned yet: place it on that node's CPUs", "pass"))
+        elif far and cpus:
+            checks.append(Check(NUMA, f"the device is on {near}, L1's CPUs {pci.format_cpus(far)} are not: every I/O "
+                                      "crosses the link between the sockets", "warn",
+                                f"pin L1 to node {node}'s CPUs (l1.cpuset within {pci.format_cpus(cpus)}), "
+                                "or leave l1.cpuset empty"))
+        else:
+            checks.append(Check(NUMA, f"{near}; L1's CPUs {pci.format_cpus(pinned)} are on it", "pass"))
+
+    r = desc.reset_methods
+    if r is None:
+        checks.append(Check(RESET, "unknown: the kernel has no reset_method file (before 5.15); a reset exists", "warn",
+                            f"look for FLReset+ in `lspci -vv -s {bdf}`"))
+    elif "flr" in r:
+        checks.append(Check(RESET, f"reset methods: {_names(r)}", "pass"))
+    else:
+        checks.append(Check(RESET, ("reset methods: " + _names(r) if r else "no reset method at all")
+                            + ": no function-level reset, so between guests the device is reset "
+                            + ("through its bus or slot (and all behind it)" if r else "not at all"),
+                            "warn", "expect the device to keep state between guests; a model with FLR is safer"))
+    return checks
+
+
+def cpuset_near(desc: pci.DeviceDescription, nodes: dict[int, list[int]], siblings: dict[int, list[int]],
+                vcpus: int, threads: int = 1) -> tuple[str | None, str]:
+    """L1's cpuset when l1.cpuset is empty and L1 gets this device: ``numa.choose_cpuset``
+    inside the device's NUMA node (``nodes``/``siblings`` from ``facts.cpu.topology`` of the
+    same machine), and why; any node when the device reports none or its node has no room."""
+    from ..numa import choose_cpuset
+    node = desc.pci.numa_node
+    if node is None or node not in nodes:
+        cpuset, why = choose_cpuset(nodes, siblings, vcpus, threads)
+        return cpuset, f"{why} (the NVMe reports no NUMA node)"
+    cpuset, why = choose_cpuset({node: nodes[node]}, siblings, vcpus, threads)
+    if cpuset:
+        return cpuset, f"{why}, on the NVMe's NUMA node"
+    cpuset, why = choose_cpuset(nodes, siblings, vcpus, threads)
+    return cpuset, f"{why} (the NVMe's node {node} has no room for {vcpus} vCPUs: its I/O crosses nodes)"
+
+
+def failed(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.verdict == "fail"]
+
+
+def refuse_unless_free(checks: list[Check], bdf: str, where: str = "") -> None:
+    """One RunbookError naming every failed check of ``prove_free`` (its observed words)
+    and every fix; nothing when none failed."""
+    bad = failed(checks)
+    if not bad:
+        return
+    message = bad[0].observed if len(bad) == 1 else (
+        f"{bdf} may not be passed through{f' from {where}' if where else ''}, for {len(bad)} reasons: "
+        + "; ".join(c.observed for c in bad))
+    raise RunbookError(message, hint="; ".join(dict.fromkeys(c.fix for c in bad if c.fix)))
+
+
+def select_host_nvme(guest: Guest, select, *, role: str = "l0", param: str = "nvme.select", root: str = ""
+                     ) -> pci.DeviceDescription:
+    """The NVMe controller of ``guest`` that ``select`` names (its ``serial``, ``bdf`` or
+    ``model``), described. Never 'the only NVMe there' by default: it may be the machine's
+    system disk, so an empty selection is refused, with every NVMe listed. A ``bdf`` that is
+    not an NVMe controller is refused naming what it is. Whether the device may go is
+    ``prove_free``'s question, asked right before it leaves its driver."""
+    who, where = ROLES[role]
+    bdf, serial, model = (getattr(select, k, None) for k in ("bdf", "serial", "model"))
+    devices, descs = pci.describe_all(guest, None, root=root)
+    listing = _names(f"{d.bdf} (serial {d.serial or '?'}, model {d.model or '?'}, "
+                     f"{pci.human_bytes(sum(n.size_bytes or 0 for n in d.namespaces)).split(' (')[0]}"
+                     + (", holds " + _names(m.mountpoint for m in d.uses.mounts if m.mountpoint in holders.SYSTEM_MOUNTS)
+                        if any(m.mountpoint in holders.SYSTEM_MOUNTS for m in d.uses.mounts) else "") + ")"
+                     for d in descs.values()) or "none"
+    if not (bdf or serial or model):
+        raise RunbookError(f"{param} names no NVMe controller: the runbook never takes 'the only NVMe' {where} by "
+                           f"default (it may be {who}'s system disk); NVMe controllers {where}: {listing}",
+                           hint=f"set {param}.serial (or {param}.bdf) to the controller you mean to give away")
+    chosen = list(descs.values())
+    if bdf:
+        match = [d for d in devices if d.bdf == bdf]
+        if not match:
+            raise RunbookError(f"no PCI device at {bdf} {where} (NVMe controllers there: {listing})",
+                               hint=f"fix {param}.bdf, or select by serial")
+        if not match[0].is_nvme:
+            raise RunbookError(not_nvme(match[0]), hint=f"choose an NVMe controller {where}: {listing}")
+        chosen = [d for d in chosen if d.bdf == bdf]
+    if serial:
+        chosen = [d for d in chosen if d.serial == serial]
+    if model:
+        chosen = [d for d in chosen if model in (d.model or d.pci.product)]
+    if not chosen:
+        wanted = _names(f"{k} {v}" for k, v in (("bdf", bdf), ("serial", serial), ("model", model)) if v)
+        raise RunbookError(f"no NVMe controller {where} matches {wanted} (found: {listing})",
+                           hint=f"fix {param} in the parameters")
+    if len(chosen) > 1:
+        raise RunbookError(f"{len(chosen)} NVMe controllers {where} match: "
+                           + _names(f"{d.bdf} (serial {d.serial or '?'})" for d in chosen),
+                           hint=f"name one by {param}.serial or {param}.bdf")
+    return chosen[0]

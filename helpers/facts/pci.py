@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from ..guest import Guest
+from . import holders
 
 NVME_CLASS = 0x010802
 BRIDGE_CLASSES = (0x0604, 0x0600)  # PCI bridges and host bridges do not count against group viability
@@ -195,30 +196,6 @@ def block_devices(guest: Guest, bdf: str, sysfs: str = "/sys") -> list[str]:
     return parse_block_listing(guest.run(BLOCK_SCRIPT.format(sys=sysfs, bdf=bdf)).out)
 
 
-def mounts_on(guest: Guest, disks: list[str]) -> list[str]:
-    """Mounted filesystems (or swap) on the given disks or their partitions: 'nvme0n1p1 on /data'."""
-    if not disks:
-        return []
-    r = guest.run("lsblk -J -o NAME,MOUNTPOINT " + " ".join(f"/dev/{d}" for d in disks))
-    if not r.ok:
-        return []
-    found = []
-
-    def walk(nodes):
-        for n in nodes:
-            if n.get("mountpoint"):
-                found.append(f"{n['name']} on {n['mountpoint']}")
-            walk(n.get("children", []))
-    walk(json.loads(r.out).get("blockdevices", []))
-    return found
-
-
-def root_disk(guest: Guest) -> str | None:
-    """The disk holding / (e.g. vda), so the runbook never passes it through."""
-    r = guest.run("lsblk -no PKNAME $(findmnt -no SOURCE /) 2>/dev/null | head -1")
-    return r.out.strip() or None
-
-
 def driver_of(guest: Guest, bdf: str) -> str | None:
     link = guest.readlink(f"/sys/bus/pci/devices/{bdf}/driver")
     return link.rsplit("/", 1)[-1] if link else None
@@ -243,20 +220,17 @@ def nvme_list(guest: Guest) -> list[dict]:
 
 @dataclass
 class Readiness:
-    """What tells whether a device may be passed through, as read before touching it:
-    its block devices, what is mounted on them, L1's root disk, and its IOMMU group's
-    members (each with its driver and PCI class)."""
+    """What stage 04 keeps of the proof that a device may be passed through (read before
+    touching it): its block devices, what is mounted on them, the machine's root disk, its
+    IOMMU group's members (each with its driver and PCI class), and the whole description
+    and checks (``checks.passthrough.prove_free``)."""
 
     disks: list[str]
     mounts: list[str]
     root_disk: str | None
     group_members: dict[str, tuple[str | None, int]]
-
-
-def readiness(guest: Guest, dev: PciDevice) -> Readiness:
-    disks = block_devices(guest, dev.bdf)
-    return Readiness(disks, mounts_on(guest, disks), root_disk(guest),
-                     group_drivers(guest, dev.iommu_group) if dev.iommu_group is not None else {})
+    description: "DeviceDescription | None" = None
+    checks: list = field(default_factory=list)
 
 
 @dataclass
@@ -272,3 +246,263 @@ class Handover:
 def handover(guest: Guest, dev: PciDevice) -> Handover:
     node = f"/dev/vfio/{dev.iommu_group}"
     return Handover(driver_of(guest, dev.bdf), node, guest.exists(node), nvme_list(guest))
+
+
+# --- one NVMe controller described, with everything that uses it ---------------------------------
+
+DESCRIBE_SEP = "----describe----"
+
+# After SYSFS_SCRIPT (every PCI device, lspci's names), in the same round trip: for each
+# controller in $bdfs (empty: every NVMe controller) its reset methods, its nvme controllers'
+# serial, model and firmware, its namespaces (under the controller and, with native NVMe
+# multipath, under its nvme-subsystem) and their character devices; the NUMA nodes' CPUs;
+# the interrupt remapping seen in /proc/interrupts; then ``holders.USES_SCRIPT``.
+CONTROLLER_SCRIPT = r"""
+cd /
+if [ -z "$bdfs" ]; then
+  for p in {sys}/bus/pci/devices/*; do c=; read -r c 2>/dev/null <"$p/class"; [ "$c" = 0x010802 ] && bdfs="$bdfs ${{p##*/}}"; done
+fi
+blocks=; chars=
+for b in $bdfs; do
+  p={sys}/bus/pci/devices/$b
+  [ -e "$p" ] || {{ printf 'absent\t%s\n' "$b"; continue; }}
+  printf 'device\t%s\n' "$b"
+  m=; h=no; [ -e "$p/reset" ] && h=yes
+  if [ -e "$p/reset_method" ]; then read -r m 2>/dev/null <"$p/reset_method"; h="$h method"; fi
+  printf 'reset\t%s\t%s\t%s\n' "$b" "$h" "$m"
+  for c in "$p"/nvme/nvme*; do
+    [ -d "$c" ] || continue
+    k=${{c##*/}}; chars="$chars $k"; printf 'ctrl\t%s\t%s\n' "$b" "$k"
+    for a in serial model firmware_rev state; do
+      v=; read -r v 2>/dev/null <"$c/$a"; printf 'attr\t%s\t%s\t%s\n' "$k" "$a" "$v"
+    done
+    for d in "$c" {sys}/class/nvme-subsystem/*; do
+      [ "$d" = "$c" ] || [ -e "$d/$k" ] || continue
+      for e in "$d"/nvme* "$d"/ng*; do
+        e=${{e##*/}}
+        case "$e" in
+          nvme*c*n*) ;;
+          nvme*n*) case " $blocks " in *" $e "*) ;; *) blocks="$blocks $e";; esac; printf 'ns\t%s\t%s\n' "$k" "$e";;
+          ng*n*) case " $chars " in *" $e "*) ;; *) chars="$chars $e";; esac; printf 'ng\t%s\t%s\n' "$k" "$e";;
+        esac
+      done
+    done
+  done
+done
+for n in {sys}/devices/system/node/node[0-9]*; do
+  [ -r "$n/cpulist" ] || continue; l=; read -r l 2>/dev/null <"$n/cpulist"; printf 'node\t%s\t%s\n' "${{n##*/node}}" "$l"
+done
+ir=0; while IFS= read -r l; do case "$l" in *IR-*) ir=$((ir+1));; esac; done <{proc}/interrupts 2>/dev/null
+a=; read -r a 2>/dev/null <{sys}/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+i=0; for x in {sys}/class/iommu/*; do [ -e "$x" ] && i=$((i+1)); done
+printf 'irq\t%s\t%s\t%s\n' "$ir" "$a" "$i"
+"""
+
+
+@dataclass
+class Namespace:
+    """A namespace's block device: its size, block size and what it holds."""
+
+    name: str                      # nvme0n1
+    controller: str                # nvme0
+    nsid: int | None = None
+    size_bytes: int | None = None
+    logical_block: int | None = None
+    partitions: list[str] = field(default_factory=list)   # nvme0n1p1, ...
+
+
+@dataclass
+class DeviceDescription:
+    """An NVMe controller at one BDF on one machine, as that machine shows it now: the PCI
+    function (vendor:device, driver, NUMA node, IOMMU group and its members), the nvme
+    controller (model, serial, firmware), its namespaces with sizes, its reset methods, the
+    machine's interrupt remapping, other devices of the same vendor:device, and what uses
+    its namespaces (``uses``). Read, never judged: ``checks.passthrough.judge_free`` judges."""
+
+    pci: PciDevice
+    machine: str = ""                                  # the Guest's name: l0, l1
+    controllers: list[str] = field(default_factory=list)   # nvme0 (while on the nvme driver)
+    serial: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    namespaces: list[Namespace] = field(default_factory=list)
+    generic: list[str] = field(default_factory=list)   # the namespaces' character devices: ng0n1
+    group: list[PciDevice] = field(default_factory=list)   # the IOMMU group's members (this one too)
+    reset_methods: list[str] | None = None             # ['flr', 'bus']; [] none at all; None unknown (no reset_method file)
+    nodes: dict[int, list[int]] = field(default_factory=dict)   # NUMA node -> CPUs, every node of the machine
+    same_ids: list[PciDevice] = field(default_factory=list)     # other devices with this vendor:device
+    irq_remapped: int = 0                              # interrupt chips with IR- in /proc/interrupts
+    allow_unsafe_interrupts: bool | None = None        # vfio_iommu_type1's parameter (None: module not loaded)
+    iommus: int = 0                                    # /sys/class/iommu entries
+    uses: holders.Uses = field(default_factory=holders.Uses)
+
+    @property
+    def bdf(self) -> str:
+        return self.pci.bdf
+
+    @property
+    def is_nvme(self) -> bool:
+        return self.pci.is_nvme
+
+    @property
+    def disks(self) -> list[str]:
+        return [n.name for n in self.namespaces]
+
+    @property
+    def node_cpus(self) -> list[int]:
+        """The CPUs of the device's NUMA node (empty when it reports none)."""
+        return self.nodes.get(self.pci.numa_node, []) if self.pci.numa_node is not None else []
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The description as (what, value) rows of words and units, for a table."""
+        d = self.pci
+        named = f" ({d.vendor} {d.product})".replace("( ", "(") if (d.vendor or d.product) else ""
+        rows = [("BDF", d.bdf), ("vendor:device", f"{d.ids}{named}"),
+                ("driver", d.driver or "none"),
+                ("model", self.model or "-"), ("serial", self.serial or "-"), ("firmware", self.firmware or "-"),
+                ("controller", ", ".join(self.controllers) or "none (not on the nvme driver)")]
+        if not self.namespaces:
+            rows.append(("namespaces", "none visible" + ("" if d.driver == "nvme" else
+                                                           f" (driver {d.driver or 'none'}, not nvme)")))
+        for ns in self.namespaces:
+            parts = [human_bytes(ns.size_bytes)]
+            if ns.logical_block:
+                parts.append(f"{ns.logical_block}-byte blocks")
+            if ns.nsid is not None:
+                parts.append(f"namespace id {ns.nsid}")
+            for p in ns.partitions:
+                dev = self.uses.devices.get(p)
+                parts.append(f"partition {p} {human_bytes(dev.size_bytes if dev else None)}")
+            sig = self.uses.signature(ns.name)
+            if sig:
+                parts.append(f"signature {sig}")
+            rows.append((f"namespace /dev/{ns.name}", ", ".join(parts)))
+        if self.generic:
+            rows.append(("character devices", ", ".join(f"/dev/{c}" for c in self.controllers + self.generic)))
+        rows.append(("NUMA node", "none reported (one node)" if d.numa_node is None else
+                     f"{d.numa_node} (CPUs {format_cpus(self.node_cpus) or 'unknown'})"))
+        if d.iommu_group is None:
+            rows.append(("IOMMU group", "none (the IOMMU is off)"))
+        else:
+            members = ", ".join(f"{m.bdf} ({m.driver or 'no driver'}{', bridge' if m.is_bridge else ''})"
+                                for m in self.group) or d.bdf
+            rows.append(("IOMMU group", f"{d.iommu_group}: {members}"))
+        rows.append(("reset method", "unknown (the kernel has no reset_method file)" if self.reset_methods is None
+                     else ", ".join(self.reset_methods) if self.reset_methods else "none (no function-level reset)"))
+        rows.append(("interrupt remapping", f"yes ({self.irq_remapped} IR- interrupt chips in /proc/interrupts)"
+                     if self.irq_remapped else "no (no IR- interrupt chip in /proc/interrupts)"))
+        rows.append(("same vendor:device", ", ".join(f"{o.bdf} ({o.driver or 'no driver'})" for o in self.same_ids)
+                     or "no other device"))
+        return rows
+
+
+def format_cpus(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    from ..numa import format_cpuset
+    return format_cpuset(cpus) if cpus else ""
+
+
+def human_bytes(n: int | None) -> str:
+    """1073741824 -> '1.00 GiB (1,073,741,824 bytes)'."""
+    if n is None:
+        return "size unknown"
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):  # 1023.999 MiB: 1.00 GiB
+        if n >= size * 0.9995:
+            return f"{n / size:.2f} {unit} ({n:,} bytes)"
+    return f"{n} bytes"
+
+
+def describe_script(bdfs: list[str] | None, root: str = "") -> str:
+    """The one command that describes the controllers at ``bdfs`` (None: every NVMe
+    controller) with every PCI device and everything that uses their namespaces. ``root``
+    prefixes /sys, /proc and /dev: a fixture tree in tests, empty on a machine."""
+    paths = {"sys": f"{root}/sys", "proc": f"{root}/proc", "dev": f"{root}/dev"}
+    return (SYSFS_SCRIPT.replace("/sys/bus/pci/devices/*", f"{root}/sys/bus/pci/devices/*")
+            + f"echo '{DESCRIBE_SEP}'\n"
+            + "bdfs=" + shlex.quote(" ".join(bdfs or [])) + "\n"
+            + CONTROLLER_SCRIPT.format(**paths) + holders.USES_SCRIPT.format(**paths))
+
+
+def parse_description(text: str, machine: str = "") -> dict[str, DeviceDescription]:
+    """BDF -> DeviceDescription from the output of ``describe_script`` (BDFs that are not
+    there are left out)."""
+    from ..facts.cpu import parse_cpulist
+    listing, _, rest = text.partition(DESCRIBE_SEP)
+    devices = {d.bdf: d for d in parse_sysfs_listing(listing)}
+    records = [line.split("\t") for line in rest.splitlines() if line.strip()]
+    order: list[str] = []
+    ctrl_of: dict[str, str] = {}                    # nvme0 -> bdf
+    attrs: dict[str, dict[str, str]] = {}
+    ns_of: dict[str, list[str]] = {}                # nvme0 -> [nvme0n1]
+    ng_of: dict[str, list[str]] = {}
+    resets: dict[str, list[str] | None] = {}
+    nodes: dict[int, list[int]] = {}
+    irq = (0, None, 0)
+    for r in records:
+        tag = r[0]
+        if tag == "device" and len(r) > 1:
+            order.append(r[1])
+        elif tag == "reset" and len(r) > 2:
+            has_reset, has_file = r[2].startswith("yes"), "method" in r[2]
+            methods = (r[3] if len(r) > 3 else "").split()
+            resets[r[1]] = methods if has_file else ([] if not has_reset else None)
+        elif tag == "ctrl" and len(r) > 2:
+            ctrl_of[r[2]] = r[1]
+        elif tag == "attr" and len(r) > 3:
+            attrs.setdefault(r[1], {})[r[2]] = r[3].strip()
+        elif tag == "ns" and len(r) > 2:
+            ns_of.setdefault(r[1], []).append(r[2])
+        elif tag == "ng" and len(r) > 2:
+            ng_of.setdefault(r[1], []).append(r[2])
+        elif tag == "node" and len(r) > 2 and r[1].isdigit():
+            nodes[int(r[1])] = parse_cpulist(r[2])
+        elif tag == "irq" and len(r) > 3:
+            irq = (int(r[1]) if r[1].isdigit() else 0,
+                   {"Y": True, "N": False, "1": True, "0": False}.get(r[2].strip()) if r[2].strip() else None,
+                   int(r[3]) if r[3].isdigit() else 0)
+    uses = holders.parse_uses(records)
+    out = {}
+    for bdf in order:
+        if bdf not in devices:
+            continue
+        d = devices[bdf]
+        ctrls = sorted(c for c, b in ctrl_of.items() if b == bdf)
+        first = attrs.get(ctrls[0], {}) if ctrls else {}
+        names = sorted({n for c in ctrls for n in ns_of.get(c, [])})
+        generic = sorted({n for c in ctrls for n in ng_of.get(c, [])})
+        namespaces = []
+        for n in names:
+            b = uses.devices.get(n)
+            parts = sorted(p for p, dev in uses.devices.items() if dev.kind == "partition" and n in dev.on)
+            namespaces.append(Namespace(n, next((c for c in ctrls if n in ns_of.get(c, [])), ""),
+                                        b.nsid if b else None, b.size_bytes if b else None,
+                                        b.logical_block if b else None, parts))
+        out[bdf] = DeviceDescription(
+            pci=d, machine=machine, controllers=ctrls, serial=first.get("serial") or None,
+            model=first.get("model") or None, firmware=first.get("firmware_rev") or None,
+            namespaces=namespaces, generic=generic,
+            group=[devices[m] for m in d.group_members if m in devices],
+            reset_methods=resets.get(bdf), nodes=nodes,
+            same_ids=[o for o in devices.values() if o.bdf != bdf and o.ids == d.ids],
+            irq_remapped=irq[0], allow_unsafe_interrupts=irq[1], iommus=irq[2],
+            uses=uses.of(names, ctrls + generic))
+    return out
+
+
+def describe_all(guest: Guest, bdfs: list[str] | None = None, *, root: str = ""
+                 ) -> tuple[list[PciDevice], dict[str, DeviceDescription]]:
+    """Every PCI device of ``guest``, and the description of each controller at ``bdfs``
+    (None: of every NVMe controller), in one round trip. ``root``: see ``describe_script``."""
+    text = guest.run(describe_script(bdfs, root), timeout=120, check=True).out
+    return parse_sysfs_listing(text.partition(DESCRIBE_SEP)[0]), parse_description(text, guest.name)
+
+
+def describe(guest: Guest, bdf: str, *, root: str = "") -> DeviceDescription | None:
+    """The controller at ``bdf`` on ``guest``, described (None when there is no PCI device there)."""
+    return describe_all(guest, [bdf], root=root)[1].get(bdf)
+
+
+def numa_node_cpus(guest: Guest, node: int) -> list[int]:
+    """The CPUs of NUMA node ``node`` on ``guest`` (empty when the node is not there)."""
+    from .cpu import parse_cpulist
+    return parse_cpulist(guest.read_text(f"/sys/devices/system/node/node{node}/cpulist"))

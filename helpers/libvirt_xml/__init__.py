@@ -16,6 +16,7 @@ from .devices import (
     Channel,
     Controller,
     Disk,
+    HostdevOnRootPort,
     HostdevPCI,
     Interface,
     Memballoon,
@@ -30,7 +31,7 @@ from .virt_install import virt_install_command
 __all__ = [
     "QEMU_NS", "XMLPart",
     "Domain", "VCPU", "OS", "CPU", "Features",
-    "Disk", "Interface", "Channel", "Serial", "HostdevPCI", "IOMMU", "Memballoon", "RNG", "Controller",
+    "Disk", "Interface", "Channel", "Serial", "HostdevOnRootPort", "HostdevPCI", "IOMMU", "Memballoon", "RNG", "Controller",
     "QemuCommandline", "amd_iommu_qemu_args", "nvme_qemu_args", "user_net_qemu_args",
     "NATIVE_NVME_MIN_LIBVIRT", "supports_native_nvme", "NATIVE_AMD_IOMMU_MIN_LIBVIRT", "supports_native_amd_iommu",
     "differences", "virt_install_command",

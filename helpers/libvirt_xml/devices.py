@@ -233,6 +233,50 @@ class HostdevPCI(XMLPart):
         return element
 
 
+@dataclass
+class HostdevOnRootPort(XMLPart):
+    """A host PCI device (an NVMe controller of L0) given to the guest on a PCIe root
+    port of its own -> ``<controller type='pci' model='pcie-root-port' index='N'/>`` and
+    ``<hostdev mode='subsystem' type='pci' managed='yes'>`` at slot 0 of bus N.
+
+    A port of its own keeps the device alone on its bus in the guest (its own IOMMU
+    group behind a vIOMMU) and hot-pluggable; ``managed`` lets libvirt move it from
+    the host's driver to vfio-pci at start and back at stop. ``port_index`` must be a
+    controller index nothing else in the domain uses.
+    """
+
+    bdf: str
+    port_index: int
+    managed: bool = True
+
+    def __post_init__(self) -> None:
+        HostdevPCI.from_bdf(self.bdf)  # refuses a malformed address
+        self.bdf = self.bdf.lower()
+        if not isinstance(self.port_index, int) or not 1 <= self.port_index <= 0xFF:
+            raise ValueError(f"a root port's index is its bus number in the guest, 1..255, got {self.port_index!r}")
+
+    @property
+    def hostdev(self) -> HostdevPCI:
+        return HostdevPCI.from_bdf(self.bdf, managed=self.managed)
+
+    @property
+    def guest_address(self) -> str:
+        """Where the guest sees the device: the port's bus, slot 0."""
+        return f"0000:{self.port_index:02x}:00.0"
+
+    def elements(self) -> list[ET.Element]:
+        """The root port, then the hostdev placed on it."""
+        port = ET.Element("controller", type="pci", index=str(self.port_index), model="pcie-root-port")
+        hostdev = self.hostdev.to_element()
+        sub(hostdev, "address", type="pci", domain="0x0000", bus=f"0x{self.port_index:02x}", slot="0x00",
+            function="0x0")
+        return [port, hostdev]
+
+    def to_element(self) -> ET.Element:
+        """The ``<hostdev>`` alone (``Domain`` uses ``elements()`` to add its port too)."""
+        return self.elements()[1]
+
+
 # libvirt >= 11.5.0 knows <iommu model='amd'> with driver attributes intremap, iotlb,
 # passthrough and xtsup (NEWS.rst, v11.5.0, "qemu: add support for AMD IOMMU device");
 # 11.3's schema (domaincommon.rng) offers intel, smmuv3 and virtio only.

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from .base import XMLPart, one_of, sub
-from .devices import IOMMU, Serial
+from .devices import IOMMU, HostdevOnRootPort, HostdevPCI, Serial
 from .qemu_args import QemuCommandline
 
 
@@ -181,6 +181,16 @@ class Domain(XMLPart):
                 out.append("iommu intremap='on' needs Features(ioapic_driver='qemu') (split irqchip)")
             if iommu.eim and not iommu.intremap:
                 out.append("iommu eim='on' needs intremap='on'")
+        hostdevs = [d for d in self.devices if isinstance(d, (HostdevPCI, HostdevOnRootPort))]
+        for iommu in (d for d in self.devices if isinstance(d, IOMMU)) if hostdevs else ():
+            # QEMU (hw/i386/intel_iommu.c) refuses a vfio-pci device behind intel-iommu without caching
+            # mode ("device ... requires caching mode"): VFIO must see every mapping the guest makes.
+            if iommu.model == "intel" and not iommu.caching_mode:
+                out.append("a host PCI device (hostdev) behind the intel vIOMMU needs caching_mode='on': "
+                           "QEMU refuses it otherwise (VFIO must be told of every mapping the guest makes)")
+            if iommu.model == "amd":
+                out.append("a host PCI device (hostdev) cannot sit behind the amd vIOMMU: it has no caching "
+                           "mode, and QEMU refuses VFIO devices behind it")
         if sum(isinstance(d, IOMMU) for d in self.devices) > 1:
             out.append("a domain has at most one iommu")
         return out
@@ -202,7 +212,7 @@ class Domain(XMLPart):
         element.append(self.cpu.to_element())
         devices = sub(element, "devices")
         for device in self.devices:
-            if isinstance(device, Serial):
+            if isinstance(device, (Serial, HostdevOnRootPort)):
                 devices.extend(device.elements())
             else:
                 devices.append(device.to_element())

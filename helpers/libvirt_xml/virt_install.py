@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shlex
 
-from .devices import IOMMU, RNG, Channel, Controller, Disk, HostdevPCI, Interface, Memballoon, Serial
+from .devices import IOMMU, RNG, Channel, Controller, Disk, HostdevOnRootPort, HostdevPCI, Interface, Memballoon, Serial
 from .domain import Domain
 
 
@@ -46,6 +46,9 @@ def _device_flags(device: object) -> list[str]:
         return [f"--network {q(opts)}"]
     if isinstance(device, HostdevPCI):
         return [f"--hostdev {device.bdf}"]
+    if isinstance(device, HostdevOnRootPort):  # the root port, then the hostdev placed on its bus
+        return [f"--controller {q(_opts(('type', 'pci'), ('model', 'pcie-root-port'), ('index', device.port_index)))}",
+                f"--hostdev {device.bdf},address.type=pci,address.bus={device.port_index:#04x},address.slot=0x00"]
     if isinstance(device, IOMMU):
         opts = _opts(("model", device.model), ("driver.intremap", _on_off(device.intremap)),
                      ("driver.caching_mode", _on_off(device.caching_mode)),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import RunbookError
 from ..guest import SSH, Agent, Guest, libvirt_agent_call
-from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk, Domain, Features, Interface,
+from ..libvirt_xml import (CPU, IOMMU, OS, RNG, VCPU, Channel, Controller, Disk, Domain, Features, HostdevOnRootPort,
+                           Interface,
                            QemuCommandline, Serial, amd_iommu_qemu_args, nvme_qemu_args, user_net_qemu_args)
 from ..params import Params
 from ..state import State
@@ -27,13 +28,13 @@ def cpu_mode(p: Params, accel: str) -> str:
 L1_FILES_MARGIN = 256 * 1024 ** 2  # L1's overlay grows while it runs; its console log and keys
 
 
-def check_space(guest: Guest, workdir: Path, backing_file: Path, size_gib: float, lab: bool) -> None:
+def check_space(guest: Guest, workdir: Path, backing_file: Path | None, size_gib: float, lab: bool) -> None:
     """Refuse before anything is created when the files stage 02 makes cannot fit:
     the NVMe backing file at its full size (sparse, but mkfs and fio in L2 write to
     it) and, in the lab, room for L1's overlay and logs."""
     from ..facts.system import free_disk
     need = {}
-    if not guest.exists(str(backing_file)):
+    if backing_file is not None and not guest.exists(str(backing_file)):  # None: no backing file (a host NVMe)
         need[str(backing_file)] = int(size_gib * 1024 ** 3)
     if lab:
         need[str(workdir)] = need.get(str(workdir), 0) + L1_FILES_MARGIN
@@ -115,12 +116,28 @@ def placed_root_ports(slot: int = ROOT_PORT_SLOT, count: int = ROOT_PORTS) -> li
             for i in range(count)]
 
 
+def memlock_mib(memory_mib: int, hostdevs: int, viommu: bool) -> int:
+    """The locked-memory limit libvirt gives QEMU for VFIO (qemuDomainGetMemLockLimitBytes):
+    all of the guest's memory plus 1 GiB for I/O space, once per VFIO device when a vIOMMU
+    is present (each device's address space is pinned on its own), else once."""
+    if not hostdevs:
+        return 0
+    return (hostdevs if viommu else 1) * memory_mib + 1024
+
+
 def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log: Path,
-              native_nvme: bool, iommu: str = "intel", native_amd_iommu: bool = False, amd=None) -> Domain:
+              native_nvme: bool, iommu: str = "intel", native_amd_iommu: bool = False, amd=None,
+              host_nvme_bdf: str | None = None) -> Domain:
     """The seed's L1: q35, host CPU model, pinned vCPUs, a vIOMMU (Intel, or AMD with the
-    options ``amd`` carries) with interrupt remapping, split irqchip, the emulated NVMe."""
+    options ``amd`` carries) with interrupt remapping, split irqchip, the emulated NVMe. With
+    ``nvme.source: host`` the NVMe is L0's controller at ``host_nvme_bdf`` instead, a
+    managed hostdev on a root port of its own; with ``nvme.target: l1`` L1 has no vIOMMU
+    (nothing goes on to L2)."""
     l1 = p.l1
-    viommu, qemu_args = l1_iommu(iommu, native_amd_iommu, amd)  # QEMU's amd-iommu first: before the NVMe
+    if p.nvme.host and not p.nvme.in_l2:
+        viommu, qemu_args = None, []
+    else:
+        viommu, qemu_args = l1_iommu(iommu, native_amd_iommu, amd)  # QEMU's amd-iommu first: before the NVMe
     devices = [Disk(path=str(disk), format="qcow2" if str(disk).endswith("qcow2") else "raw",
                     target_dev="vda", bus="virtio", cache="unsafe" if p.lab else "none", discard="unmap"),
                *([viommu] if viommu else []),
@@ -129,12 +146,19 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
                Controller(type="usb", model="none")]  # headless: no USB for firmware and kernel to probe
     if any(a.startswith("amd-iommu") for a in qemu_args):
         devices += placed_root_ports()  # slot 0x01 stays free for AMDVI-PCI
-    if native_nvme:
+    if p.nvme.host:
+        if not host_nvme_bdf:
+            raise ValueError("nvme.source host: L1's definition needs the controller's BDF on L0 (stage 01 finds it)")
+        taken = [d.index for d in devices if isinstance(d, Controller) and d.index is not None]
+        devices.append(HostdevOnRootPort(host_nvme_bdf, port_index=max(taken, default=0) + 1))
+    elif native_nvme:
         devices.append(Disk(path=str(p.nvme.backing_file), format="raw", target_dev="nvme0n1", bus="nvme",
                             serial=p.nvme.serial))
     else:
         qemu_args += nvme_qemu_args(str(p.nvme.backing_file), p.nvme.serial, addr=p.nvme.pci_addr)
-    if l1.network.mode == "user":
+    if l1.lab_l2:  # the lab's L2 image: no network (its guest agent is the way in)
+        pass
+    elif l1.network.mode == "user":
         qemu_args += user_net_qemu_args(l1.network.ssh_port)
     else:
         devices += [Interface(type="bridge", source_bridge=l1.network.bridge, model="virtio",
@@ -142,12 +166,19 @@ def l1_domain(p: Params, accel: str, cpuset: str | None, disk: Path, console_log
     return Domain(
         name=l1.name, type="kvm" if accel == "kvm" else "qemu", memory_mib=l1.memory_mib,
         vcpu=VCPU(count=l1.vcpus, cpuset=cpuset),
-        os=OS(machine="q35"),
+        os=lab_l2_os() if l1.lab_l2 else OS(machine="q35"),
         cpu=CPU(mode=cpu_mode(p, accel), sockets=l1.sockets, cores=l1.cores, threads=l1.threads),
         features=Features(acpi=True, apic=True, ioapic_driver="qemu", kvm_hidden=accel == "kvm"),
         devices=devices,
         qemu_args=QemuCommandline(args=qemu_args) if qemu_args else None,
         description="L1 of the nested NVMe runbook")
+
+
+def lab_l2_os() -> OS:
+    """``l1.image: lab-l2``: the lab's L2 kernel and initrd, booted directly, as stage 04 boots L2."""
+    from ..lab import sources as lab_layout
+    return OS(machine="q35", kernel=lab_layout.L2_KERNEL_IN_L1, initrd=lab_layout.L2_INITRD_IN_L1,
+              cmdline=lab_layout.L2_CMDLINE)
 
 
 def l1_agent(lv, name: str) -> Agent:

@@ -44,7 +44,7 @@ def return_nvme(p: Params, l1: Guest | None, state: State, timeout: float = 60) 
 def file_candidates(p: Params, state: State) -> list[Path]:
     """Files on L0 the runbook may have made, each once; the backing file only with consent."""
     ps = paths(p)
-    candidates = [ps.l1_console, ps.known_hosts, ps.lab_key, ps.l0_bench] + ([ps.l1_disk] if p.l1.image == "lab" else [])
+    candidates = [ps.l1_console, ps.known_hosts, ps.lab_key, ps.l0_bench] + ([ps.l1_disk] if p.l1.image in ("lab", "lab-l2") else [])
     candidates += [Path(f) for f in state.created("files")]
     if p.nvme.remove_backing_file:
         candidates.append(Path(p.nvme.backing_file))

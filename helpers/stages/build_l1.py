@@ -12,8 +12,9 @@ from ..access import lab_credentials, l1_ssh_spec
 from ..errors import RunbookError
 from ..facts import cpu as cpu_facts
 from ..facts import iommu as iommu_facts
-from ..libvirt_xml import Domain, supports_native_amd_iommu, supports_native_nvme, virt_install_command
+from ..libvirt_xml import IOMMU, Domain, HostdevOnRootPort, supports_native_amd_iommu, supports_native_nvme, virt_install_command
 from ..nb import Stage
+from . import host_nvme
 from ..numa import choose_cpuset
 from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
@@ -36,12 +37,27 @@ IMAGES_UNKNOWN = "the lab images are built (step 'Lab images')"
 IMAGES_COMMAND = "python -m helpers.lab.images"
 
 
+def lab_l2_files(ctx: Stage) -> str:
+    """``l1.image: lab-l2``: the lab's L2 image (root, kernel, initrd) that the lab's L1 carries
+    once the Intel lab ran through stage 03; refused in one line when they are not there."""
+    from ..lab import sources as lab_layout
+    files = [lab_layout.L2_ROOT_IN_L1, lab_layout.L2_KERNEL_IN_L1, lab_layout.L2_INITRD_IN_L1]
+    missing = [f for f in files if not ctx.l0.exists(f)]
+    if missing:
+        raise RunbookError(f"L0 is not the Intel lab's L1 up through stage 03: {', '.join(missing)} missing there",
+                           hint="bring the lab up first: python -m helpers run --params parameters/lab.yaml "
+                                "--stages 01,02,03 (its L1 name, port and workdir as host.ssh here says)")
+    return f"the lab's L2 image is in L0 (the lab's L1): {', '.join(files)}"
+
+
 class LabImages(Step):
     """The lab's L1 and L2 images, built once and cached (a real host: its own image, checked)."""
     label = "Lab images"
 
     def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
+        if p.l1.lab_l2:
+            return self.no_change(lab_l2_files(ctx))
         if p.l1.image != "lab":
             if not ctx.l0.exists(str(Path(p.l1.image).expanduser())):
                 raise RunbookError(f"l1.image {p.l1.image} does not exist on L0",
@@ -59,7 +75,8 @@ class LabImages(Step):
 
     def apply(self, ctx: Stage, plan: Plan):
         if ctx.params.l1.image != "lab":
-            return [no_change("lab images", "l1.image is given")]
+            return [no_change("lab images", "l1.image is given" if not ctx.params.l1.lab_l2 else
+                              "the lab's L2 image is in L0 (the lab's L1)")]
         imgs = plan.data
         if plan.changes:
             from ..lab.images import LabImageError, ensure_images
@@ -87,24 +104,36 @@ class L1Definition:
     iommu_reason: str = ""
     amd: object = None          # checks.viommu.AmdIommu: amd-iommu's options for L0's QEMU
     nvme_reason: str = ""
+    host_nvme_bdf: str | None = None   # nvme.source host: L0's controller, a hostdev of L1
+    memlock_mib: int = 0               # what libvirt locks for VFIO (0: no hostdev)
+    viommu: bool = True                # L1 has a vIOMMU (not with a host NVMe that ends in L1)
+    hostdev_xml: str = ""              # the root port and <hostdev>, as `virsh attach-device` takes it
+    by_hand: tuple[str, ...] = ()      # nodedev-detach, attach-device, nodedev-reattach
 
 
 def definition(ctx: Stage) -> L1Definition:
     """L1's definition from the parameters, the accelerator stage 01 chose and the host's NUMA layout."""
     p = ctx.params
     accel = ctx.state["accel"]
+    bdf = host_nvme.recorded(ctx)["bdf"] if p.nvme.host else None
     if p.l1.cpuset:
         cpuset, why = p.l1.cpuset, "given in the parameters"
     else:
         topo = cpu_facts.topology(ctx.l0)
-        cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
+        node = host_nvme.numa_node(ctx) if bdf else None
+        cpuset, why = (choose_cpuset({node: topo.nodes[node]}, topo.siblings, p.l1.vcpus, p.l1.threads)
+                       if node in topo.nodes else (None, ""))
+        if cpuset:
+            why = f"{why}: NUMA node {node}, the node of the NVMe {bdf} (l1.cpuset is empty)"
+        else:
+            cpuset, why = choose_cpuset(topo.nodes, topo.siblings, p.l1.vcpus, p.l1.threads)
     lv = l0.libvirt(p)
     version = lv.lib_version()
     native = supports_native_nvme(version)
     nvme_why = ("libvirt >= 11.5: native <disk bus='nvme'>" if native else
                 "<qemu:commandline> -drive/-device nvme (this libvirt predates 11.5)")
     kind, kind_why = iommu_kind(ctx)
-    amd = amd_iommu(ctx) if kind == "amd" else None
+    amd = amd_iommu(ctx) if kind == "amd" and not (p.nvme.host and not p.nvme.in_l2) else None
     if amd and amd.refused:
         raise RunbookError(f"l1.iommu: amd cannot work on L0's QEMU: {amd.refused}", hint=amd.fix)
     if native and amd and amd.nvme_on_bus0:
@@ -113,9 +142,20 @@ def definition(ctx: Stage) -> L1Definition:
                     "behind a root port (libvirt's <disk bus='nvme'>) the wrong device ID")
     ps = paths(p)
     dom = l1_ops.l1_domain(p, accel, cpuset, ps.l1_disk, ps.l1_console, native,
-                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version), amd=amd)
-    return L1Definition(dom, dom.to_xml(), virt_install_command(dom), accel, cpuset, why, native, kind, kind_why,
-                amd, nvme_why)
+                           iommu=kind, native_amd_iommu=supports_native_amd_iommu(version), amd=amd,
+                           host_nvme_bdf=bdf)
+    try:
+        xml = dom.to_xml()
+    except ValueError as e:  # Domain.problems(): e.g. a hostdev behind a vIOMMU without caching mode
+        raise RunbookError(f"L1's definition would not start: {e}", hint="fix l1.iommu or nvme.target") from None
+    memlock = l1_ops.memlock_mib(p.l1.memory_mib, 1 if bdf else 0, viommu=bool(bdf) and p.nvme.in_l2)
+    viommu = any(isinstance(x, IOMMU) for x in dom.devices) or bool(dom.qemu_args and any(
+        a.startswith("amd-iommu") for a in dom.qemu_args.args))
+    hostdev = next((x for x in dom.devices if isinstance(x, HostdevOnRootPort)), None)
+    return L1Definition(dom, xml, virt_install_command(dom), accel, cpuset, why, native, kind, kind_why,
+                        amd=amd, nvme_reason=nvme_why, host_nvme_bdf=bdf, memlock_mib=memlock,
+                        viommu=viommu, hostdev_xml=hostdev.hostdev.to_xml() if hostdev else "",
+                        by_hand=tuple(host_nvme.by_hand_commands(p, bdf, "hostdev.xml")) if bdf else ())
 
 
 def amd_iommu(ctx: Stage):
@@ -130,6 +170,13 @@ def amd_iommu(ctx: Stage):
     if not version:
         version = libvirt_facts.qemu(ctx.l0, binary).version
     return amd_iommu_options(version, libvirt_facts.device_properties(ctx.l0, binary, "amd-iommu"))
+
+
+def host_nvme_unknown(ctx: Stage) -> str | None:
+    """With nvme.source host, why L1's definition cannot be known yet (stage 01 has not chosen the controller)."""
+    if ctx.params.nvme.host and not (ctx.state.get(host_nvme.STATE_KEY) or {}).get("bdf"):
+        return "stage 01 has chosen the NVMe controller of L0 (step 'The NVMe of L0 to give to L1')"
+    return None
 
 
 def iommu_kind(ctx: Stage) -> tuple[str, str]:
@@ -149,7 +196,10 @@ class Definition(Step):
     def plan(self, ctx: Stage) -> Plan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
-        return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version")
+        if why := host_nvme_unknown(ctx):
+            return self.unknown(why)
+        return self.reads("the accelerator stage 01 chose, the host's NUMA layout, libvirt's version"
+                          + (", the NVMe controller of L0 stage 01 chose" if ctx.params.nvme.host else ""))
 
     def apply(self, ctx: Stage, plan: Plan) -> L1Definition:
         return definition(ctx)
@@ -157,12 +207,23 @@ class Definition(Step):
     def show(self, d: L1Definition) -> None:
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
-        print(f"vIOMMU: {d.iommu} ({d.iommu_reason})")
+        print(f"vIOMMU: {d.iommu} ({d.iommu_reason})" if d.viommu else
+              "vIOMMU: none (nvme.target is l1: the NVMe ends in L1, nothing goes on to L2)")
         if d.amd:
             print(f"amd-iommu for QEMU {d.amd.qemu_version or '(version unknown)'} on L0: {d.amd.device}")
             for why in d.amd.why:
                 print(f"  - {why}")
-        print(f"emulated NVMe: {d.nvme_reason}")
+        if d.host_nvme_bdf:
+            print(f"NVMe: L0's controller {d.host_nvme_bdf}, a managed <hostdev> on a PCIe root port of its own; "
+                  f"libvirt locks {d.memlock_mib} MiB for VFIO (L1's {d.domain.memory_mib} MiB + 1 GiB, "
+                  "libvirt's rule for a hostdev)")
+            if d.viommu:
+                print("vIOMMU with caching mode on: QEMU refuses a device assigned from L0 behind intel-iommu "
+                      "without it (checked in the definition)")
+            ui.show_output("cat hostdev.xml", d.hostdev_xml, prompt="root@L0")
+            ui.show_output("# by hand, what managed='yes' does", "\n".join(d.by_hand), prompt="root@L0")
+        else:
+            print(f"emulated NVMe: {d.nvme_reason}")
         ui.show_output("virt-install ... --print-xml", d.virt_install, prompt="root@L0")
         ui.show_output(f"virsh dumpxml {d.domain.name}", d.xml, prompt="root@L0")
 
@@ -177,9 +238,23 @@ class PrepareFiles(Step):
         imgs = lab_images(ctx) if lab else None
         if lab and imgs is None:
             return self.unknown(IMAGES_UNKNOWN)
-        l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
-        ops = [l1_files.plan_workdir(m, ps.workdir),
-               l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib, ps.workdir)]
+        if p.l1.lab_l2:  # the lab's L2 image as L1: an overlay on its root in L0's workdir; no SSH keys
+            from ..lab import sources as lab_layout
+            l1_ops.check_space(m, ps.workdir, None, 0, True)
+            running = l0.libvirt(p).is_active(p.l1.name)
+            ops = [l1_files.plan_workdir(m, ps.workdir),
+                   l1_files.plan_overlay(m, Path(lab_layout.L2_ROOT_IN_L1), ps.l1_disk, running)]
+            actions = [o.action for o in ops if o.action]
+            if not actions:
+                return self.no_change("; ".join(f"{o.what}: {o.detail}" for o in ops), ops)
+            return Plan(self.label, actions, data=ops)
+        if p.nvme.host:  # no backing file: the NVMe is L0's own controller
+            l1_ops.check_space(m, ps.workdir, None, 0, lab)
+            ops = [l1_files.plan_workdir(m, ps.workdir)]
+        else:
+            l1_ops.check_space(m, ps.workdir, Path(p.nvme.backing_file), p.nvme.size_gib, lab)
+            ops = [l1_files.plan_workdir(m, ps.workdir),
+                   l1_files.plan_backing_file(m, Path(p.nvme.backing_file), p.nvme.size_gib, ps.workdir)]
         if lab:
             running = l0.libvirt(p).is_active(p.l1.name)
             spec = l1_ssh_spec(p)
@@ -219,6 +294,8 @@ class DefineL1(Step):
     def plan(self, ctx: Stage) -> Plan:
         if "accel" not in ctx.state:
             return self.unknown("stage 01 has chosen the accelerator")
+        if why := host_nvme_unknown(ctx):
+            return self.unknown(why)
         p = ctx.params
         d = definition(ctx)
         lv = l0.libvirt(p)
@@ -250,8 +327,10 @@ class StartL1(Step):
         p = ctx.params
         if l0.libvirt(p).is_active(p.l1.name):
             return self.no_change(f"{p.l1.name} is running")
-        return Plan(self.label, [Action("L0", f"start {p.l1.name}",
-                                            by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
+        bdf = (ctx.state.get(host_nvme.STATE_KEY) or {}).get("bdf") if p.nvme.host else None
+        what = f"start {p.l1.name}" + (f": libvirt moves L0's NVMe {bdf} from the nvme driver to vfio-pci "
+                                       "(managed hostdev)" if bdf else "")
+        return Plan(self.label, [Action("L0", what, by_hand.start(p.l1.name, p.host.libvirt_uri).commands)])
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
         name = ctx.params.l1.name
@@ -259,7 +338,8 @@ class StartL1(Step):
             return [no_change(f"start {name}", "already running")]
         execute.run(ctx, plan.actions[0])
         ctx.state.update("l1", started_at=time.time())
-        ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
+        if not ctx.params.l1.lab_l2:  # (lab-l2: its guest agent, no connection kept)
+            ctx.l1().close()  # a connection shared with an earlier L1 on the same port is stale
         return [did(f"start {name}", f"started in {l0.libvirt(ctx.params).where}")]
 
 
@@ -284,8 +364,8 @@ class WaitL1(Step):
         if why := l1_not_up(ctx):
             return self.unknown(why)
         p = ctx.params
-        return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping), then SSH "
-                          f"(up to {p.l1.boot_timeout_s} s)")
+        return self.reads(f"L1's guest agent (virsh qemu-agent-command {p.l1.name} guest-ping)"
+                          + ("" if p.l1.lab_l2 else ", then SSH") + f" (up to {p.l1.boot_timeout_s} s)")
 
     def apply(self, ctx: Stage, plan: Plan) -> dict:
         return wait(ctx)
@@ -315,7 +395,9 @@ class InspectL1(Step):
         ui.show_table(before, ["what the line proves", "in L1's kernel log now"])
 
 
-STEPS = [LabImages, Definition, PrepareFiles, DefineL1, StartL1, WaitL1, InspectL1]
+STEPS = [LabImages, Definition, PrepareFiles, DefineL1, host_nvme.ProveFreeAgain, host_nvme.BaselineL0, StartL1,
+         host_nvme.GivenToL1,
+         WaitL1, InspectL1]
 
 
 def wait(ctx: Stage) -> dict:
@@ -324,6 +406,10 @@ def wait(ctx: Stage) -> dict:
     lv = l0.libvirt(p)
     log = l0.Log(ctx.l0, paths(p).l1_console)
     t_agent = l1_ops.wait_for_agent(lv, p.l1.name, p.l1.boot_timeout_s, log)
+    if p.l1.lab_l2:  # the lab's L2 image has no sshd: its guest agent is the way in
+        times = {"agent_wait_s": round(t_agent, 1)}
+        ctx.state.update("l1", boot=times)
+        return times
     t_ssh, repaired = l1_ops.wait_for_ssh(ctx.l1(), p.l1.boot_timeout_s, log, agent=l1_ops.l1_agent(lv, p.l1.name))
     started = ctx.state.get("l1", {}).get("started_at")
     since = round(time.time() - started, 1) if started else None

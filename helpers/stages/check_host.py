@@ -127,4 +127,6 @@ class Verdict(Step):
         pass
 
 
-STEPS = [ReadHost, Accelerator, Verdict]
+from .host_nvme import ChooseHostNVMe  # noqa: E402  (nvme.source host: the controller of L0, proven free)
+
+STEPS = [ReadHost, Accelerator, Verdict, ChooseHostNVMe]

@@ -99,7 +99,8 @@ class RemoveL1(Step):
         changes = ([did(f"stop {name}", f"destroyed in {lv.where}")] if plan.data["destroy"] else []) \
             + ([did(f"undefine {name}", f"removed from {lv.where}")] if plan.data["undefine"] else [])
         try:
-            ctx.l1().close()
+            if not ctx.params.l1.lab_l2:  # (lab-l2: reached by its guest agent, no connection kept)
+                ctx.l1().close()
         except RunbookError:
             pass
         return changes
@@ -149,4 +150,6 @@ class RemoveFiles(Step):
                 + [did(f"remove {d}", "empty") for d in dirs])
 
 
-STEPS = [RemoveL2, RemoveL1, RemoveFiles]
+from .host_nvme import GivenBack  # noqa: E402  (nvme.source host: the controller back on L0's nvme driver)
+
+STEPS = [RemoveL2, RemoveL1, GivenBack, RemoveFiles]

@@ -1,4 +1,4 @@
-"""Stage 05: in L2, what the seed checks after "登录L2-kvm", then fio on each layer: ``STEPS``."""
+"""Stage 05: in the layer that holds the NVMe (L2, or L1 with nvme.target l1), what the seed checks after "登录L2-kvm", then fio on each layer: ``STEPS``."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,23 +13,25 @@ from ..facts import storage
 from ..ops import verify
 from ..paths import paths
 from ..steps import Action, Plan, Step, no_change_why
+from . import host_nvme
 
 
 def controller(ctx: Stage) -> tuple[storage.Controller, str]:
-    c, out = l2_controller(ctx.l2())
+    c, out = l2_controller(ctx.holder())
     ctx.state.update("l2_verify", controller={"bdf": c.bdf, "ids": c.ids, "class": c.pci_class, "line": c.line})
     return c, out
 
 
 def namespaces(ctx: Stage) -> tuple[dict, str]:
     """`nvme list` in L2: model, serial, size and block size of the passed-through namespace."""
-    devs, table = l2_namespaces(ctx.l2())
-    want = ctx.params.nvme.serial
+    devs, table = l2_namespaces(ctx.holder())
+    want = host_nvme.serial(ctx)
     match = [d for d in devs if d.get("SerialNumber", "").strip() == want]
     if not match:
-        raise RunbookError(f"no namespace in L2 has serial {want}: " +
+        raise RunbookError(f"no namespace in {ctx.holder_name} has serial {want}: " +
                            ", ".join(f"{d.get('DevicePath')} serial {d.get('SerialNumber')}" for d in devs),
-                           hint="L2 sees another NVMe than the one passed through: check l2.select")
+                           hint=f"{ctx.holder_name} sees another NVMe than the one passed through: check "
+                                + ("l2.select" if ctx.params.nvme.in_l2 else "nvme.select"))
     d = match[0]
     info = {"device": d.get("DevicePath"), "model": d.get("ModelNumber", "").strip(),
             "serial": d.get("SerialNumber", "").strip(), "size_bytes": d.get("PhysicalSize"),
@@ -39,9 +41,9 @@ def namespaces(ctx: Stage) -> tuple[dict, str]:
 
 
 def df(ctx: Stage) -> tuple[dict, str]:
-    info, out = storage.df(ctx.l2(), ctx.params.verify.mount_point)
+    info, out = storage.df(ctx.holder(), ctx.params.verify.mount_point)
     if info["type"] != "xfs":
-        raise RunbookError(f"{ctx.params.verify.mount_point} in L2 is {info['type']}, not xfs")
+        raise RunbookError(f"{ctx.params.verify.mount_point} in {ctx.holder_name} is {info['type']}, not xfs")
     ctx.state.update("l2_verify", df=info)
     return info, out
 
@@ -82,6 +84,10 @@ def by_hand_bench(ctx: Stage) -> list[by_hand.ByHand]:
 # --- the steps ---------------------------------------------------------------------------------
 
 def _l2_not_up(ctx: Stage) -> str | None:
+    """Why the layer that holds the NVMe cannot be read yet (L2, or L1 with nvme.target l1), or None."""
+    if not ctx.params.nvme.in_l2:
+        from .build_l1 import l1_not_up
+        return l1_not_up(ctx)
     from .build_l2 import _l2_not_up
     return _l2_not_up(ctx)
 
@@ -99,13 +105,14 @@ class Controller(Step):
         return self.reads("lspci -Dnn in L2")
 
     def apply(self, ctx: Stage, plan: Plan):
+        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         return controller(ctx)
 
     def show(self, result) -> None:
         from .. import ui
         ctrl, _ = result
-        print(f"L2 sees an NVMe controller [{ctrl.ids}], class {ctrl.pci_class}")
-        ui.show_output("lspci -Dnn | grep NVM", ctrl.line, prompt="root@L2")
+        print(f"{getattr(self, 'layer', 'L2')} sees an NVMe controller [{ctrl.ids}], class {ctrl.pci_class}")
+        ui.show_output("lspci -Dnn | grep NVM", ctrl.line, prompt=f"root@{getattr(self, 'layer', 'L2')}")
 
 
 class Namespaces(Step):
@@ -115,16 +122,17 @@ class Namespaces(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _l2_not_up(ctx):
             return self.unknown(why)
-        return self.reads(f"nvme list in L2 (the namespace with serial {ctx.params.nvme.serial})")
+        return self.reads(f"nvme list in {ctx.holder_name} (the namespace with serial {host_nvme.serial(ctx)})")
 
     def apply(self, ctx: Stage, plan: Plan):
+        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         ctx.seen["ns"], table = namespaces(ctx)
         return ctx.seen["ns"], table
 
     def show(self, result) -> None:
         from .. import ui
         ns, table = result
-        ui.show_output("nvme list", table, prompt="root@L2")
+        ui.show_output("nvme list", table, prompt=f"root@{getattr(self, 'layer', 'L2')}")
         ui.show_table([(ns["device"], ns["model"], ns["serial"], f"{ns['size_bytes'] / 1e9:.2f} GB", ns["sector_size"])],
                       ["device", "model", "serial", "size", "sector size"])
 
@@ -138,17 +146,18 @@ class Mkfs(Step):
         if ns is None:
             return self.unknown(NO_NAMESPACE)
         v, dev = ctx.params.verify, ns["device"]
-        was = verify.plan_xfs(ctx.l2(), dev, v.mount_point, consent=v.mkfs, force=v.force_wipe)
+        was = verify.plan_xfs(ctx.holder(), dev, v.mount_point, consent=v.mkfs, force=v.force_wipe)
         if was is None:
             return self.no_change(f"{dev} is XFS and mounted at {v.mount_point}")
-        return Plan(self.label, [Action("L2", f"mkfs.xfs on {dev} in L2 (now: {was}): everything on it is lost",
+        return Plan(self.label, [Action(ctx.holder_name, f"mkfs.xfs on {dev} in {ctx.holder_name} (now: {was}): everything on it is lost",
                                         by_hand.mkfs(dev).commands)], data=(dev, was))
 
     def apply(self, ctx: Stage, plan: Plan):
+        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         if not plan.changes:
             ch, out = no_change("mkfs.xfs", no_change_why(plan)), ""
         else:
-            ch, out = verify.apply_xfs(ctx.l2(), *plan.data)
+            ch, out = verify.apply_xfs(ctx.holder(), *plan.data)
         ctx.state.update("l2_verify", mkfs=ch.detail)
         return ch, out
 
@@ -157,7 +166,7 @@ class Mkfs(Step):
         ch, out = result
         ui.show_changes([ch])
         if out:
-            ui.show_output(f"mkfs.xfs -f {ch.what.split()[-1]}", out, prompt="root@L2")
+            ui.show_output(f"mkfs.xfs -f {ch.what.split()[-1]}", out, prompt=f"root@{getattr(self, 'layer', 'L2')}")
 
 
 class Mount(Step):
@@ -169,9 +178,9 @@ class Mount(Step):
             return self.unknown(NO_NAMESPACE)
         dev, mp = ns["device"], ctx.params.verify.mount_point
         # after a mkfs planned in this run the mount is needed whatever findmnt says now
-        if not verify.plan_mount(ctx.l2(), dev, mp):
+        if not verify.plan_mount(ctx.holder(), dev, mp):
             return self.no_change(f"{dev} is mounted at {mp}")
-        return Plan(self.label, [Action("L2", f"mount {dev} on {mp} in L2", by_hand.mount(dev, mp).commands[:2])],
+        return Plan(self.label, [Action(ctx.holder_name, f"mount {dev} on {mp} in {ctx.holder_name}", by_hand.mount(dev, mp).commands[:2])],
                     data=(dev, mp))
 
     def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
@@ -192,14 +201,15 @@ class Df(Step):
             return self.unknown(why)
         if not (ctx.state.get("l2_verify") or {}).get("mounted"):
             return self.unknown(f"the namespace is mounted at {ctx.params.verify.mount_point} (step 'Mount')")
-        return self.reads(f"df -Th {ctx.params.verify.mount_point} in L2")
+        return self.reads(f"df -Th {ctx.params.verify.mount_point} in {ctx.holder_name}")
 
     def apply(self, ctx: Stage, plan: Plan):
+        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         return df(ctx)
 
     def show(self, result) -> None:
         from .. import ui
-        ui.show_output(f"df -Th {result[0]['mounted_on']}", result[1], prompt="root@L2")
+        ui.show_output(f"df -Th {result[0]['mounted_on']}", result[1], prompt=f"root@{getattr(self, 'layer', 'L2')}")
 
 
 class BenchL2(Step):
@@ -217,15 +227,15 @@ class BenchL2(Step):
         b = ctx.params.bench
         target = ctx.params.verify.mount_point.rstrip("/") + "/fio-bench.bin"
         cmd = by_hand.fio(target, fio.fio_command(target, list(b.profiles), b.runtime_s, b.size_mib), b.repeats,
-                          "root@L2").commands
-        return Plan(self.label, [Action("L2", f"run fio on {target} in L2's XFS (writes a {b.size_mib} MiB file)", cmd)],
+                          f"root@{ctx.holder_name}").commands
+        return Plan(self.label, [Action(ctx.holder_name, f"run fio on {target} in {ctx.holder_name}'s XFS (writes a {b.size_mib} MiB file)", cmd)],
                     data=target)
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
             return [no_change("L2 benchmark", no_change_why(plan))]
         b = ctx.params.bench
-        rows = fio.run_profiles(ctx.l2(), "L2", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
+        rows = fio.run_profiles(ctx.holder(), ctx.holder_name, plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
         ctx.state.set("bench_l2", rows)
         return rows
 
@@ -238,6 +248,8 @@ class BenchL0(Step):
         b = ctx.params.bench
         if not b.on_l0:
             return self.no_change("bench.on_l0 is false")
+        if ctx.params.nvme.host:
+            return self.no_change("the physical drive was measured on L0 in stage 02, before it went to L1")
         if ctx.state.get("bench_l0"):
             return self.no_change("measured already in this run (a new run id measures again)")
         target = str(paths(ctx.params).l0_bench)
