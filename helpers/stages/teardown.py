@@ -42,6 +42,7 @@ class RemoveL2(Step):
         bdf = (ctx.state.get("nvme") or {}).get("bdf_in_l1")
         todo = {"destroy": lv.is_active(name), "undefine": lv.exists(name),
                 "disk": bool(disk) and l1.run(["test", "-e", disk]).ok, "bdf": bdf,
+                "virtio": l1.run(["test", "-e", paths(p).l2_virtio]).ok,
                 "reattach": bool(bdf) and pci.driver_of(l1, bdf) == "vfio-pci"}
         actions = []
         if todo["destroy"]:
@@ -50,6 +51,9 @@ class RemoveL2(Step):
             actions.append(Action("L1", f"undefine {name}", [by_hand.virsh("undefine", name)]))
         if todo["disk"]:
             actions.append(Action("L1", f"remove L2's disk {disk}", [f"rm -f {by_hand.q(disk)}"]))
+        if todo["virtio"]:
+            actions.append(Action("L1", f"remove the emulated disk's file {paths(p).l2_virtio} (bench.emulated)",
+                                  [f"rm -f {by_hand.q(paths(p).l2_virtio)}"]))
         if todo["reattach"]:
             actions.append(Action("L1", f"the NVMe {bdf} back to L1's nvme driver (libvirt does it for a managed "
                                         "hostdev when L2 stops; by hand if it did not)",
@@ -79,6 +83,9 @@ class RemoveL2(Step):
             disk = paths(p).l2_disk
             l1.run(["rm", "-f", disk], check=True)
             changes.append(did(f"remove {disk} in L1", "L2's overlay"))
+        if todo.get("virtio"):
+            l1.run(["rm", "-f", paths(p).l2_virtio], check=True)
+            changes.append(did(f"remove {paths(p).l2_virtio} in L1", "the virtio-blk disk's file"))
         if todo["bdf"]:  # wait for libvirt's reattach (by hand if it did not), then check nvme list
             back = teardown.return_nvme(p, l1, ctx.state)
             if not (todo["destroy"] or todo["reattach"]):
