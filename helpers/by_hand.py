@@ -94,7 +94,7 @@ _overlay, _known_hosts = overlay, known_hosts
 
 def define(name: str, xml_file: str, uri: str = DEFAULT_URI, prompt: str = "root@L0") -> ByHand:
     """``virsh define FILE``: the XML the step defines, saved to a file (the seed: --print-xml > FILE)."""
-    return ByHand(prompt, [virsh("define", xml_file, uri=uri) + f"   # {xml_file}: the XML shown above",
+    return ByHand(prompt, [virsh("define", xml_file, uri=uri) + f"   # {xml_file}: the XML below (its content), saved to that file",
                            virsh("dominfo", name, uri=uri) + "   # check: it is defined"])
 
 
@@ -116,7 +116,7 @@ def l2_define_start(name: str, xml_file: str, bdf: str, group: int | None) -> By
     device itself at start, which by hand is ``virsh nodedev-detach``."""
     dev = node_device(bdf)
     return ByHand("root@L1", [
-        virsh("define", xml_file) + f"   # {xml_file}: the XML shown above",
+        virsh("define", xml_file) + f"   # {xml_file}: the XML below (its content), saved to that file",
         f"# managed='yes': at start libvirt does what you would otherwise type first: virsh nodedev-detach {dev}",
         virsh("start", name),
         f"lspci -k -s {bdf}   # check: Kernel driver in use: vfio-pci",
