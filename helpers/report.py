@@ -167,3 +167,35 @@ def write_report(run_dir: Path, summary: dict | None = None, hide_code: bool = F
         nb.cells[0].source += ("\n\nStage 99 (teardown) ran on this run too: its report is "
                                "[teardown.html](teardown.html) beside this one.")
     return _render(nb, report_title(run), run_dir / "report.html", hide_code)
+
+
+# --- the executed notebooks as text (papermill --log-output, a text diff) ---------------------
+
+PLACEHOLDERS = (r"<IPython\.core\.display\.\w+ object>", r"<Figure size [^>]*>", r"<matplotlib\.[^>]*>")
+RAW_PYTHON = (r"\{'[A-Za-z_]+': ", r"(?<![\w.-])(True|False|None)(?![\w.-])")
+BARE_UNITS = (r"\d (us|usec)\b", r"\(us\)", r"sector size\s+\|?\s*\d+\s*$")
+
+
+def outputs_text(nb) -> str:
+    """What a reader of text sees of an executed notebook: each output's text/plain (or its
+    stream), as papermill's --log-output prints it and a text diff shows it."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream":
+                out.append(o.get("text", ""))
+            elif o.get("output_type") in ("display_data", "execute_result"):
+                out.append(o.get("data", {}).get("text/plain", ""))
+            elif o.get("output_type") == "error":
+                out.append(f"{o.get('ename')}: {o.get('evalue')}")
+    return "\n".join(out)
+
+
+def unreadable(text: str) -> list[str]:
+    """The lines of ``text`` a trainee should not meet: a display with no text form, a raw Python
+    value (a dict, True/False/None), a figure without its unit."""
+    import re
+    pats = [re.compile(p) for p in PLACEHOLDERS + RAW_PYTHON + BARE_UNITS]
+    return [line for line in text.splitlines() if any(p.search(line) for p in pats)]
