@@ -396,8 +396,14 @@ def numa(j: Judging) -> Check | None:
             return Check(NUMA, f"l1.cpuset {p.l1.cpuset}: {len(asked)} CPUs for {vcpus} vCPUs (node {in_nodes[0]})",
                          "warn", f"give at least {vcpus} CPUs{hint}")
         return Check(NUMA, f"l1.cpuset {p.l1.cpuset} inside node {in_nodes[0]}", "pass")
-    mem = ", ".join(f"node {n}: {mib} MiB installed" for n, mib in sorted(topo.memory_mib.items()))
-    mem = f" [{mem}; 'memory' above counts what is available now]" if mem else ""
+    mem = ", ".join(f"node {n}: {mib} MiB" for n, mib in sorted(topo.memory_mib.items()))
+    total = j.f.memory.total_mib if getattr(j.f, "memory", None) else 0
+    if mem and len(topo.memory_mib) == 1 and 0 < sum(topo.memory_mib.values()) < total:
+        mem = (f" [{mem} by the node's own meminfo, less than the machine's {total} MiB: the rest is memory the kernel "
+               "did not assign to the node (on a VM, typically memory hot-plugged after boot); L1 is placed by CPUs, "
+               "so this does not change the choice]")
+    else:
+        mem = f" [{mem}: the node's MemTotal; 'memory' above is what is available now]" if mem else ""
     if suggestion:
         return Check(NUMA, f"l1.cpuset empty; suggested {suggestion} ({why}){mem}", "pass", data=suggestion)
     if len(nodes) == 1:
