@@ -342,6 +342,9 @@ def plot(summary: list[dict], comparisons: list[dict] = (), layers_: dict | None
             ax.text(x, c["ratio_high"] * 1.05, c["verdict"], ha="center", va="bottom", fontsize=7, rotation=90)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    shown = [c for c in comparisons if c["ratio_median"] is not None]
+    if shown:  # room above the bars for the legend and the verdicts
+        ax.set_ylim(min(min(c["ratio_low"] for c in shown), 1.0) / 3, max(max(c["ratio_high"] for c in shown), 1.0) * 60)
     ax.set_xticks(range(len(profiles)), profiles)
     ax.set_xlim(-0.5, len(profiles) - 0.5)
     ax.tick_params(axis="x", labelsize=8)
@@ -349,7 +352,7 @@ def plot(summary: list[dict], comparisons: list[dict] = (), layers_: dict | None
     ax.set_ylabel("ratio, log scale (above 1: A faster)")
     ax.set_xlabel("fio profile")
     if questions:
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center")
     text = caption(layers_ or {})
     fig.suptitle("The namespace layer by layer, and passthrough vs emulated in the same guest (L2)", fontsize=12)
     fig.text(0.5, 0.01, text, ha="center", fontsize=9, wrap=True)

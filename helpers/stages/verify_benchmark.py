@@ -362,7 +362,8 @@ def summary_table(summary: list[dict]):
     """Like for like: one row per layer, target and profile; every figure with its spread."""
     from .. import ui
     order = {x: i for i, x in enumerate(results.SERIES_ORDER)}
-    rows = sorted(summary, key=lambda x: (order.get(fio.series_of(x), 99), x["profile"]))
+    profiles = list(dict.fromkeys(x["profile"] for x in summary))  # as bench.profiles gives them
+    rows = sorted(summary, key=lambda x: (order.get(fio.series_of(x), 99), profiles.index(x["profile"])))
     return ui.Table([(x["layer"], fio.TARGET_NAMES.get(x["target_kind"]), x["accel"] or "not read",
                       x["iommu"] or "not read", x["profile"], x["runs"],
                       f"{x['iops_median']:,.0f} ({_range(x['iops_min'], x['iops_max'], '{:,.0f}')})",
