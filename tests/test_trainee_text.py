@@ -91,3 +91,16 @@ def test_a_kernel_shutting_down_is_not_interrupted_but_a_running_one_still_can_b
     finally:
         base._async_interrupt_kernel = orig
     assert sent == [False]
+
+
+def test_a_fio_plan_says_its_target_region_repeats_and_seconds_in_words(tmp_path, monkeypatch):
+    p = params_mod.load(LAB)
+    ctx = Stage("05", LAB, p, State(tmp_path / "state.json"))
+    ctx.seen["ns"] = {"device": "/dev/nvme0n1"}
+    monkeypatch.setattr(vb, "_namespace_writes", lambda ctx, key, consent: None)
+    what = vb.BenchL2().plan(ctx).actions[0].what
+    assert what.startswith("run fio on the passed-through namespace /dev/nvme0n1, its first 32 MiB (raw namespace)")
+    assert f"{p.bench.repeats} times, 0.5 s each" in what and "ms s" not in what
+    monkeypatch.setattr(vb, "_namespace_writes", lambda ctx, key, consent: f"{key} is false")
+    plan = vb.BenchL2().plan(ctx)
+    assert plan.data[1] == ["randread-4k", "seqread-128k"] and "left out: randwrite-4k (verify.mkfs is false)" in plan.actions[0].what

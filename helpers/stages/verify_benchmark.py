@@ -233,7 +233,7 @@ def _fio_plan(step: Step, machine: str, target: str, kind: str, profiles: list[s
     cmd = by_hand.fio(target, fio.fio_command(target, profiles, b.runtime_s, b.size_mib), b.repeats, prompt).commands
     writes = "reads and WRITES" if any(map(fio.is_write, profiles)) else "reads only"
     what = (f"run fio on {detail} {target}, its first {b.size_mib} MiB ({fio.TARGET_NAMES[kind]}): {writes} "
-            f"({', '.join(profiles)}, {b.repeats} times, {fio.fio_time(b.runtime_s)} s each)")
+            f"({', '.join(profiles)}, {b.repeats} times, {b.runtime_s:g} s each)")
     if left_out:
         what += f"; left out: {', '.join(left_out)} ({why_not})"
     return Plan(step.label, [Action(machine, what, cmd)], data=(target, profiles, left_out, why_not))
