@@ -104,3 +104,21 @@ def test_a_fio_plan_says_its_target_region_repeats_and_seconds_in_words(tmp_path
     monkeypatch.setattr(vb, "_namespace_writes", lambda ctx, key, consent: f"{key} is false")
     plan = vb.BenchL2().plan(ctx)
     assert plan.data[1] == ["randread-4k", "seqread-128k"] and "left out: randwrite-4k (verify.mkfs is false)" in plan.actions[0].what
+
+
+def test_writes_on_the_namespace_stop_at_a_mounted_filesystem_or_a_signature_without_force_wipe(tmp_path, monkeypatch):
+    p = params_mod.load(LAB)
+    ctx = Stage("05", LAB, p, State(tmp_path / "state.json"))
+    ctx.seen["ns"] = {"device": "/dev/nvme0n1"}
+    monkeypatch.setattr(Stage, "l2", lambda self: object())
+    monkeypatch.setattr(vb.storage, "mounts_of", lambda g, dev: ["/data"])
+    monkeypatch.setattr(vb.storage, "signature", lambda g, dev: None)
+    assert "mounted at /data" in vb._namespace_writes(ctx, "verify.mkfs", True)
+    assert vb._namespace_writes(ctx, "bench.l0_write_consent", False) == "bench.l0_write_consent is false"
+    monkeypatch.setattr(vb.storage, "mounts_of", lambda g, dev: [])
+    monkeypatch.setattr(vb.storage, "signature", lambda g, dev: "xfs")
+    p.verify.force_wipe = False
+    assert vb._namespace_writes(ctx, "verify.mkfs", True) == \
+        "/dev/nvme0n1 in L2 carries a xfs signature and verify.force_wipe is false"
+    p.verify.force_wipe = True
+    assert vb._namespace_writes(ctx, "verify.mkfs", True) is None
