@@ -298,8 +298,9 @@ class BenchL2Virtio(Step):
         if dev is None:
             raise RunbookError(f"L2 has no virtio-blk disk with serial {VIRTIO_SERIAL}: L2 was defined without "
                                "the emulated disk of the comparison",
-                               hint="run stage 04 again (`--from 04`: L2 is redefined with it), or set "
-                                    "bench.emulated: false")
+                               hint="L2 runs with a definition from before bench.emulated (a running L2 keeps "
+                                    "its devices): give everything back with `--stages 99` and start a new run, "
+                                    "or set bench.emulated: false")
         sig = storage.signature(l2, dev) or (storage.mounts_of(l2, dev) and "mounted")
         why = f"{dev} in L2 carries a {sig} signature: not the runbook's empty file" if sig else None
         run, left_out = fio.split_by_consent(p.bench.profiles, why is None)
