@@ -82,7 +82,7 @@ def define(name: str, xml_file: str, uri: str = DEFAULT_URI, prompt: str = "root
     replacing a definition: the running domain destroyed and the old one undefined first."""
     first = ([virsh("destroy", name, uri=uri) + "   # it runs"] if replace and running else []) + \
         ([virsh("undefine", name, uri=uri)] if replace else [])
-    return ByHand(prompt, first + [virsh("define", xml_file, uri=uri) + f"   # {xml_file}: the XML shown above",
+    return ByHand(prompt, first + [virsh("define", xml_file, uri=uri) + f"   # {xml_file}: the XML below (its content), saved to that file",
                                    virsh("dominfo", name, uri=uri) + "   # check: it is defined"])
 
 
@@ -104,7 +104,7 @@ def l2_define_start(name: str, xml_file: str, bdf: str, group: int | None) -> By
     device itself at start, which by hand is ``virsh nodedev-detach``."""
     dev = node_device(bdf)
     return ByHand("root@L1", [
-        virsh("define", xml_file) + f"   # {xml_file}: the XML shown above",
+        virsh("define", xml_file) + f"   # {xml_file}: the XML below (its content), saved to that file",
         f"# managed='yes': at start libvirt does what you would otherwise type first: virsh nodedev-detach {dev}",
         virsh("start", name),
         f"lspci -k -s {bdf}   # check: Kernel driver in use: vfio-pci",
@@ -131,7 +131,7 @@ def mount(device: str, mount_point: str) -> ByHand:
 # --- stage 99: teardown ------------------------------------------------------------------------
 
 def remove_l2_parts(name: str, disk: str | None, bdf: str | None, running: bool = True, defined: bool = True,
-                    stuck: bool = False) -> list[tuple[str, list[str]]]:
+                    stuck: bool = False, virtio: str | None = None) -> list[tuple[str, list[str]]]:
     """L2 away in L1, part by part (what, commands): stop it if ``running``, undefine it if
     ``defined``, remove its disk; libvirt gives the managed device back to ``nvme`` when L2
     stops (``nodedev-reattach``), typed only when it is ``stuck`` on vfio-pci with L2 stopped."""
@@ -142,6 +142,8 @@ def remove_l2_parts(name: str, disk: str | None, bdf: str | None, running: bool 
         parts.append((f"undefine {name}", [virsh("undefine", name)]))
     if disk:
         parts.append((f"remove L2's disk {disk}", [f"rm -f {q(disk)}"]))
+    if virtio:
+        parts.append((f"remove the emulated disk's file {virtio} (bench.emulated)", [f"rm -f {q(virtio)}"]))
     if bdf:
         checks = [f"lspci -k -s {bdf}   # check: Kernel driver in use: nvme", "nvme list   # check: the disk is back in L1"]
         if stuck:

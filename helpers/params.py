@@ -408,8 +408,9 @@ class L2(Section):
     replace: bool = F(False, "an existing L2 whose definition differs may be redefined",
                       consent="stage 04 may undefine and redefine an existing L2 of this name in L1")
     boot_timeout_s: int = F(300, "seconds L2 may take to boot", ge=10)
-    baseline_consent: bool = F(False, "fio may write to L1's NVMe before passthrough (a baseline)",
-                               consent="stage 04 runs fio, writes included, on the NVMe in L1 before it goes to L2")
+    baseline_consent: bool = F(False, "fio's write profiles may write to L1's NVMe before passthrough (the read "
+                               "profiles of the L1 baseline need no consent)",
+                               consent="stage 04 runs fio's write profiles on the NVMe in L1 before it goes to L2")
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_domain_name(v)))
 
@@ -422,8 +423,10 @@ class L2(Section):
 class Verify(Section):
     """Stage 05's checks in L2."""
 
-    mkfs: bool = F(False, "make an XFS filesystem on the NVMe in L2",
-                   consent="stage 05 runs mkfs.xfs on the passed-through NVMe, destroying what is on it")
+    mkfs: bool = F(False, "make an XFS filesystem on the NVMe in L2 (and, before it, run fio's write profiles "
+                   "on the raw namespace)",
+                   consent="stage 05 runs fio's write profiles on the passed-through namespace, then mkfs.xfs on it, "
+                           "destroying what is on it")
     force_wipe: bool = F(False, "mkfs even over an existing filesystem signature",
                          consent="with verify.mkfs, mkfs.xfs -f even when the NVMe already holds a filesystem")
     mount_point: str = F("/data", "where the NVMe is mounted in L2 (absolute, not / nor a system folder)",
@@ -447,9 +450,18 @@ class Bench(Section):
     profiles: list[Literal["randread-4k", "seqread-128k", "randwrite-4k", "seqwrite-128k"]] = F(
         ["randread-4k", "seqread-128k", "randwrite-4k"], "fio profiles to run, in order")
     runtime_s: float = F(5, "seconds per profile and repeat (0.5 is 500 ms)", ge=0.1, le=3600)
-    size_mib: int = F(64, "fio's file size in MiB", ge=1)
-    repeats: int = F(3, "runs of each profile", ge=1, le=20)
-    on_l0: bool = F(False, "also run fio on L0, in a scratch file beside nvme.backing_file")
+    size_mib: int = F(64, "the region of the namespace (and of the virtio-blk disk) fio uses: its first N MiB",
+                      ge=1)
+    repeats: int = F(5, "runs of each profile: a comparison says faster or slower only when every repeat of "
+                     "one side beat every repeat of the other (5 and 5: 1 chance in 126 for two equal sides)",
+                     ge=1, le=20)
+    on_l0: bool = F(False, "also run fio on L0, on the emulated drive's backing file (nvme.backing_file), the "
+                    "namespace's bytes as L0 sees them (read profiles; write profiles with bench.l0_write_consent)")
+    l0_write_consent: bool = F(False, "fio's write profiles may write to nvme.backing_file on L0",
+                               consent="stage 05 runs fio's write profiles on nvme.backing_file on L0, "
+                                       "destroying what the namespace holds there (before mkfs.xfs in L2)")
+    emulated: bool = F(True, "also measure, in the same L2, a virtio-blk disk L1's QEMU emulates (a raw file "
+                       "in L1 of nvme.size_gib, made in stage 04, removed in stage 99): passthrough vs emulated")
 
 
 class Teardown(Section):
@@ -499,6 +511,9 @@ def conflicts(p: Params) -> list[tuple[str, str]]:
         out.append(("l2.select.serial", f"`{p.l2.select.serial}` matches no NVMe: the one the runbook gives L1 "
                                         f"has serial `{p.nvme.serial}` (nvme.serial); make them equal, or leave "
                                         "l2.select.serial empty"))
+    if not p.nvme.host and p.bench.size_mib > p.nvme.size_gib * 1024:
+        out.append(("bench.size_mib", f"{p.bench.size_mib} MiB is more than the namespace's {p.nvme.size_gib} GiB "
+                                      "(nvme.size_gib): fio would run past its end"))
     if not p.nvme.host and p.l1.image != "lab" and Path(p.l1.image) == p.nvme.backing_file:
         out.append(("nvme.backing_file", f"{p.nvme.backing_file} is also l1.image: give the NVMe a file of its own"))
     return out

@@ -18,6 +18,7 @@ class Paths:
     l0_bench: Path           # scratch file for fio on L0, beside the backing file
     l2_disk: str             # inside L1: L2's overlay on the lab's L2 image
     l2_console: str          # inside L1: L2's serial console log
+    l2_virtio: str           # inside L1: the raw file behind L2's virtio-blk disk (bench.emulated)
 
 
 def paths(p: Params) -> Paths:
@@ -32,4 +33,10 @@ def paths(p: Params) -> Paths:
         l0_bench=Path(p.nvme.backing_file).parent / "l0-bench.raw",
         l2_disk=f"/var/lib/libvirt/images/{p.l2.name}.qcow2" if p.l2.image == "lab" else p.l2.image,
         l2_console=f"/var/log/libvirt/qemu/{p.l2.name}-console.log",
+        l2_virtio=f"/var/lib/libvirt/images/{p.l2.name}-virtio.raw",
     )
+
+
+def nvme_bdf_in_l1(p: Params) -> str:
+    """The emulated NVMe's BDF in L1: slot ``nvme.pci_addr`` on L1's root bus (0x10 -> 0000:00:10.0)."""
+    return f"0000:00:{int(p.nvme.pci_addr, 16):02x}.0"

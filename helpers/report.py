@@ -45,10 +45,17 @@ def _attempt_cells(run_dir: Path, entry: dict, anchor: str, title: str) -> list:
     if not path.exists():
         return cells + [nbformat.v4.new_markdown_cell("_The stage did not produce a notebook._")]
     nb = nbformat.read(path, as_version=4)
+    count = 0
     for i, c in enumerate(nb.cells):
         c["id"] = f"{anchor}-{i}"
         if c.cell_type == "code" and "injected-parameters" in c.get("metadata", {}).get("tags", []):
             continue
+        if c.cell_type == "code" and c.get("execution_count") is not None:  # 1, 2, 3 without the cell left out
+            count += 1
+            c["execution_count"] = count
+            for o in c.get("outputs", []):
+                if o.get("output_type") == "execute_result":
+                    o["execution_count"] = count
         if c.cell_type == "markdown":  # stage titles become level-2 under the stage heading
             c.source = "\n".join(("#" + line) if line.startswith("#") else line for line in c.source.splitlines())
         cells.append(c)
@@ -110,19 +117,85 @@ def plans_table(summary: dict) -> str:
             "<th>step</th><th>plan</th></tr>" + "".join(rows) + "</table>")
 
 
-def write_report(run_dir: Path, summary: dict | None = None, hide_code: bool = False) -> Path:
-    """Render ``report.html`` in the run folder and return its path."""
+def report_title(summary: dict, teardown: bool = False) -> str:
+    """The report's <title>: the run's name, never nbconvert's "Notebook"."""
+    what = "Teardown of run" if teardown else "Run"
+    name = summary.get("params_name") or Path(str(summary.get("params", ""))).stem
+    return f"{what} {summary.get('run_id', '')}" + (f" ({name})" if name else "") + \
+        f": {summary.get('status', 'running')}"
+
+
+def split_teardown(summary: dict) -> tuple[dict, dict | None]:
+    """(the run without stage 99, stage 99 alone) when stage 99 came with or after the run's
+    other stages (`make run`, then `make teardown`): the run's report stays the run's, and the
+    teardown gets a report of its own. A run of stage 99 alone stays as it is."""
+    stages = summary.get("stages", [])
+    down = [e for e in stages if e.get("stage") == "99"]
+    rest = [e for e in stages if e.get("stage") != "99"]
+    if not down or not rest:
+        return summary, None
+    run = dict(summary, stages=rest)
+    if all(e.get("status") == "passed" for e in rest):
+        run["status"] = "passed"
+    return run, dict(summary, stages=down, status=down[-1].get("status", summary.get("status")))
+
+
+def _render(nb, title: str, out: Path, hide_code: bool) -> Path:
     from nbconvert import HTMLExporter
 
-    run_dir = Path(run_dir)
-    if summary is None:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    nb = combined_notebook(run_dir, summary)
+    nb.metadata["title"] = title
     exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nb)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     body = body.replace("<body", "<body class='hide-code'" if hide_code else "<body", 1)
     i = body.find(">", body.find("<body")) + 1
     body = body[:i] + TOGGLE + body[i:]
-    out = run_dir / "report.html"
     out.write_text(body)
     return out
+
+
+def write_report(run_dir: Path, summary: dict | None = None, hide_code: bool = False) -> Path:
+    """Render ``report.html`` in the run folder and return its path; a teardown that came
+    with or after the run's stages goes to ``teardown.html`` instead (the report links it)."""
+    run_dir = Path(run_dir)
+    if summary is None:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    run, down = split_teardown(summary)
+    nb = combined_notebook(run_dir, run)
+    if down is not None:
+        _render(combined_notebook(run_dir, down), report_title(down, teardown=True), run_dir / "teardown.html",
+                hide_code)
+        nb.cells[0].source += ("\n\nStage 99 (teardown) ran on this run too: its report is "
+                               "[teardown.html](teardown.html) beside this one.")
+    return _render(nb, report_title(run), run_dir / "report.html", hide_code)
+
+
+# --- the executed notebooks as text (papermill --log-output, a text diff) ---------------------
+
+PLACEHOLDERS = (r"<IPython\.core\.display\.\w+ object>", r"<Figure size [^>]*>", r"<matplotlib\.[^>]*>")
+RAW_PYTHON = (r"\{'[A-Za-z_]+': ", r"(?<![\w.-])(True|False|None)(?![\w.-])")
+BARE_UNITS = (r"\d (us|usec)\b", r"\(us\)", r"sector size\s+\|?\s*\d+\s*$")
+
+
+def outputs_text(nb) -> str:
+    """What a reader of text sees of an executed notebook: each output's text/plain (or its
+    stream), as papermill's --log-output prints it and a text diff shows it."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream":
+                out.append(o.get("text", ""))
+            elif o.get("output_type") in ("display_data", "execute_result"):
+                out.append(o.get("data", {}).get("text/plain", ""))
+            elif o.get("output_type") == "error":
+                out.append(f"{o.get('ename')}: {o.get('evalue')}")
+    return "\n".join(out)
+
+
+def unreadable(text: str) -> list[str]:
+    """The lines of ``text`` a trainee should not meet: a display with no text form, a raw Python
+    value (a dict, True/False/None), a figure without its unit."""
+    import re
+    pats = [re.compile(p) for p in PLACEHOLDERS + RAW_PYTHON + BARE_UNITS]
+    return [line for line in text.splitlines() if any(p.search(line) for p in pats)]

@@ -294,6 +294,25 @@ class _Quiet:
         self.stream.flush()
 
 
+def kernel_manager_class():
+    """jupyter_client's kernel manager, except that it does not interrupt the kernel on its way
+    to a shutdown. jupyter_client sends SIGINT before every shutdown_request; when it lands while
+    ipykernel is still finishing the last cell's handler (the reply is sent, the handler not yet
+    returned), the kernel logs "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." on the
+    terminal of a stage that passed. The last cell has finished by then: nothing needs interrupting.
+    A cell that runs past its timeout is still interrupted (nbclient calls interrupt_kernel outside
+    a shutdown), and Ctrl-C kills the kernel (``_interruptible``)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
+
+
 def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, state_file: Path,
               timeout: int, log, mode: str = "run") -> dict:
     """Execute one stage notebook with papermill; return its summary entry. A
@@ -311,6 +330,7 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
             cwd=str(template.parent), kernel_name="python3", progress_bar=False,
             log_output=True, stdout_file=log, stderr_file=_Quiet(log), execution_timeout=timeout,
             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no transport warning on the console
+            kernel_manager_class=kernel_manager_class(),
         )
         entry["status"] = "passed"
     except Exception as e:  # papermill's errors and the kernel's

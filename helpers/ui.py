@@ -60,14 +60,40 @@ def show_checks(checks) -> Table:
                        for c in checks], ["check", "observed", "verdict", "how to fix"], color_by="verdict")
 
 
+class Shown:
+    """HTML for Jupyter and the report, with a text form for everything that reads text
+    (papermill --log-output, a text diff of the executed notebook): never `<...HTML object>`."""
+
+    def __init__(self, html_: str, text: str):
+        self.html, self.text = html_, text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class Picture:
+    """A picture (PNG bytes or SVG text) whose text form is its caption, never `<Figure size ...>`."""
+
+    def __init__(self, data, caption: str, kind: str = "png"):
+        self.data, self.caption, self.kind = data, caption, kind
+
+    def _repr_png_(self):
+        return self.data if self.kind == "png" else None
+
+    def _repr_svg_(self):
+        return self.data if self.kind == "svg" else None
+
+    def __repr__(self) -> str:
+        return f"[picture] {self.caption}"
+
+
 def show_output(command: str, output: str, prompt: str = "root@host") -> None:
     """A command and its real output, the way the seed shows them."""
     text = f"[{prompt}] ~$ {command}\n{output.rstrip()}"
-    try:
-        from IPython.display import HTML
-        _display(HTML(f"<pre style='background:#f6f8fa;padding:6px'>{html.escape(text)}</pre>"))
-    except ImportError:
-        print(text)
+    _display(Shown(f"<pre style='background:#f6f8fa;padding:6px'>{html.escape(text)}</pre>", text))
 
 
 def by_hand_text(by_hand) -> str:
@@ -81,12 +107,9 @@ def show_by_hand(by_hand) -> None:
     text = by_hand_text(by_hand)
     if not text:
         return
-    try:
-        from IPython.display import HTML
-        _display(HTML("<div><b>By hand</b>, the same step at the prompt shown:"
-                      f"<pre style='background:#eef6ee;padding:6px'>{html.escape(text)}</pre></div>"))
-    except ImportError:
-        print("By hand, the same step at the prompt shown:\n" + text)
+    _display(Shown("<div><b>By hand</b>, the same step at the prompt shown:"
+                   f"<pre style='background:#eef6ee;padding:6px'>{html.escape(text)}</pre></div>",
+                   "By hand, the same step at the prompt shown:\n" + text))
 
 
 def show_changes(changes) -> Table:
@@ -130,12 +153,16 @@ def picture_svg(stage: str) -> str:
 def picture(stage: str) -> str:
     """Show the L0/L1/L2 picture for ``stage`` (plain SVG: no plotting library to load)."""
     svg = picture_svg(stage)
-    try:
-        from IPython.display import SVG
-        _display(SVG(svg))
-    except ImportError:
-        print(f"[picture: stage {stage}, {STAGE_NAMES.get(stage, '')}]")
+    _display(Picture(svg, picture_caption(stage), kind="svg"))
     return svg
+
+
+def picture_caption(stage: str) -> str:
+    """The picture in words: the layers, the NVMe's way, and the stage's layer."""
+    where = STAGE_BOXES.get(stage, "")
+    return (f"stage {stage}, {STAGE_NAMES.get(stage, '')}: L0 (the host, the NVMe's backing file) holds L1 "
+            "(q35 guest with a vIOMMU and the emulated NVMe), which holds L2 (the NVMe by VFIO); "
+            + ("every layer is concerned" if where == "all" else f"this stage works on {where}"))
 
 
 def install_error_handler() -> None:
@@ -209,3 +236,25 @@ class PlanView:
 
 def show_plan(plan, mode: str = "run") -> None:
     _display(PlanView(plan, mode))
+
+
+def yes_no(value) -> str:
+    """A boolean for a reader: yes / no (never True / False); None: not read."""
+    return "not read" if value is None else "yes" if value else "no"
+
+
+def fio_rows_table(rows) -> Table:
+    from .bench import fio
+    return Table([(r["layer"], fio.TARGET_NAMES.get(r.get("target_kind") or "file"), r["target"], r["profile"],
+                   r["run"], f"{r['iops']:,.0f}", f"{r['bw_mib_s']:.1f}", f"{r['lat_p99_us']:,.0f}")
+                  for r in rows],
+                 ["layer", "target", "device or file", "profile", "repeat", "IOPS", "MiB/s", "p99 latency (µs)"])
+
+
+def show_fio_rows(rows) -> None:
+    """fio's runs on one layer, one row per profile and repeat; operations' Changes as a table."""
+    from .ops import Change
+    if rows and isinstance(rows[0], Change):
+        show_changes(rows)
+        return
+    _display(fio_rows_table(rows))

@@ -70,7 +70,8 @@ def main() -> int:
     if r.returncode != 0:
         return failed(out, args.params, "cold", r)
     state = json.loads((out / "cold" / "state.json").read_text())
-    bench_s = sum(r.get("seconds", 0) for k in ("baseline", "bench_l2", "bench_l0") for r in state.get(k) or [])
+    bench_s = sum(r.get("seconds", 0) for k in ("baseline", "bench_l2", "bench_l2_virtio", "bench_l0")
+                 for r in state.get(k) or [])
     through_verify = sum(s["seconds"] for s in summary["stages"]) - (bench_s or 0)
     print(f"cold-through-verify-seconds {through_verify:.0f} (fio runs excluded: {bench_s:.0f} s)")
     if floor:

@@ -38,4 +38,4 @@ def lab_doc(state_: dict | None = None, rows: list[dict] | None = None, run_dir:
         rows = (st.get("bench_l0") or []) + (st.get("baseline") or []) + (st.get("bench_l2") or [])
     s = fio.summarize(rows)
     run = results.run_info(run_dir, LAB_PARAMS, "lab", WRITTEN)
-    return results.document(st, params_mod.load(LAB_PARAMS), run, rows, s, fio.relative(s))
+    return results.document(st, params_mod.load(LAB_PARAMS), run, rows, s, fio.comparisons(s))

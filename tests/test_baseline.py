@@ -41,7 +41,7 @@ def test_no_namespace_found_on_the_nvme_driver_fails_the_stage_with_consent(tmp_
     with pytest.raises(RunbookError) as e:
         _baseline(_ctx(tmp_path, disks=()), _dev("nvme"))
     assert "0000:00:10.0 is on the nvme driver in L1 but no namespace block device" in e.value.message
-    assert "l2.baseline_consent: false" in e.value.hint
+    assert "--stages 99" in e.value.hint
 
 
 def test_a_device_already_on_vfio_pci_is_named_as_such(tmp_path):
@@ -50,7 +50,19 @@ def test_a_device_already_on_vfio_pci_is_named_as_such(tmp_path):
     assert "is on the vfio-pci driver in L1 now, not nvme" in e.value.message
 
 
-def test_without_consent_or_with_a_baseline_nothing_is_measured(tmp_path):
-    assert _baseline(_ctx(tmp_path, consent=False, disks=()), _dev("nvme")).changed is False
+def test_without_consent_the_read_profiles_are_planned_and_the_write_profile_left_out(tmp_path):
+    ctx = _ctx(tmp_path, consent=False)
+    ctx.seen["dev"] = _dev("nvme")
+    plan = build_l2.Baseline().plan(ctx)
+    assert plan.data == ("/dev/nvme0n1", ["randread-4k", "seqread-128k"])
+    what = plan.actions[0].what
+    assert "reads only" in what and "left out: randwrite-4k (they write: l2.baseline_consent is false)" in what
+    assert "--rw=randwrite" not in plan.actions[0].commands[0] and "--filename=/dev/nvme0n1" in plan.actions[0].commands[0]
+    ctx = _ctx(tmp_path / "c", consent=True)
+    ctx.seen["dev"] = _dev("nvme")
+    assert build_l2.Baseline().plan(ctx).data[1] == ["randread-4k", "seqread-128k", "randwrite-4k"]
+
+
+def test_with_a_baseline_nothing_is_measured(tmp_path):
     done = _baseline(_ctx(tmp_path / "b", baseline=[{"layer": "L1"}]), _dev("vfio-pci"))
     assert done.changed is False and "already measured" in done.detail

@@ -92,19 +92,23 @@ class FakeGuest:
 def test_run_profiles_one_fio_per_repeat_rows_per_profile():
     g = FakeGuest((FIX / "three-profiles.json").read_text())
     said = []
-    rows = fio.run_profiles(g, "L2", "/data/fio-bench.bin", THREE, 3, 1, 16, say=said.append)
+    rows = fio.run_profiles(g, "L2", "/dev/nvme0n1", THREE, 3, 1, 16, say=said.append, accel="kvm",
+                            iommu="translated")
     assert len(g.calls) == 3
     for cmd, timeout in g.calls:
         assert cmd.startswith("fio ") and cmd.count("--name=") == 3 and cmd.count("--stonewall") == 2
         assert timeout == 1 * 3 * 4 + 300
     assert len(rows) == 9
     assert [(r["profile"], r["run"]) for r in rows] == [(p, i) for p in THREE for i in (1, 2, 3)]
-    keys = {"layer", "target", "run", "profile", "iops", "bw_mib_s", "lat_p50_us", "lat_p99_us",
-            "lat_p999_us", "seconds"}
-    assert all(set(r) == keys and r["layer"] == "L2" and r["target"] == "/data/fio-bench.bin" for r in rows)
+    keys = {"layer", "target", "target_kind", "accel", "iommu", "run", "profile", "iops", "bw_mib_s", "lat_p50_us",
+            "lat_p99_us", "lat_p999_us", "seconds"}
+    assert all(set(r) == keys and r["layer"] == "L2" and r["target"] == "/dev/nvme0n1" for r in rows)
+    assert all((r["target_kind"], r["accel"], r["iommu"]) == ("namespace", "kvm", "translated") for r in rows)
     assert all(r["iops"] > 0 and r["seconds"] >= 0 for r in rows)
-    assert len(said) == 9 and said[0].startswith("  L2 randread-4k run 1/3: ") and "IOPS" in said[0]
-    assert said[1].startswith("  L2 seqread-128k run 1/3: ") and said[3].startswith("  L2 randread-4k run 2/3: ")
+    assert len(said) == 9 and said[0].startswith("  L2 raw namespace randread-4k run 1/3: ") and "IOPS" in said[0]
+    assert "µs" in said[0] and " us" not in said[0]
+    assert said[1].startswith("  L2 raw namespace seqread-128k run 1/3: ")
+    assert said[3].startswith("  L2 raw namespace randread-4k run 2/3: ")
 
 
 def test_run_profiles_fio_failure_raises():
@@ -126,24 +130,61 @@ def test_parse_without_json_is_a_clear_error():
         fio.parse("randread-4k", "fio: failed to open /dev/nvme0n1")
 
 
-def _rows():
+def _rows(l2=(800.0, (0.9, 1.0, 1.1)), virtio=None):
     rows = []
-    for layer, base in (("L1", 1000.0), ("L2", 800.0)):
-        for i, f in enumerate((0.9, 1.0, 1.1), 1):
-            rows.append({"layer": layer, "target": "x", "run": i, "profile": "randread-4k", "iops": base * f,
-                         "bw_mib_s": base * f / 256, "lat_p50_us": 10, "lat_p99_us": 20, "lat_p999_us": 40,
-                         "seconds": 1.0})
+    series = [("L1", "namespace", 1000.0, (0.9, 1.0, 1.1)), ("L2", "namespace", *l2)]
+    if virtio:
+        series.append(("L2", "virtio-blk", *virtio))
+    for layer, kind, base, factors in series:
+        for i, f in enumerate(factors, 1):
+            rows.append({"layer": layer, "target": "x", "target_kind": kind, "accel": "kvm", "iommu": None,
+                         "run": i, "profile": "randread-4k", "iops": base * f, "bw_mib_s": base * f / 256,
+                         "lat_p50_us": 10, "lat_p99_us": 20, "lat_p999_us": 40, "seconds": 1.0})
     return rows
 
 
-def test_summary_reports_mean_and_spread_and_relative():
-    s = fio.summarize(_rows())
+def test_summary_reports_median_and_spread_and_relative():
+    s = fio.summarize(_rows(l2=(800.0, (0.5, 1.0, 1.05))))
     l1 = next(x for x in s if x["layer"] == "L1")
-    assert l1["runs"] == 3 and l1["iops_mean"] == pytest.approx(1000)
+    assert l1["runs"] == 3 and l1["iops_median"] == pytest.approx(1000) and l1["iops_mean"] == pytest.approx(1000)
     assert l1["iops_min"] == pytest.approx(900) and l1["iops_max"] == pytest.approx(1100)
     assert l1["iops_stdev"] == pytest.approx(81.65, rel=1e-3)
+    l2 = next(x for x in s if x["layer"] == "L2")
+    assert l2["iops_median"] == pytest.approx(800) and l2["iops_mean"] < 700  # one slow repeat moves the mean only
     rel = fio.relative(s)
     assert rel == [{"profile": "randread-4k", "iops_pct": pytest.approx(80), "bw_pct": pytest.approx(80)}]
+
+
+def test_a_verdict_says_faster_or_slower_only_when_every_repeat_is_on_one_side():
+    v = fio.verdict([200, 210, 220, 230, 240], [100, 110, 120, 130, 140])
+    assert v["verdict"] == "faster" and v["ratio_median"] == pytest.approx(220 / 120)
+    assert (v["ratio_low"], v["ratio_high"]) == (pytest.approx(200 / 140), pytest.approx(240 / 100))
+    assert v["p"] == pytest.approx(2 / 252)
+    assert fio.verdict([100, 110, 120, 130, 140], [200, 210, 220, 230, 240])["verdict"] == "slower"
+    overlap = fio.verdict([100, 150, 300], [120, 140, 160])
+    assert overlap["verdict"] == "within noise" and overlap["p"] is None and overlap["ratio_low"] < 1 < overlap["ratio_high"]
+    assert fio.verdict([], [1, 2])["verdict"] == "not measured"
+
+
+def test_separation_p_is_the_exact_rank_test_at_its_extreme():
+    assert fio.separation_p(3, 3) == pytest.approx(0.1)
+    assert fio.separation_p(4, 4) == pytest.approx(2 / 70)
+    assert fio.separation_p(5, 5) == pytest.approx(2 / 252)
+
+
+def test_comparisons_put_passthrough_against_emulated_in_the_same_guest_first():
+    s = fio.summarize(_rows(l2=(800.0, (0.95, 1.0, 1.05)), virtio=(400.0, (0.9, 1.0, 1.1))))
+    c = fio.comparisons(s)
+    assert [x["question"].split(":")[0] for x in c] == [
+        "passthrough vs emulated in the same guest",
+        "the same namespace in L2 (through VFIO) against in L1 (before it was given away)"]
+    assert c[0]["verdict"] == "faster" and c[0]["ratio_median"] == pytest.approx(2.0)
+    assert c[1]["verdict"] == "slower"
+
+
+def test_write_profiles_need_consent_reads_never_do():
+    assert fio.split_by_consent(THREE, False) == (["randread-4k", "seqread-128k"], ["randwrite-4k"])
+    assert fio.split_by_consent(THREE, True) == (THREE, [])
 
 
 def test_results_files_and_plot(tmp_path):
@@ -155,7 +196,7 @@ def test_results_files_and_plot(tmp_path):
     paths = results.write(tmp_path, lab_doc(rows=rows))
     data = json.loads(paths["json"].read_text())
     assert data["version"] == results.VERSION
-    assert len(data["runs"]) == 6 and data["l2_vs_l1"][0]["iops_pct"] == pytest.approx(80)
+    assert len(data["runs"]) == 6 and data["comparisons"][0]["verdict"] == "slower"
     assert paths["csv"].read_text().count("\n") == 7
-    results.plot(s, tmp_path)
+    results.plot(s, data["comparisons"], data["layers"], tmp_path)
     assert (tmp_path / "bench.png").stat().st_size > 1000

@@ -140,7 +140,7 @@ def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_p
     assert "runs" in plans[("02", "Wait for L1")]["unknown"]
     assert all(w["unknown"] for (stage, _), w in plans.items() if stage == "04")  # all in L1
     assert all(w["unknown"] for (stage, label), w in plans.items()
-               if stage == "05" and label not in ("Run fio on the host", "Results"))  # all in L2
+               if stage == "05" and label != "Results")  # all in L2 (fio on L0 waits for the namespace in L2)
     for s in summary["stages"]:  # a stage not yet made of steps is skipped, never run
         assert s["status"] == "passed" or (s["status"] == "not plannable"
                                            and not runner_mod.plannable(s["stage"], ROOT / "notebooks" / s["notebook"]))
@@ -226,17 +226,41 @@ def test_05_l2_sees_the_controller_and_the_disk(lab):
 
 
 def test_06_benchmark_results_for_each_layer(lab):
+    """Like for like: the namespace as a block device on every layer, and the virtio-blk disk in
+    the same L2; every figure with its spread, every comparison with a verdict."""
     data = json.loads((lab["run"] / "results.json").read_text())
-    layers = {(s["layer"], s["profile"]): s for s in data["summary"]}
-    for layer in ("L0", "L1", "L2"):
-        for profile in ("randread-4k", "seqread-128k", "randwrite-4k"):
-            s = layers[(layer, profile)]
-            assert s["runs"] == 3 and s["iops_mean"] > 0 and s["iops_stdev"] >= 0
-    assert {r["profile"] for r in data["l2_vs_l1"]} == {"randread-4k", "seqread-128k", "randwrite-4k"}
-    assert len([r for r in data["runs"] if r["layer"] == "L1"]) == 9  # the L1 baseline: 3 profiles x 3 runs
+    repeats = data["fio"]["repeats"]
+    series = {(s["layer"], s["target_kind"], s["profile"]): s for s in data["summary"]}
+    profiles = ("randread-4k", "seqread-128k", "randwrite-4k")
+    for key in (("L0", "namespace"), ("L1", "namespace"), ("L2", "namespace"), ("L2", "virtio-blk")):
+        for profile in profiles:
+            s = series[(*key, profile)]
+            assert s["runs"] == repeats and 0 < s["iops_min"] <= s["iops_median"] <= s["iops_max"]
+    targets = {(r["layer"], r["target_kind"]): r["target"] for r in data["runs"]}
+    assert targets[("L1", "namespace")].startswith("/dev/nvme") and targets[("L2", "namespace")] == "/dev/nvme0n1"
+    assert targets[("L0", "namespace")].endswith("nvme.raw") and targets[("L2", "virtio-blk")].startswith("/dev/vd")
+    assert {(r["layer"], r["accel"], r["iommu"]) for r in data["runs"]} == {
+        ("L0", "none", "none"), ("L1", "tcg", "passthrough"), ("L2", "kvm", "translated"), ("L2", "kvm", "none")}
+    seed = [c for c in data["comparisons"] if c["question"].startswith("passthrough vs emulated in the same guest")]
+    assert [c["profile"] for c in seed] == list(profiles)
+    assert all(c["verdict"] in ("faster", "slower", "within noise") and c["ratio_low"] <= c["ratio_median"]
+               <= c["ratio_high"] for c in seed)
+    assert data["not_measured"] == []  # the lab consents to every write
     assert (lab["run"] / "results.csv").exists() and (lab["run"] / "bench.png").stat().st_size > 10_000
     html = (lab["run"] / "report.html").read_text()
-    assert "stage-05" in html and "data:image/png;base64" in html
+    assert "stage-05" in html and "data:image/png;base64" in html and "passthrough vs emulated in the same guest" in html
+    assert "L0 the host, L1 under TCG (emulated CPU), L2 under KVM" in html
+
+
+def test_06a_the_executed_notebooks_read_clean_as_text(lab):
+    """What papermill --log-output and a text diff show: a text form for every display, no raw
+    Python value, units on every figure; stage 05 says what each layer ran under."""
+    import nbformat
+    from helpers.report import outputs_text, unreadable
+    for name in ("01_check_host", "02_build_l1", "03_configure_l1", "04_build_l2", "05_verify_benchmark"):
+        text = outputs_text(nbformat.read(lab["run"] / f"{name}.ipynb", as_version=4))
+        assert unreadable(text) == [], (name, unreadable(text))
+    assert "KeyboardInterrupt caught in kernel" not in lab["result"].stdout + lab["result"].stderr
 
 
 @pytest.mark.browser
@@ -254,11 +278,11 @@ def test_06c_results_match_the_schema_and_two_real_runs_compare(lab):
     from helpers.bench.compare import compare_runs
     from helpers.bench.results import validate_run
     doc = validate_run(lab["run"])
-    assert doc["version"] == 1
+    assert doc["version"] == 2
     second = lab["outputs"] / f"{RUN_ID}-second"
     second.mkdir()
     st = state(lab)
-    for key in ("bench_l2", "bench_l0"):
+    for key in ("bench_l2", "bench_l0", "bench_l2_virtio"):
         st.pop(key, None)
     (second / "state.json").write_text(json.dumps(st))
     r = runner(lab["outputs"], "--stages", "05", "--run-id", second.name)

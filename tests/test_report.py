@@ -47,3 +47,42 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
                     "--window-size=1280,2000", report.as_uri()], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_the_report_is_titled_by_its_run_and_numbers_its_cells_without_gaps(report):
+    html = report.read_text()
+    assert re.search(r"<title>Run report \((lab|[\w-]+)\): passed</title>", html), re.findall("<title>.*?</title>", html)
+    counts = [int(n) for n in re.findall(r"In(?:&nbsp;|\s)\[(\d+)\]:", html)]
+    assert counts and counts == list(range(1, len(counts) + 1))  # the injected parameters cell left out, no jump
+
+
+def test_stage_01_read_as_text_has_a_text_form_for_every_display_and_no_raw_python(report):
+    import nbformat
+    from helpers.report import outputs_text, unreadable
+    text = outputs_text(nbformat.read(report.parent / "01_check_host.ipynb", as_version=4))
+    assert "[picture] stage 01, check host" in text  # the L0/L1/L2 picture by its caption
+    assert "check" in text and "verdict" in text      # the check table as text
+    assert unreadable(text) == []
+
+
+def test_unreadable_names_each_kind_of_defect():
+    from helpers.report import unreadable
+    bad = ["<IPython.core.display.HTML object>", "<IPython.core.display.SVG object>",
+           "<Figure size 1600x460 with 3 Axes>", "{'agent_wait_s': 19.1, 'ssh_wait_s': 2.0}",
+           "vfio-pci  /dev/vfio/6  True  True", "p99 6324 us", "latency p50 / p99 (us)"]
+    assert unreadable("\n".join(bad)) == bad
+    assert unreadable("vfio-pci  /dev/vfio/6  yes  yes\np99 6,324 µs\nsize 1 GiB (1,073,741,824 bytes)") == []
+
+
+def test_a_teardown_after_the_run_gets_its_own_report(report, tmp_path):
+    import json
+    from helpers import report as report_mod
+    run = tmp_path / "run"
+    shutil.copytree(report.parent, run)
+    summary = json.loads((run / "summary.json").read_text())
+    shutil.copy(run / "01_check_host.ipynb", run / "99_teardown.ipynb")
+    summary["stages"].append({"stage": "99", "notebook": "99_teardown.ipynb", "status": "passed", "seconds": 1.0})
+    report_mod.write_report(run, summary)
+    html, down = (run / "report.html").read_text(), (run / "teardown.html").read_text()
+    assert "stage-01" in html and "id='stage-99'" not in html and "teardown.html" in html
+    assert "<title>Run report" in html and "<title>Teardown of run report" in down and "stage-99" in down

@@ -53,17 +53,23 @@ def test_document_says_what_was_verified_where_and_in_which_environment():
     l1 = doc["nvme"]["in_l1"]
     assert (l1["bdf"], l1["iommu_group"], l1["driver_after"]) == ("0000:00:04.0", 5, "vfio-pci")
     assert {k: v["accel"] for k, v in doc["layers"].items()} == {"L0": "none", "L1": "tcg", "L2": "kvm"}
-    assert doc["layers"]["L2"]["fio_target"] == "/data/fio-bench.bin"
+    # a state recorded before version 2: L2 measured a file of its XFS then, and its rows say so
+    assert doc["layers"]["L2"]["fio_targets"] == {"file": "/data/fio-bench.bin"}
+    assert {(r["layer"], r["target_kind"]) for r in doc["runs"]} >= {("L1", "namespace"), ("L2", "file")}
     assert doc["environment"]["L0"]["kernel"] and doc["environment"]["L1"]["qemu"] == "7.2.22"
     assert doc["fio"]["profiles"] == ["randread-4k", "seqread-128k", "randwrite-4k"]
-    assert doc["fio"]["runtime_s"] == 0.5 and doc["fio"]["repeats"] == 3
+    assert doc["fio"]["runtime_s"] == 0.5 and doc["fio"]["repeats"] == 4
     assert doc["fio"]["jobs"]["randread-4k"] == {"rw": "randread", "bs": "4k", "iodepth": 32}
 
 
 def test_a_real_runs_state_gives_a_valid_document_with_the_same_figures():
     doc = results.validate(real_doc())
     before = json.loads((LAB_RUN / "results-unversioned.json").read_text())
-    assert (doc["runs"], doc["summary"], doc["l2_vs_l1"]) == (before["runs"], before["summary"], before["l2_vs_l1"])
+    # the same fio figures, each row now naming its target kind, accelerator and IOMMU mode
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("target_kind", "accel", "iommu")} for r in rows]  # noqa: E731
+    assert strip(doc["runs"]) == before["runs"]
+    assert [(s["layer"], s["profile"], s["iops_mean"]) for s in doc["summary"]] == \
+        [(s["layer"], s["profile"], s["iops_mean"]) for s in before["summary"]]
     assert doc["run"]["id"] == "lab-run" and doc["run"]["started"] == "2026-12-03T12:29:07"
     assert doc["nvme"]["in_l2"]["controller"]["vendor_device"] == "1b36:0010"
     assert doc["nvme"]["in_l2"]["namespace"]["size_bytes"] == 1024 ** 3
@@ -99,7 +105,7 @@ def test_a_state_from_before_the_environment_was_recorded_still_gives_a_valid_do
         st.pop(key)
     doc = results.validate(lab_doc(st))
     assert doc["environment"]["L1"]["qemu"] is None and doc["nvme"]["in_l2"]["filesystem"]["df"] is None
-    assert doc["layers"]["L0"]["fio_target"] is None
+    assert doc["layers"]["L0"]["fio_targets"] == {}
 
 
 def test_write_checks_the_schema_and_keeps_the_csv(tmp_path):
@@ -129,7 +135,7 @@ def test_files_without_a_version_of_another_version_or_none_at_all_are_refused(t
         results.load(tmp_path)
     assert "--stages 05" in e.value.hint and "new run" in e.value.hint
     (tmp_path / "results.json").write_text(json.dumps({**lab_doc(), "version": 99}))
-    with pytest.raises(RunbookError, match="version 99; this runbook reads version 1"):
+    with pytest.raises(RunbookError, match="version 99; this runbook reads versions 1, 2"):
         results.load(tmp_path)
     with pytest.raises(RunbookError, match="has no results.json"):
         results.load(tmp_path / "..")
@@ -140,20 +146,21 @@ def test_files_without_a_version_of_another_version_or_none_at_all_are_refused(t
 
 # --- the latency plot ------------------------------------------------------------------------
 
-def test_bench_plot_marks_percentiles_per_profile_by_layer_without_joining_them(tmp_path):
+def test_bench_plot_says_what_each_layer_ran_under_and_shows_as_text_by_its_caption(tmp_path):
     doc = lab_doc()
-    fig = results.plot(doc["summary"], tmp_path)
-    iops, bw, lat = fig.axes
-    for ax in (iops, bw, lat):
-        assert ax.get_ylabel() and ax.get_xlabel() and ax.get_yscale() == "log"
-    assert "µs" in lat.get_ylabel() and "MiB/s" in bw.get_ylabel() and "per second" in iops.get_ylabel()
-    assert [t.get_text() for t in lat.get_xticklabels()] == doc["fio"]["profiles"]
-    # no line joins one profile or layer to the next: every plotted line is a single mark
-    assert all(len(line.get_xdata()) == 1 for line in lat.get_lines())
-    assert len(lat.get_lines()) == 3 * 3 * 3  # 3 profiles x 3 layers x (p50, p99, p99.9)
-    legend = [t.get_text() for t in lat.get_legend().get_texts()]
-    assert legend == ["L0", "L1", "L2", "latency p50", "latency p99", "latency p99.9"]
-    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    pic = results.plot(doc["summary"], doc["comparisons"], doc["layers"], tmp_path)
+    text = repr(pic)
+    assert text.startswith("[picture] Plot bench.png") and "Figure size" not in text
+    assert "L0 the host, L1 under TCG (emulated CPU), L2 under KVM" in pic.caption
+    assert "measure QEMU's TCG emulator more than the disk" in pic.caption
+    assert "passthrough vs emulated in the same guest" in pic.caption
+    assert pic._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "bench.png").read_bytes() == pic._repr_png_()
+
+
+def test_the_caption_follows_the_recorded_accelerators():
+    assert results.caption({"L0": {"accel": "none"}, "L1": {"accel": "kvm"}, "L2": {"accel": "kvm"}}) == (
+        "Ran under: L0 the host, L1 under KVM, L2 under KVM. Bars: median of the repeats; whiskers: min to max.")
 
 
 # --- comparing runs --------------------------------------------------------------------------
@@ -185,10 +192,11 @@ def test_runs_measured_alike_compare_and_sit_side_by_side(tmp_path):
     assert "measured alike" in text and "not comparable" not in text
     rows = compare.figure_rows(runs)
     assert len(rows) == 3 * 3 * 2  # profile x layer x run
-    assert [(r[0], r[1], r[2]) for r in rows[:2]] == [("randread-4k", "L0", "20261203-1230"),
-                                                        ("randread-4k", "L0", "20261203-1300")]
+    # a state of before version 2: L0 and L2 measured files then, L1 the raw namespace; each row says which
+    assert [(r[0], r[1], r[2], r[3]) for r in rows[:2]] == [("randread-4k", "L0", "filesystem file", "20261203-1230"),
+                                                              ("randread-4k", "L0", "filesystem file", "20261203-1300")]
     env = dict((r[0], r[1:]) for r in compare.environment_rows(runs))
-    assert env["L1 accelerator"] == ("tcg", "tcg") and env["fio repeats"] == (3, 3)
+    assert env["L1 accelerator"] == ("tcg", "tcg") and env["fio repeats"] == (4, 4)
     assert env["L1 QEMU version"] == ("7.2.22", "7.2.22")
 
 
@@ -243,7 +251,8 @@ def test_compare_plot_per_profile_grouped_by_layer_with_units(tmp_path):
     assert len(fig.axes) == 3 * 3  # (IOPS, MiB/s, latency) x 3 profiles
     for ax in fig.axes:
         assert ax.get_ylabel() and ax.get_xlabel() and ax.get_yscale() == "log"
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["L0", "L1", "L2"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["L0 filesystem file", "L1 raw namespace",
+                                                                       "L2 filesystem file"]
     assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["20261203-1230", "20261203-1300"]
     assert (tmp_path / "compare.png").stat().st_size > 10_000
 
@@ -341,8 +350,10 @@ def test_stage_05_summary_writes_a_valid_results_json_from_the_run_state(tmp_pat
     shutil.copy(LAB_RUN / "state.json", run / "state.json")
     shutil.copy(LAB_RUN / "summary.json", run / "summary.json")
     ctx = Stage("05", LAB_PARAMS, params_mod.load(LAB_PARAMS), State(run / "state.json"))
-    summary, relative, files = vb.summary(ctx)
+    summary, verdicts, files = vb.summary(ctx)
     doc = results.validate_run(run)
     assert doc["run"]["id"] == run.name and doc["run"]["started"] == "2026-12-03T12:29:07"
-    assert doc["run"]["params"]["file"] == "lab.yaml" and doc["summary"] == summary and doc["l2_vs_l1"] == relative
+    assert doc["run"]["params"]["file"] == "lab.yaml" and doc["summary"] == summary
+    assert doc["comparisons"] == verdicts and {c["question"].split(":")[0] for c in verdicts} == {
+        "the same namespace in L1 (the emulated NVMe) against its backing file on L0"} or verdicts == []
     assert files["csv"].read_text().count("\n") == 1 + len(doc["runs"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunbookError
-from . import results
+from . import fio, results
 
 MIN_RUNS = 2
 
@@ -89,6 +89,7 @@ def settings(doc: dict) -> dict[str, Any]:
         for key, name in (("kernel", "kernel"), ("qemu", "QEMU version"), ("libvirt", "libvirt version"),
                           ("cpu_model", "CPU model")):
             out[f"{layer} {name}"] = env[key]
+    out["results version (what each layer measured)"] = doc["version"]
     f = doc["fio"]
     out["fio runtime (s per profile and repeat)"] = f["runtime_s"]
     out["fio file size (MiB)"] = f["size_mib"]
@@ -142,28 +143,46 @@ def _layers(runs: list[Run]) -> list[str]:
     return [layer for layer in results.LAYER_ORDER if layer in present]
 
 
-def summary_of(run: Run, layer: str, profile: str) -> dict | None:
-    return next((s for s in run.doc["summary"] if s["layer"] == layer and s["profile"] == profile), None)
+def _series(runs: list[Run]) -> list[tuple[str, str]]:
+    present = {fio.series_of(s) for r in runs for s in r.doc["summary"]}
+    return [x for x in results.SERIES_ORDER if x in present]
 
 
-FIGURE_COLUMNS = ["profile", "layer", "run", "repeats", "IOPS mean", "IOPS stdev", "MiB/s mean",
-                  "latency p50 / p99 / p99.9 (µs)", "L2 IOPS as % of L1"]
+def summary_of(run: Run, layer: str, profile: str, kind: str | None = None) -> dict | None:
+    """The summary row of ``layer`` (and target ``kind``: version 1 rows get theirs from
+    ``fio.series_of``; None: the layer's first) and ``profile``."""
+    return next((s for s in run.doc["summary"] if s["layer"] == layer and s["profile"] == profile
+                 and (kind is None or fio.series_of(s)[1] == kind)), None)
+
+
+def center(s: dict) -> tuple[float, str]:
+    """IOPS median (version 2) or mean (version 1 recorded no median), and which it is."""
+    return (s["iops_median"], "median") if "iops_median" in s else (s["iops_mean"], "mean")
+
+
+FIGURE_COLUMNS = ["profile", "layer", "target", "run", "repeats", "IOPS (min - max)", "MiB/s",
+                  "latency p50 / p99 / p99.9 (µs)", "passthrough vs emulated in L2"]
 
 
 def figure_rows(runs: list[Run]) -> list[tuple]:
-    """One row per profile, layer and run: the runs side by side within each profile and layer."""
+    """One row per profile, layer, target and run: the runs side by side within each."""
     rows = []
     for profile in _profiles(runs):
-        for layer in _layers(runs):
+        for layer, kind in _series(runs):
             for r in runs:
-                s = summary_of(r, layer, profile)
+                s = summary_of(r, layer, profile, kind)
                 if s is None:
                     continue
-                rel = next((x for x in r.doc["l2_vs_l1"] if x["profile"] == profile), None)
-                rows.append((profile, layer, r.label, s["runs"], f"{s['iops_mean']:,.0f}", f"{s['iops_stdev']:,.0f}",
-                             f"{s['bw_mib_s_mean']:.1f}",
+                c, which = center(s)
+                bw = s.get("bw_mib_s_median", s["bw_mib_s_mean"])
+                v = next((x for x in r.doc.get("comparisons", []) if x["profile"] == profile
+                          and (x["a"]["layer"], x["a"]["target_kind"]) == (layer, kind)
+                          and x["b"]["target_kind"] == "virtio-blk" and x["ratio_median"] is not None), None)
+                rows.append((profile, layer, fio.TARGET_NAMES.get(kind, kind), r.label, s["runs"],
+                             f"{which} {c:,.0f} ({s['iops_min']:,.0f} - {s['iops_max']:,.0f})", f"{bw:.1f}",
                              f"{s['lat_p50_us']:.0f} / {s['lat_p99_us']:.0f} / {s['lat_p999_us']:.0f}",
-                             f"{rel['iops_pct']:.0f} %" if rel and layer == "L2" else ""))
+                             f"{v['ratio_median']:.2f} x ({v['ratio_low']:.2f} - {v['ratio_high']:.2f}), "
+                             f"{v['verdict']}" if v else ""))
     return rows
 
 
@@ -208,23 +227,31 @@ def plot(runs: list[Run], out: Path | None = None, show: bool = True):
     layer with one bar or column of marks per run. Log scales; units on every axis."""
     import matplotlib.pyplot as plt
 
-    profiles, layers = _profiles(runs), _layers(runs)
+    profiles, series = _profiles(runs), _series(runs)
+    groups = [fio.series_name(*x) for x in series]
     labels = [r.label for r in runs]
     by = {r.label: r for r in runs}
-    fig, axes = plt.subplots(3, len(profiles), figsize=(max(4.5 * len(profiles), 7), 11), squeeze=False)
+    fig, axes = plt.subplots(3, len(profiles), figsize=(max(5.5 * len(profiles), 7), 11), squeeze=False)
     for col, profile in enumerate(profiles):
-        row = lambda label, layer: summary_of(by[label], layer, profile)  # noqa: E731
-        val = lambda key: (lambda label, layer: (row(label, layer) or {}).get(key))  # noqa: E731
-        results.grouped_bars(axes[0][col], layers, labels, val("iops_mean"), val("iops_stdev"))
-        results.grouped_bars(axes[1][col], layers, labels, val("bw_mib_s_mean"), val("bw_mib_s_stdev"))
-        results.percentile_marks(axes[2][col], layers, labels, row)
+        row = lambda label, g: summary_of(by[label], series[groups.index(g)][0], profile,  # noqa: E731
+                                          series[groups.index(g)][1])
+        val = lambda key: (lambda label, g: (row(label, g) or {}).get(key))  # noqa: E731
+        mid = lambda label, g: (lambda x: center(x)[0] if x else None)(row(label, g))  # noqa: E731
+        spread = lambda label, g: (lambda x: (center(x)[0] - x["iops_min"], x["iops_max"] - center(x)[0])  # noqa: E731
+                                   if x else (0, 0))(row(label, g))
+        bw = lambda label, g: (lambda x: x.get("bw_mib_s_median", x["bw_mib_s_mean"]) if x else None)(row(label, g))  # noqa: E731
+        results.grouped_bars(axes[0][col], groups, labels, mid, spread)
+        results.grouped_bars(axes[1][col], groups, labels, bw, val("bw_mib_s_stdev"))
+        results.percentile_marks(axes[2][col], groups, labels, row)
         axes[0][col].set_title(profile)
         for r, unit in enumerate(("IOPS (I/O operations per second)", "bandwidth (MiB/s)", "completion latency (µs)")):
             ax = axes[r][col]
             ax.set_yscale("log")
             ax.set_ylabel(f"{unit}, log scale", fontsize=8)
-            ax.set_xlabel("layer (bars/marks: run)", fontsize=8)
-    fig.suptitle("IOPS and bandwidth: mean, error bar stdev; latency: p50 / p99 / p99.9 (mean of repeats)")
+            ax.set_xlabel("layer and target (bars/marks: run)", fontsize=8)
+            ax.tick_params(axis="x", labelsize=7, rotation=15)
+    fig.suptitle("IOPS: median (version 1: mean), whiskers min - max; bandwidth: error bar stdev; "
+                 "latency: p50 / p99 / p99.9")
     fig.legend(handles=results.legend_handles(labels), loc="lower center", ncol=len(labels) + 3, fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     if out is not None:

@@ -106,13 +106,33 @@ def run(guest: Guest, target: str, profiles: Sequence[str], runtime_s: float, si
     return parse_all(names, r.out)
 
 
+def is_write(profile: str) -> bool:
+    """A profile that writes to its target (needs the consent that covers destroying that data)."""
+    return "write" in PROFILES[profile]["rw"]
+
+
+def split_by_consent(profiles: Sequence[str], may_write: bool) -> tuple[list[str], list[str]]:
+    """(the profiles to run, the write profiles left out): reads always, writes only with consent."""
+    names = list(profiles)
+    return ([p for p in names if may_write or not is_write(p)], [p for p in names if not may_write and is_write(p)])
+
+
+# what a row measured: the namespace as a block device (on L0: the emulated drive's backing file,
+# the namespace's bytes), a virtio-blk disk L1's QEMU emulates for L2, or a file of a filesystem
+TARGET_KINDS = ("namespace", "virtio-blk", "file")
+TARGET_NAMES = {"namespace": "raw namespace", "virtio-blk": "virtio-blk (emulated)", "file": "filesystem file"}
+
+
 def run_profiles(guest: Guest, layer: str, target: str, profiles: list[str], repeats: int,
-                 runtime_s: float, size_mib: int, say=print) -> list[dict]:
+                 runtime_s: float, size_mib: int, say=print, target_kind: str = "namespace",
+                 accel: str | None = None, iommu: str | None = None) -> list[dict]:
     """Every profile ``repeats`` times on one layer; rows for results.json (each with its seconds).
 
     Each repeat is one fio running all the profiles in turn (a process start
     is costly in emulated guests); a row's ``seconds`` is its share of that
     fio's time. Rows come profile by profile, runs 1..repeats within each.
+    Each row names its target's kind, and the accelerator and IOMMU mode of the
+    layer that did the I/O (``results.schema.json`` says what each means).
     """
     names = list(profiles)
     if not names:
@@ -123,39 +143,110 @@ def run_profiles(guest: Guest, layer: str, target: str, profiles: list[str], rep
         res = run(guest, target, names, runtime_s, size_mib)
         took = (time.monotonic() - t0) / len(names)
         for k, r in enumerate(res):
-            say(f"  {layer} {r.profile} run {i}/{repeats}: {r.iops:,.0f} IOPS, {r.bw_mib_s:.1f} MiB/s, "
-                f"p99 {r.lat_p99_us:.0f} us")
-            per_profile[k].append({"layer": layer, "target": target, "run": i, **asdict(r),
+            say(f"  {layer} {TARGET_NAMES[target_kind]} {r.profile} run {i}/{repeats}: {r.iops:,.0f} IOPS, "
+                f"{r.bw_mib_s:.1f} MiB/s, p99 {r.lat_p99_us:.0f} µs")
+            per_profile[k].append({"layer": layer, "target": target, "target_kind": target_kind,
+                                   "accel": accel, "iommu": iommu, "run": i, **asdict(r),
                                    "seconds": round(took, 1)})
     return [row for rows in per_profile for row in rows]
 
 
+def series_of(row: dict) -> tuple[str, str]:
+    """(layer, target kind): one bar in the plot, one line per profile in the table.
+    A row of results version 1 has no target kind: L2 measured a file of its XFS then,
+    L1 the raw namespace, L0 a scratch file."""
+    kind = row.get("target_kind") or ("namespace" if row["layer"] == "L1" else "file")
+    return row["layer"], kind
+
+
+def series_name(layer: str, kind: str) -> str:
+    return f"{layer} {TARGET_NAMES.get(kind, kind)}"
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and spread (stdev, min, max) per layer and profile."""
+    """Per layer, target kind and profile: the median and the spread (min, max, stdev) of the
+    repeats. The median, not the mean: with a handful of repeats one disturbed run (another
+    guest's burst on a shared machine) moves a mean but not a median."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["layer"], r["profile"]), []).append(r)
+        groups.setdefault((*series_of(r), r["profile"]), []).append(r)
     out = []
-    for (layer, profile), rs in groups.items():
+    for (layer, kind, profile), rs in groups.items():
         iops = [r["iops"] for r in rs]
         bw = [r["bw_mib_s"] for r in rs]
-        out.append({"layer": layer, "profile": profile, "runs": len(rs),
-                    "iops_mean": statistics.fmean(iops), "iops_stdev": statistics.pstdev(iops),
-                    "iops_min": min(iops), "iops_max": max(iops),
-                    "bw_mib_s_mean": statistics.fmean(bw), "bw_mib_s_stdev": statistics.pstdev(bw),
-                    "lat_p50_us": statistics.fmean(r["lat_p50_us"] for r in rs),
-                    "lat_p99_us": statistics.fmean(r["lat_p99_us"] for r in rs),
-                    "lat_p999_us": statistics.fmean(r["lat_p999_us"] for r in rs)})
+        p99 = [r["lat_p99_us"] for r in rs]
+        out.append({"layer": layer, "target_kind": kind, "profile": profile, "runs": len(rs),
+                    "accel": rs[0].get("accel"), "iommu": rs[0].get("iommu"),
+                    "iops_median": statistics.median(iops), "iops_mean": statistics.fmean(iops),
+                    "iops_stdev": statistics.pstdev(iops), "iops_min": min(iops), "iops_max": max(iops),
+                    "bw_mib_s_median": statistics.median(bw), "bw_mib_s_mean": statistics.fmean(bw),
+                    "bw_mib_s_stdev": statistics.pstdev(bw), "bw_mib_s_min": min(bw), "bw_mib_s_max": max(bw),
+                    "lat_p50_us": statistics.median(r["lat_p50_us"] for r in rs),
+                    "lat_p99_us": statistics.median(p99), "lat_p99_us_min": min(p99), "lat_p99_us_max": max(p99),
+                    "lat_p999_us": statistics.median(r["lat_p999_us"] for r in rs),
+                    "iops_runs": iops})
+    return out
+
+
+def separation_p(n_a: int, n_b: int) -> float:
+    """How often two sets of ``n_a`` and ``n_b`` repeats of the SAME thing would come out with
+    no overlap at all, either way round, by chance alone: 2 / C(n_a + n_b, n_a) (the exact
+    two-sided Mann-Whitney test at its extreme). 3 and 3 repeats: 0.10; 4 and 4: 0.029;
+    5 and 5: 0.008."""
+    from math import comb
+    return min(1.0, 2 / comb(n_a + n_b, n_a))
+
+
+def verdict(a: Sequence[float], b: Sequence[float]) -> dict:
+    """A against B from their repeats: the ratio of the medians, the range of every ratio of
+    a repeat of A to a repeat of B, and a verdict: "faster" when every repeat of A beat every
+    repeat of B (the whole range above 1), "slower" when every one fell short (below 1),
+    "within noise" otherwise. Separated ranges are a rank test: ``p`` is the chance that
+    repeats of two equal things separate like that."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if not a or not b or min(b) <= 0:
+        return {"ratio_median": None, "ratio_low": None, "ratio_high": None, "verdict": "not measured", "p": None}
+    low, high = min(a) / max(b), max(a) / min(b)
+    word = "faster" if low > 1 else "slower" if high < 1 else "within noise"
+    return {"ratio_median": statistics.median(a) / statistics.median(b), "ratio_low": low, "ratio_high": high,
+            "verdict": word, "p": separation_p(len(a), len(b)) if word != "within noise" else None}
+
+
+# the comparisons stage 05 reports, each "A against B": (A, B, what it asks)
+COMPARISONS = (
+    (("L2", "namespace"), ("L2", "virtio-blk"),
+     "passthrough vs emulated in the same guest: the NVMe through VFIO against a virtio-blk disk L1's QEMU emulates"),
+    (("L2", "namespace"), ("L1", "namespace"),
+     "the same namespace in L2 (through VFIO) against in L1 (before it was given away)"),
+    (("L1", "namespace"), ("L0", "namespace"),
+     "the same namespace in L1 (the emulated NVMe) against its backing file on L0"),
+)
+
+
+def comparisons(summary: list[dict]) -> list[dict]:
+    """Every comparison of ``COMPARISONS`` both sides measured, per profile, on IOPS (bandwidth is
+    IOPS times the block size: the same ratio)."""
+    by = {(s["layer"], s["target_kind"], s["profile"]): s for s in summary}
+    profiles = list(dict.fromkeys(s["profile"] for s in summary))
+    out = []
+    for (la, ka), (lb, kb), what in COMPARISONS:
+        for p in profiles:
+            sa, sb = by.get((la, ka, p)), by.get((lb, kb, p))
+            if sa is None or sb is None:
+                continue
+            out.append({"a": {"layer": la, "target_kind": ka}, "b": {"layer": lb, "target_kind": kb},
+                        "question": what, "profile": p, "metric": "iops",
+                        **verdict(sa["iops_runs"], sb["iops_runs"])})
     return out
 
 
 def relative(summary: list[dict], layer: str = "L2", base: str = "L1") -> list[dict]:
-    """L2 as a percentage of L1, per profile (IOPS and bandwidth)."""
-    by = {(s["layer"], s["profile"]): s for s in summary}
+    """L2 as a percentage of L1 on the raw namespace, per profile (IOPS and bandwidth, medians)."""
+    by = {(s["layer"], s.get("target_kind", "namespace"), s["profile"]): s for s in summary}
     out = []
-    for (lay, profile), s in by.items():
-        b = by.get((base, profile))
-        if lay == layer and b and b["iops_mean"]:
-            out.append({"profile": profile, "iops_pct": 100 * s["iops_mean"] / b["iops_mean"],
-                        "bw_pct": 100 * s["bw_mib_s_mean"] / b["bw_mib_s_mean"] if b["bw_mib_s_mean"] else 0.0})
+    for (lay, kind, profile), s in by.items():
+        b = by.get((base, "namespace", profile))
+        if lay == layer and kind == "namespace" and b and b["iops_median"]:
+            out.append({"profile": profile, "iops_pct": 100 * s["iops_median"] / b["iops_median"],
+                        "bw_pct": 100 * s["bw_mib_s_median"] / b["bw_mib_s_median"] if b["bw_mib_s_median"] else 0.0})
     return out

@@ -20,11 +20,13 @@ from ..errors import RunbookError
 from ..records import keep_earlier
 from . import fio
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)   # the versions ``load`` and ``compare`` read
 SCHEMA = Path(__file__).with_name("results.schema.json")
+SCHEMAS = {1: Path(__file__).with_name("results.schema.v1.json"), VERSION: SCHEMA}
 LAYER_ORDER = ("L0", "L1", "L2")
 ENVIRONMENT_KEYS = ("kernel", "qemu", "libvirt", "cpu_model", "cpu_vendor", "distro", "virtualized")
-CSV_COLUMNS = ("layer", "profile", "run", "iops", "bw_mib_s", "lat_p50_us", "lat_p99_us", "lat_p999_us",
+CSV_COLUMNS = ("layer", "target_kind", "accel", "iommu", "profile", "run", "iops", "bw_mib_s", "lat_p50_us", "lat_p99_us", "lat_p999_us",
                "seconds", "target")
 # (field, name, marker style): the hollow square stays readable around a p99.9 mark that equals p99
 PERCENTILE_MARKS = (("lat_p50_us", "p50", {"marker": "o", "markersize": 7}),
@@ -60,15 +62,17 @@ def environment(state: dict) -> dict:
 
 
 def layers(state: dict, rows: list[dict]) -> dict:
-    """Each layer's accelerator (L0 is the host: none of ours) and where fio ran on it."""
-    targets = {r["layer"]: r["target"] for r in rows}
+    """Each layer's accelerator (L0 is the host: none of ours) and where fio ran on it, by target kind."""
+    targets: dict[str, dict[str, str]] = {"L0": {}, "L1": {}, "L2": {}}
+    for r in rows:
+        targets[r["layer"]][r.get("target_kind") or "file"] = r["target"]
     host = state.get("host") or {}
     l2 = state.get("l2") or {}
-    return {"L0": {"accel": "none", "accel_reason": "the host", "fio_target": targets.get("L0")},
+    return {"L0": {"accel": "none", "accel_reason": "the host", "fio_targets": targets["L0"]},
             "L1": {"accel": state.get("accel"), "accel_reason": host.get("accel_reason"),
-                   "fio_target": targets.get("L1")},
+                   "fio_targets": targets["L1"]},
             "L2": {"accel": l2.get("accel"), "accel_reason": l2.get("accel_reason"),
-                   "fio_target": targets.get("L2")}}
+                   "fio_targets": targets["L2"]}}
 
 
 def nvme_in_l1(state: dict) -> dict:
@@ -106,16 +110,31 @@ def fio_settings(bench) -> dict:
     """The fio settings every layer ran with (``bench``: the parameters' bench section)."""
     profiles = list(bench.profiles)
     return {"profiles": profiles, "runtime_s": float(bench.runtime_s), "size_mib": int(bench.size_mib),
-            "repeats": int(bench.repeats), "on_l0": bool(bench.on_l0), "ioengine": "libaio", "direct": True,
+            "repeats": int(bench.repeats), "on_l0": bool(bench.on_l0), "emulated": bool(bench.emulated),
+            "l0_write_consent": bool(bench.l0_write_consent), "ioengine": "libaio", "direct": True,
             "jobs": {p: dict(fio.PROFILES[p]) for p in profiles}}
 
 
-def document(state: dict, params, run: dict, rows: list[dict], summary: list[dict], relative: list[dict]) -> dict:
-    """Everything results.json holds (``params``: the run's Params; ``run``: from ``run_info``)."""
+def complete_rows(state: dict, rows: list[dict]) -> list[dict]:
+    """Each row with its target kind, accelerator and IOMMU mode; a row recorded without them
+    (before version 2) gets the kind its layer measured then and its layer's accelerator."""
+    accel = {k: v["accel"] for k, v in layers(state, []).items()}
+    out = []
+    for r in rows:
+        layer, kind = fio.series_of(r)
+        out.append({**r, "target_kind": kind, "accel": r.get("accel", accel.get(layer)), "iommu": r.get("iommu")})
+    return out
+
+
+def document(state: dict, params, run: dict, rows: list[dict], summary: list[dict], comparisons: list[dict],
+             skipped: list[dict] = ()) -> dict:
+    """Everything results.json holds (``params``: the run's Params; ``run``: from ``run_info``).
+    Rows recorded before they named their target (a state of an earlier version) get it here."""
+    rows = complete_rows(state, rows)
     return {"version": VERSION, "run": run, "environment": environment(state), "layers": layers(state, rows),
             "nvme": {"in_l1": nvme_in_l1(state), "in_l2": nvme_in_l2(state)},
             "fio": fio_settings(params.bench),
-            "runs": rows, "summary": summary, "l2_vs_l1": relative}
+            "runs": rows, "summary": summary, "comparisons": comparisons, "not_measured": list(skipped)}
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -141,8 +160,8 @@ def write(run_dir: Path, doc: dict) -> dict[str, Path]:
     return {"json": j, "csv": c}
 
 
-def schema() -> dict:
-    return json.loads(SCHEMA.read_text())
+def schema(version: int = VERSION) -> dict:
+    return json.loads(SCHEMAS[version].read_text())
 
 
 def validate(doc: dict, what: str = "results.json") -> dict:
@@ -153,15 +172,17 @@ def validate(doc: dict, what: str = "results.json") -> dict:
         raise RunbookError(f"{what} has no version: it was written before results had one",
                            hint="make a new run, or, while that run's L2 is still up, run its stage 05 again "
                                 "(python -m helpers run --stages 05 --run-id RUN_ID)")
-    if doc["version"] != VERSION:
-        raise RunbookError(f"{what} is of version {doc['version']!r}; this runbook reads version {VERSION}",
+    if doc["version"] not in READS:
+        raise RunbookError(f"{what} is of version {doc['version']!r}; this runbook reads versions "
+                           f"{', '.join(map(str, READS))}",
                            hint="read it with the runbook version that wrote it, or run stage 05 again")
-    v = jsonschema.Draft202012Validator(schema())
+    version = doc["version"]
+    v = jsonschema.Draft202012Validator(schema(version))
     errors = sorted(v.iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n".join(f"- {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10])
-        raise RunbookError(f"{what} does not match {SCHEMA.name} (version {VERSION}):\n{lines}",
-                           hint=f"the schema is {SCHEMA}")
+        raise RunbookError(f"{what} does not match {SCHEMAS[version].name} (version {version}):\n{lines}",
+                           hint=f"the schema is {SCHEMAS[version]}")
     return doc
 
 
@@ -191,6 +212,31 @@ def _layers(summary):
     return [l for l in LAYER_ORDER if l in present]
 
 
+SERIES_ORDER = (("L0", "namespace"), ("L0", "file"), ("L1", "namespace"), ("L1", "file"), ("L2", "namespace"),
+                ("L2", "virtio-blk"), ("L2", "file"))
+
+
+def _series(summary) -> list[tuple[str, str]]:
+    present = {fio.series_of(s) for s in summary}
+    return [x for x in SERIES_ORDER if x in present]
+
+
+def under_text(layers_: dict) -> str:
+    """What each layer ran under, from the recorded accelerators: 'L0 the host, L1 under TCG, L2 under KVM'."""
+    words = {"kvm": "under KVM", "tcg": "under TCG (emulated CPU)", "none": "the host", None: "under ?"}
+    return ", ".join(f"{layer} {words.get((layers_.get(layer) or {}).get('accel'), '?')}" for layer in LAYER_ORDER)
+
+
+def caption(layers_: dict) -> str:
+    """The plot's caption: what the layers ran under; under TCG the absolute figures measure the emulator."""
+    tcg = [layer for layer in LAYER_ORDER if (layers_.get(layer) or {}).get("accel") == "tcg"]
+    text = f"Ran under: {under_text(layers_)}."
+    if tcg:
+        text += (f" Absolute figures of {', '.join(tcg)} and of every layer inside {tcg[0]} measure QEMU's TCG "
+                 "emulator more than the disk: read the ratios, not the IOPS.")
+    return text + " Bars: median of the repeats; whiskers: min to max."
+
+
 def _colors(n: int) -> list:
     import matplotlib.pyplot as plt
     cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
@@ -209,6 +255,8 @@ def grouped_bars(ax, groups: list[str], series: list[str], get, err=None) -> Non
                 xs.append(g - 0.4 + width * (i + 0.5))
                 hs.append(h)
                 es.append(err(s, group) if err else 0)
+        if err and es and isinstance(es[0], tuple):  # (below, above): an asymmetric whisker
+            es = [[e[0] for e in es], [e[1] for e in es]]
         ax.bar(xs, hs, width, yerr=es if err else None, capsize=3, label=s, color=color)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlim(-0.5, len(groups) - 0.5)
@@ -243,32 +291,75 @@ def legend_handles(series: list[str]) -> list:
                       for _, name, style in PERCENTILE_MARKS]
 
 
-def plot(summary: list[dict], out_dir: Path | None = None):
-    """Per profile, grouped by layer: IOPS and bandwidth (mean, stdev as error bars) and the
-    completion latency's p50 / p99 / p99.9. Log scales; units on every axis."""
+def plot(summary: list[dict], comparisons: list[dict] = (), layers_: dict | None = None,
+         out_dir: Path | None = None):
+    """IOPS and p99 latency per profile, one bar per layer and target (median; whiskers min to
+    max of the repeats), and the comparisons as ratios with their range, each with its verdict.
+    Returns a ``ui.Picture`` (PNG in Jupyter, its caption as text); bench.png in ``out_dir``."""
+    import io as io_
     import matplotlib.pyplot as plt
+    from .. import ui
 
     profiles = list(dict.fromkeys(s["profile"] for s in summary))
-    layers_ = _layers(summary)
-    by = {(s["layer"], s["profile"]): s for s in summary}
-    val = lambda key: (lambda layer, p: by[(layer, p)][key] if (layer, p) in by else None)  # noqa: E731
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    grouped_bars(axes[0], profiles, layers_, val("iops_mean"), val("iops_stdev"))
-    grouped_bars(axes[1], profiles, layers_, val("bw_mib_s_mean"), val("bw_mib_s_stdev"))
-    handles = percentile_marks(axes[2], profiles, layers_, lambda layer, p: by.get((layer, p)))
-    axes[2].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    for ax, title, unit in ((axes[0], "IOPS (mean; error bar: stdev)", "I/O operations per second"),
-                            (axes[1], "bandwidth (mean; error bar: stdev)", "MiB/s"),
-                            (axes[2], "completion latency percentiles (mean of runs)", "latency (µs)")):
-        ax.set_title(title)
+    series = _series(summary)
+    names = [fio.series_name(*x) for x in series]
+    by = {(*fio.series_of(s), s["profile"]): s for s in summary}
+
+    def getter(key):
+        return lambda name, p: (lambda x: x[key] if x else None)(by.get((*series[names.index(name)], p)))
+
+    def spread(lo, hi, mid):
+        return lambda name, p: (lambda x: (x[mid] - x[lo], x[hi] - x[mid]) if x else (0, 0))(
+            by.get((*series[names.index(name)], p)))
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    grouped_bars(axes[0], profiles, names, getter("iops_median"), spread("iops_min", "iops_max", "iops_median"))
+    grouped_bars(axes[1], profiles, names, getter("lat_p99_us"), spread("lat_p99_us_min", "lat_p99_us_max",
+                                                                       "lat_p99_us"))
+    for ax, title, unit in ((axes[0], "IOPS (median; whiskers: min - max)", "I/O operations per second"),
+                            (axes[1], "p99 completion latency (median; min - max)", "latency (µs)")):
+        ax.set_title(title, fontsize=10)
         ax.set_yscale("log")
         ax.set_ylabel(f"{unit}, log scale")
-        ax.set_xlabel("fio profile (bars/marks: layer)")
+        ax.set_xlabel("fio profile")
         ax.tick_params(axis="x", labelsize=8)
     axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+    ax = axes[2]
+    questions = list(dict.fromkeys(c["question"] for c in comparisons if c["ratio_median"] is not None))
+    short = {q: f"{fio.series_name(c['a']['layer'], c['a']['target_kind'])} / "
+                f"{fio.series_name(c['b']['layer'], c['b']['target_kind'])}"
+             for q in questions for c in comparisons if c["question"] == q}
+    cby = {(c["question"], c["profile"]): c for c in comparisons}
+    width = 0.8 / max(len(questions), 1)
+    for i, (q, color) in enumerate(zip(questions, _colors(len(questions)))):
+        for g, p in enumerate(profiles):
+            c = cby.get((q, p))
+            if not c or c["ratio_median"] is None:
+                continue
+            x = g - 0.4 + width * (i + 0.5)
+            ax.bar([x], [c["ratio_median"]], width, color=color, label=short[q] if g == 0 else None,
+                   yerr=[[c["ratio_median"] - c["ratio_low"]], [c["ratio_high"] - c["ratio_median"]]], capsize=3)
+            ax.text(x, c["ratio_high"] * 1.05, c["verdict"], ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    shown = [c for c in comparisons if c["ratio_median"] is not None]
+    if shown:  # room above the bars for the legend and the verdicts
+        ax.set_ylim(min(min(c["ratio_low"] for c in shown), 1.0) / 3, max(max(c["ratio_high"] for c in shown), 1.0) * 60)
+    ax.set_xticks(range(len(profiles)), profiles)
+    ax.set_xlim(-0.5, len(profiles) - 0.5)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title("A / B in IOPS (ratio of medians; whiskers: range over repeats)", fontsize=10)
+    ax.set_ylabel("ratio, log scale (above 1: A faster)")
+    ax.set_xlabel("fio profile")
+    if questions:
+        ax.legend(fontsize=7, loc="upper center")
+    text = caption(layers_ or {})
+    fig.suptitle("The namespace layer by layer, and passthrough vs emulated in the same guest (L2)", fontsize=12)
+    fig.text(0.5, 0.01, text, ha="center", fontsize=9, wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    buf = io_.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
     if out_dir is not None:
-        fig.savefig(Path(out_dir) / "bench.png", dpi=90)
-    plt.show()
-    return fig
+        (Path(out_dir) / "bench.png").write_bytes(buf.getvalue())
+    plt.close(fig)
+    return ui.Picture(buf.getvalue(), "Plot bench.png: " + fig._suptitle.get_text() + ". " + text)

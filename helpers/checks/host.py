@@ -108,8 +108,10 @@ def nested(j: Judging) -> Check:
     if k.nested is not None:
         observed = f"{k.nested_module} nested={k.nested}"
     elif k.paravirtual:
-        observed = f"kvm_pvm: no nested parameter (nested_pvm={k.nested_pvm} on the kernel command line)" \
-            if k.nested_pvm is not None else "kvm_pvm: no nested parameter"
+        observed = ("kvm_pvm, a paravirtual KVM (no vmx/svm; it runs only specially built guest kernels), "
+                    "has no 'nested' parameter as kvm_intel/kvm_amd do"
+                    + (f"; nested_pvm={k.nested_pvm} on the kernel command line is its own switch"
+                       if k.nested_pvm is not None else ""))
     else:
         observed = "no kvm_intel/kvm_amd loaded"
     if j.role == "l1":
@@ -352,11 +354,12 @@ def domain_types(j: Judging) -> Check:
         return Check(DOMAIN_TYPES, "libvirt not reachable", "skip")
     want = "kvm" if j.accel == "kvm" else "qemu"
     offered = ", ".join(lv.domain_types) or "none"
-    note = ""
-    if "kvm" in lv.domain_types and j.accel == "tcg":
-        note = f"; libvirt lists kvm, but KVM is not usable here: {j.guests} uses type 'qemu' (TCG)"
     if want in lv.domain_types:
-        return Check(DOMAIN_TYPES, f"{offered}{note}", "pass")
+        said = f"libvirt offers '{want}' ({'KVM' if want == 'kvm' else 'TCG'}), the type {j.guests} will use"
+        if "kvm" in lv.domain_types and j.accel == "tcg":
+            said += (" (it lists 'kvm' too, but the check 'KVM hardware-backed' found KVM unusable here, "
+                     "so 'kvm' is not used)")
+        return Check(DOMAIN_TYPES, f"{said}; offered: {offered}", "pass")
     return Check(DOMAIN_TYPES, f"{offered}: no '{want}' for x86_64 hvm", "fail",
                  f"install qemu-system-x86 {j.where} and restart libvirtd"
                  + ("; for 'kvm' /dev/kvm must be usable by libvirt" if want == "kvm" else ""))
@@ -415,7 +418,13 @@ def numa(j: Judging) -> Check | None:
                          "warn", f"give at least {vcpus} CPUs{hint}")
         return Check(NUMA, f"l1.cpuset {p.l1.cpuset} inside node {in_nodes[0]}", "pass")
     mem = ", ".join(f"node {n}: {mib} MiB" for n, mib in sorted(topo.memory_mib.items()))
-    mem = f" [{mem}]" if mem else ""
+    total = j.f.memory.total_mib if getattr(j.f, "memory", None) else 0
+    if mem and len(topo.memory_mib) == 1 and 0 < sum(topo.memory_mib.values()) < total:
+        mem = (f" [{mem} by the node's own meminfo, less than the machine's {total} MiB: the rest is memory the kernel "
+               "did not assign to the node (on a VM, typically memory hot-plugged after boot); L1 is placed by CPUs, "
+               "so this does not change the choice]")
+    else:
+        mem = f" [{mem}: the node's MemTotal; 'memory' above is what is available now]" if mem else ""
     if suggestion:
         return Check(NUMA, f"l1.cpuset empty; suggested {suggestion} ({why}){mem}", "pass", data=suggestion)
     if len(nodes) == 1:

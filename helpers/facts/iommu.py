@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from helpers.facts.kvm import Cmdline, cmdline
 from helpers.guest import Guest
@@ -176,12 +177,14 @@ def markers(lines: list[str], kind: str | None = "intel") -> list[tuple[str, str
 MARKER_COLUMNS = ["what the line proves", "line in the kernel log"]
 
 
-def excerpt(lines: list[str], limit: int = 25) -> list[str]:
+def excerpt(lines: list[str], limit: int = 25, devices: Sequence[str] = ()) -> list[str]:
     """At most about ``limit`` lines of the log in their order, always with the lines of
-    ``MARKERS`` (the ones the text asks you to look for); each gap says how many lines it hides."""
+    ``MARKERS`` (the ones the text asks you to look for) and the "Adding to iommu group" line of
+    each of ``devices`` (BDFs: the NVMe's own); each gap says how many lines it hides."""
     keep = {i for i, ln in enumerate(lines) if any(rx.search(ln) for _, rx in MARKERS)}
     # repeated lines (one "Adding to iommu group" per device): the first few are enough
-    groups = [i for i in sorted(keep) if "Adding to iommu group" in lines[i]]
+    groups = [i for i in sorted(keep) if "Adding to iommu group" in lines[i]
+              and not any(f"{d} " in lines[i] or f"{d}:" in lines[i] for d in devices)]
     keep -= set(groups[3:])
     for i in range(len(lines)):
         if len(keep) >= limit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import re
 from dataclasses import dataclass
 
@@ -64,3 +65,16 @@ def df(guest: Guest, mount_point: str) -> tuple[dict, str]:
     lines = out.strip().splitlines()
     cols = lines[-1].split()
     return {"source": cols[0], "type": cols[1], "size": cols[2], "mounted_on": cols[-1]}, out
+
+
+def mounts_of(guest: Guest, device: str) -> list[str]:
+    """Where ``device`` or a partition of it is mounted (lsblk), empty when nowhere."""
+    r = guest.run(["lsblk", "-nr", "-o", "MOUNTPOINT", device])
+    return [m for m in r.out.split() if m] if r.ok else []
+
+
+def virtio_by_serial(guest: Guest, serial: str) -> str | None:
+    """The virtio-blk disk whose serial is ``serial`` (/sys/block/vdX/serial), as /dev/vdX; None if none."""
+    r = guest.run(f"grep -lx -- {shlex.quote(serial)} /sys/block/vd*/serial 2>/dev/null")
+    found = [line.split("/")[3] for line in r.out.split() if line.startswith("/sys/block/")]
+    return f"/dev/{found[0]}" if len(found) == 1 else None

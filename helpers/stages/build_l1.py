@@ -20,7 +20,7 @@ from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
 from ..ops import l1_files
 from ..steps import Action, Plan, Step
-from ..paths import paths
+from ..paths import nvme_bdf_in_l1, paths
 from ..guest import Local
 
 
@@ -371,7 +371,12 @@ class WaitL1(Step):
         return wait(ctx)
 
     def show(self, times: dict) -> None:
-        print(times)
+        from .. import ui
+        ui.show_table([("L1's guest agent answered", f"{times['agent_wait_s']} s"),
+                       ("then L1's sshd let us in", f"{times['ssh_wait_s']} s"),
+                       ("since `virsh start`", "not recorded" if times.get("since_start_s") is None
+                        else f"{times['since_start_s']} s")]
+                      + ([("sshd", times["sshd"])] if times.get("sshd") else []), ["boot of L1", "time"])
 
 
 class InspectL1(Step):
@@ -434,6 +439,6 @@ def inspect(ctx: Stage) -> tuple[dict[str, str], list[tuple[str, str]]]:
               "stage 03 compares with the state recorded before")
     else:
         ctx.state.update("l1", iommu_before=dict(rows))
-    shown = {lspci: out[lspci], "dmesg | grep -E 'DMAR|IOMMU|iommu'": "\n".join(iommu_facts.excerpt(lines)),
+    shown = {lspci: out[lspci], "dmesg | grep -E 'DMAR|IOMMU|iommu'": "\n".join(iommu_facts.excerpt(lines, devices=[nvme_bdf_in_l1(ctx.params)])),
              "cat /proc/cmdline": out["cat /proc/cmdline"]}
     return shown, rows

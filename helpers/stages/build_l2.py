@@ -2,6 +2,7 @@
 define and start L2 with it as a PCI hostdev, and check L1 gave it up: ``STEPS``."""
 from __future__ import annotations
 
+import shlex
 import time
 
 from .. import by_hand, execute
@@ -73,6 +74,7 @@ def l2_domain(ctx: Stage, dev: PciDevice) -> Domain:
         cpu=CPU(mode="host-passthrough" if accel == "kvm" else "maximum"),
         features=Features(acpi=True, apic=True),
         devices=[Disk(path=ps.l2_disk, format="qcow2", bus="virtio", cache="unsafe" if p.lab else "none"),
+                 *([virtio_disk(p)] if p.bench.emulated else []),
                  HostdevPCI.from_bdf(dev.bdf, managed=True),
                  Channel(), Serial(log_path=ps.l2_console), Memballoon(),
                  Controller(type="usb", model="none")],  # headless: no USB to probe at boot
@@ -116,6 +118,11 @@ def _l2_running(ctx: Stage) -> bool:
     return Virsh(ctx.l1()).is_active(ctx.params.l2.name)
 
 
+def select_text(select) -> str:
+    """l2.select for a reader: 'serial 1234', 'bdf 0000:00:10.0 and model X'."""
+    return " and ".join(f"{k} {v}" for k, v in select.model_dump(exclude_none=True).items()) or "the only NVMe"
+
+
 NO_DEVICE = "the NVMe is chosen in L1 (step 'Choose the NVMe': L1 runs)"
 
 
@@ -147,7 +154,7 @@ class SelectNVMe(Step):
         if "devices" not in ctx.seen:
             return self.unknown("L1's PCI devices are read (step 'L1's PCI devices': L1 runs)")
         return self.reads(f"serial and model of each NVMe in L1, its IOMMU group and mounts "
-                          f"(l2.select: {ctx.params.l2.select.model_dump(exclude_none=True)})")
+                          f"(l2.select: {select_text(ctx.params.l2.select)})")
 
     def apply(self, ctx: Stage, plan: Plan) -> PciDevice:
         ctx.seen["dev"] = select(ctx, ctx.seen["devices"])
@@ -172,46 +179,100 @@ def show_nvme(ctx: Stage, run) -> None:
     ui.show_output(f"virsh nodedev-dumpxml {dev.name}", Virsh(ctx.l1()).nodedev_xml(dev.name), prompt="root@L1")
 
 
+def l1_iommu_mode(p) -> str:
+    """How L1's IOMMU treats DMA of a device L1's own driver holds: iommu=pt maps it 1:1 (passthrough)."""
+    return "passthrough" if p.l1.iommu_pt else "translated"
+
+
 class Baseline(Step):
-    """fio on the NVMe in L1 before it goes to L2: the baseline for stage 05 (writes need consent)."""
+    """fio on the NVMe's namespace in L1 before it goes to L2: the baseline for stage 05.
+    Read profiles always (reading a raw device destroys nothing); write profiles only with
+    ``l2.baseline_consent``."""
     label = "Measure the L1 baseline"
 
     def plan(self, ctx: Stage) -> Plan:
         p = ctx.params
         if ctx.state.get("baseline"):
             return self.no_change("already measured in this run")
-        if not p.l2.baseline_consent:
-            return self.no_change("skipped: l2.baseline_consent is false (fio writes to the disk)")
         dev = ctx.seen.get("dev")
         if dev is None:
             return self.unknown(NO_DEVICE)
         disks = (ctx.state.get("nvme") or {}).get("disks_in_l1") or []
-        how = ("or set `l2.baseline_consent: false` in the parameters to go on without an L1 baseline "
-               "(stage 05 then has no L2-versus-L1 table)")
+        how = "or tear down (`--stages 99`) and run again (stage 05 then has no L2-versus-L1 comparison)"
         if dev.driver != "nvme":
             raise RunbookError(
                 f"the L1 baseline cannot be measured: {dev.bdf} is on the {dev.driver or 'no'} driver in L1 now, "
                 "not nvme (passed through by an earlier run that has no baseline recorded)",
-                hint=f"resume the run that passed it through (`--from 04`), or tear down (`--stages 99`) and run again, {how}")
+                hint=f"resume the run that passed it through (`--from 04`), {how}")
         if not disks:
             raise RunbookError(
                 f"the L1 baseline cannot be measured: {dev.bdf} is on the nvme driver in L1 but no namespace "
                 "block device of it was found (looked in its controller folder and its NVMe subsystem in sysfs)",
                 hint=f"look at `nvme list` and `ls /sys/bus/pci/devices/{dev.bdf}/nvme/*/` in L1, {how}")
         b = p.bench
+        run, left_out = fio.split_by_consent(b.profiles, p.l2.baseline_consent)
         target = f"/dev/{disks[0]}"
-        cmd = by_hand.fio(target, fio.fio_command(target, list(b.profiles), b.runtime_s, b.size_mib), b.repeats,
+        cmd = by_hand.fio(target, fio.fio_command(target, run, b.runtime_s, b.size_mib), b.repeats,
                           "root@L1").commands
-        return Plan(self.label, [Action("L1", f"run fio on {target} ({dev.bdf}) in L1: reads and WRITES to the disk "
-                                              f"({', '.join(b.profiles)}, {b.repeats} times)", cmd)], data=target)
+        writes = "reads and WRITES to the disk" if any(map(fio.is_write, run)) else "reads only"
+        what = (f"run fio on the raw namespace {target} ({dev.bdf}) in L1, its first {b.size_mib} MiB: {writes} "
+                f"({', '.join(run)}, {b.repeats} times)")
+        if left_out:
+            what += f"; left out: {', '.join(left_out)} (they write: l2.baseline_consent is false)"
+        return Plan(self.label, [Action("L1", what, cmd)], data=(target, run))
 
     def apply(self, ctx: Stage, plan: Plan):
         if not plan.changes:
             return [no_change("L1 baseline", no_change_why(plan))]
-        b = ctx.params.bench
-        rows = fio.run_profiles(ctx.l1(), "L1", plan.data, list(b.profiles), b.repeats, b.runtime_s, b.size_mib)
+        b, (target, run) = ctx.params.bench, plan.data
+        rows = fio.run_profiles(ctx.l1(), "L1", target, run, b.repeats, b.runtime_s, b.size_mib,
+                                accel=ctx.state.get("accel"), iommu=l1_iommu_mode(ctx.params))
         ctx.state.set("baseline", rows)
         return rows
+
+    def show(self, rows) -> None:
+        from .. import ui
+        ui.show_fio_rows(rows)
+
+
+VIRTIO_SERIAL = "runbook-virtio"   # how L2 finds the emulated disk: /sys/block/vdX/serial (20 characters at most)
+
+
+def virtio_disk(p) -> Disk:
+    """The emulated disk for the comparison: a raw file in L1 of the namespace's size, virtio-blk,
+    no host page cache (cache='none': O_DIRECT in L1, as a production virtio disk is set up)."""
+    return Disk(path=paths(p).l2_virtio, format="raw", bus="virtio", target_dev="vdb", cache="none",
+                serial=VIRTIO_SERIAL)
+
+
+class PrepareVirtioDisk(Step):
+    """The virtio-blk disk of the passthrough-vs-emulated comparison: a sparse raw file in L1,
+    of the namespace's size (``bench.emulated``)."""
+    label = "Prepare the emulated disk"
+
+    def plan(self, ctx: Stage) -> Plan:
+        p = ctx.params
+        if not p.bench.emulated:
+            return self.no_change("bench.emulated is false: no virtio-blk disk to compare with")
+        if why := _l1_not_up(ctx):
+            return self.unknown(why)
+        f = paths(p).l2_virtio
+        if ctx.l1().exists(f):
+            return self.no_change(f"{f} exists in L1")
+        size = by_hand.size_arg(p.nvme.size_gib)
+        cmd = ["qemu-img", "create", "-q", "-f", "raw", f, size]
+        return Plan(self.label, [Action("L1", f"create {f}: a sparse raw file of {p.nvme.size_gib} GiB "
+                                              f"({int(p.nvme.size_gib * 2**30):,} bytes, the namespace's size), "
+                                              "L2's virtio-blk disk for the comparison", [shlex.join(cmd)])],
+                    data=cmd)
+
+    def apply(self, ctx: Stage, plan: Plan) -> list[Change]:
+        f = paths(ctx.params).l2_virtio
+        if not plan.changes:
+            return [no_change(f"virtio-blk file {f}", no_change_why(plan))]
+        execute.run(ctx, plan.actions[0])
+        ctx.state.update("l2", virtio_file=f)
+        return [did(f"virtio-blk file {f}", f"sparse raw file, {plan.data[-1]}")]
 
 
 class PrepareL2Disk(Step):
@@ -337,7 +398,8 @@ class GivenUp(Step):
 
     def show(self, after: dict) -> None:
         from .. import ui
-        ui.show_table([(after["driver"], after["vfio_node"], after["vfio_node_exists"], after["disk_gone_from_l1"])],
+        ui.show_table([(after["driver"], after["vfio_node"], ui.yes_no(after["vfio_node_exists"]),
+                        ui.yes_no(after["disk_gone_from_l1"]))],
                       ["driver in L1", "VFIO group node", "exists", "disk gone from L1"])
 
 
@@ -360,4 +422,5 @@ class WaitL2(Step):
 
 from .host_nvme import NothingForTarget  # noqa: E402  (nvme.target l1: one line, then the run goes on)
 
-STEPS = [NothingForTarget, Devices, SelectNVMe, Baseline, PrepareL2Disk, DefineL2, StartL2, GivenUp, WaitL2]
+STEPS = [NothingForTarget, Devices, SelectNVMe, Baseline, PrepareL2Disk, PrepareVirtioDisk, DefineL2, StartL2, GivenUp,
+         WaitL2]

@@ -241,12 +241,14 @@ class IommuOn(Step):
         return self.reads("L1's kernel log (DMAR, IOMMU, AMD-Vi lines) and /sys/kernel/iommu_groups")
 
     def apply(self, ctx: Stage, plan: Plan) -> iommu_facts.IOMMU:
+        from ..paths import nvme_bdf_in_l1
         self.rows = before_after(ctx, f := iommu_lines(ctx))
+        self.nvme_bdf = nvme_bdf_in_l1(ctx.params)
         return f
 
     def show(self, f: iommu_facts.IOMMU) -> None:
         from .. import ui
-        ui.show_output("dmesg | grep -E 'DMAR|IOMMU|AMD-Vi'", "\n".join(iommu_facts.excerpt(f.lines)), prompt="root@L1")
+        ui.show_output("dmesg | grep -E 'DMAR|IOMMU|AMD-Vi'", "\n".join(iommu_facts.excerpt(f.lines, devices=[self.nvme_bdf])), prompt="root@L1")
         ui.show_table(self.rows, ["what the line proves", "stage 02 (before)", "now"])
         print(f"IOMMU groups in L1: {f.groups}; interrupt remapping: {'on' if f.irq_remapping else 'off'}")
 

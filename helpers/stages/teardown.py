@@ -41,11 +41,13 @@ class RemoveL2(Step):
         disk = paths(p).l2_disk if p.l2.image == "lab" else None
         bdf = (ctx.state.get("nvme") or {}).get("bdf_in_l1")
         todo = {"destroy": lv.is_active(name), "undefine": lv.exists(name),
-                "disk": bool(disk) and l1.exists(disk), "bdf": bdf}
+                "disk": bool(disk) and l1.exists(disk), "bdf": bdf,
+                "virtio": l1.exists(paths(p).l2_virtio)}
         todo["reattach"] = bool(bdf) and pci.driver_of(l1, bdf) == "vfio-pci"
         parts = by_hand.remove_l2_parts(name, disk if todo["disk"] else None, bdf if todo["reattach"] else None,
                                         running=todo["destroy"], defined=todo["undefine"],
-                                        stuck=todo["reattach"] and not todo["destroy"])
+                                        stuck=todo["reattach"] and not todo["destroy"],
+                                        virtio=str(paths(p).l2_virtio) if todo["virtio"] else None)
         if not parts:
             return self.no_change(f"{name} is not defined in L1" + (f"; the NVMe {bdf} is on L1's nvme driver"
                                                                      if bdf else ""), todo)
@@ -66,6 +68,8 @@ class RemoveL2(Step):
             changes.append(did(f"undefine {p.l2.name}", f"removed from {where}"))
         if todo["disk"]:
             changes.append(did(f"remove {paths(p).l2_disk} in L1", "L2's overlay"))
+        if todo.get("virtio"):
+            changes.append(did(f"remove {paths(p).l2_virtio} in L1", "the virtio-blk disk's file"))
         if todo["bdf"]:  # wait for libvirt's reattach, then check nvme list
             back = teardown.return_nvme(p, l1, ctx.state)
             if not (todo["destroy"] or todo["reattach"]):
