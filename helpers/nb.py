@@ -85,6 +85,7 @@ class Stage:
         In check mode a step that would stop the run (its error) is planned as unknown until that
         is fixed, and the check goes on."""
         from .steps import Plan
+        t0 = time.monotonic()
         try:
             plan = step.plan(self)
         except RunbookError as e:
@@ -94,13 +95,19 @@ class Stage:
                                                 + (f" (HINT: {e.hint})" if e.hint else ""))
         walked = self.state.get("steps", {})
         walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
-                                                   **plan.record()})
+                                                   **plan.record(), "plan_s": round(time.monotonic() - t0, 2)})
         self.state.set("steps", walked)
         return plan
 
     def apply(self, step, run) -> None:
-        """Carry out ``run.plan`` (already shown), record and show the result."""
-        result = step.apply(self, run.plan)
+        """Carry out ``run.plan`` (already shown), record and show the result. The time
+        it took is recorded with the plan (``apply_s``), a failed apply's too, and with it
+        each wait for a machine it made (``waits``: what, seconds; ``helpers.wait``)."""
+        waited, t0 = len(wait.WAITED), time.monotonic()
+        try:
+            result = step.apply(self, run.plan)
+        finally:
+            self._timed(time.monotonic() - t0, wait.WAITED[waited:])
         run.done(result)
         walked = self.state.get("steps", {})
         if walked.get(self.number):
@@ -108,6 +115,14 @@ class Stage:
             self.state.set("steps", walked)
         self.record(step.label, result)
         step.show(result)
+
+    def _timed(self, seconds: float, waits: list[tuple[str, float]]) -> None:
+        """Note how long the step just planned took to apply, and its waits, with its plan."""
+        walked = self.state.get("steps", {})
+        if walked.get(self.number):
+            walked[self.number][-1].update(apply_s=round(seconds, 2),
+                                           waits=[{"what": w, "seconds": s} for w, s in waits])
+            self.state.set("steps", walked)
 
     def do(self, label: str, fn, *args, preview=None, show=None, by_hand=None):
         """One step. Batch runs call ``fn(*args)`` now and show the result.
