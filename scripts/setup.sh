@@ -90,9 +90,11 @@ else
 fi
 install=("${from_backports[@]}" "${install[@]}")
 if [ ${#install[@]} -gt 0 ]; then
+  apt_t0=$SECONDS
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${install[@]}" >/tmp/nested-nvme-apt.log 2>&1 \
     || { say "apt-get install failed; the last lines of /tmp/nested-nvme-apt.log:"; tail -20 /tmp/nested-nvme-apt.log; exit 1; }
+  say "Debian packages: ${#install[@]} installed in one apt transaction in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
   if [ ${#from_backports[@]} -gt 0 ]; then
     say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
   fi
@@ -124,6 +126,7 @@ if [ -f "$stamp" ] && .venv/bin/python -c 'import helpers, libvirt, papermill' 2
   say "Python environment: .venv up to date, nothing to install"
 else
   say "Python environment: creating .venv and installing the project (libvirt-python builds against libvirt-dev)"
+  venv_t0=$SECONDS
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   # uv (from PyPI, through pip) installs the project in a third of pip's time; where it cannot
   # be had (no wheel for this machine, a pip configured for an index of its own), pip does it.
@@ -131,14 +134,17 @@ else
   # shown when something fails.
   pip_log=/tmp/nested-nvme-pip.log
   if .venv/bin/pip install -q uv >"$pip_log" 2>&1 && .venv/bin/uv --version >/dev/null 2>&1; then
+    installer=uv
     .venv/bin/uv pip install --python .venv/bin/python -e '.[dev]' >>"$pip_log" 2>&1 \
       || { say "installing the project with uv failed; the last lines of $pip_log:"; tail -20 "$pip_log"; exit 1; }
   else
+    installer=pip
     { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'; } >>"$pip_log" 2>&1 \
       || { say "pip install failed; the last lines of $pip_log:"; tail -20 "$pip_log"; exit 1; }
   fi
   .venv/bin/python -m ipykernel install --sys-prefix --name nested-nvme --display-name "Nested NVMe runbook" >/dev/null
   rm -f .venv/.installed-*; touch "$stamp"
+  say "Python environment: installed with $installer in $((SECONDS - venv_t0)) s (log $pip_log)"
 fi
 
 if [ -n "$images_pid" ]; then
@@ -147,7 +153,7 @@ if [ -n "$images_pid" ]; then
     if grep -q "images up to date" "$images_log"; then
       say "lab images: $(grep -m1 'images up to date' "$images_log" | sed 's/^images //'), nothing to build"
     else
-      say "lab images: built in the background in $((SECONDS - images_t0)) s ($(grep -m1 '^l1 disk:' "$images_log"); log $images_log)"
+      say "lab images: built in the background in $((SECONDS - images_t0)) s, $(grep -m1 '^l1 disk:' "$images_log" | sed 's/  (.*//') (log $images_log)"
     fi
   else
     images_pid=
