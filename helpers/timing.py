@@ -68,7 +68,7 @@ def stage_table(entry: dict) -> str:
         f"<td>{t.wait:.1f} s</td><td>{html.escape(t.waited_for())}</td></tr>" for t in times)
     rest = outside_steps(entry)
     if rest is not None:
-        rows += f"<tr><td><i>{OUTSIDE}</i></td><td></td><td></td><td></td><td>{rest:.1f} s</td></tr>"
+        rows += f"<tr><td><i>{OUTSIDE}</i></td><td colspan='4'>{rest:.1f} s</td></tr>"
     return ("<table class='runbook-toc'><tr><th>where the time went: step</th><th>plan</th><th>apply</th>"
             "<th>of which waiting</th><th>waiting for</th></tr>" + rows + "</table>")
 
@@ -91,11 +91,11 @@ def bar_chart(summary: dict, width: int = 560) -> str:
     label_w, bar_h, gap, top = 90, 18, 8, 26
     scale = (width - label_w - 70) / longest
     svg = []
-    x = label_w
-    for name, colour in PARTS:  # the legend
+    x = 0
+    for name, colour in PARTS:  # the legend, on one line above the bars
         svg.append(f"<rect x='{x}' y='4' width='12' height='12' fill='{colour}'/>"
                    f"<text x='{x + 16}' y='15' font-size='12'>{name}</text>")
-        x += 16 + 7 * len(name) + 14
+        x += 16 + 7 * len(name) + 12
     for i, e in enumerate(stages):
         y = top + i * (bar_h + gap)
         svg.append(f"<text x='0' y='{y + 13}' font-size='12'>stage {html.escape(e['stage'])}</text>")

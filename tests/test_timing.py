@@ -103,7 +103,7 @@ def test_stage_table_lists_each_timed_step_and_the_rest():
     rows = re.findall(r"<tr>(.*?)</tr>", table)
     assert len(rows) == 1 + 2 + 1  # header, two timed steps, the rest
     assert "<td>Start L1</td><td>0.2 s</td><td>22.0 s</td><td>20.0 s</td><td>nested-kvm: guest agent 20.0 s</td>" in rows[2]
-    assert "outside the steps" in rows[3] and "<td>5.8 s</td>" in rows[3]  # 30 - (2.0 + 22.25)
+    assert "outside the steps" in rows[3] and "<td colspan='4'>5.8 s</td>" in rows[3]  # 30 - (2.0 + 22.25)
     assert "not applied" in timing.stage_table(SUMMARY["stages"][1])
     assert timing.stage_table({"stage": "01", "seconds": 1.0, "steps": []}) == ""
 
