@@ -6,8 +6,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup run check test teardown images jupyter bench
 
+# with the lab's parameters, setup also builds the lab images (in the background, beside the
+# Python environment); a real host's parameter file builds none
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh --params $(PARAMS)
 
 run: setup
 	$(PY) -m helpers run --params $(PARAMS)
@@ -17,7 +19,7 @@ check: setup
 	$(PY) -m helpers run --params $(PARAMS) --check
 
 test:
-	@bash scripts/setup.sh --test
+	@bash scripts/setup.sh --test --params $(PARAMS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 teardown: setup

@@ -90,6 +90,7 @@ class Stage:
         In check mode a step that would stop the run (its error) is planned as unknown until that
         is fixed, and the check goes on."""
         from .steps import Plan
+        t0 = time.monotonic()
         try:
             with record.step(step.label, "plan"):
                 if self.number in ("03", "04") and not self.params.nvme.in_l2 \
@@ -108,17 +109,23 @@ class Stage:
         self.applied.discard(type(step))
         walked = self.state.get("steps", {})
         walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
-                                                   **plan.record()})
+                                                   **plan.record(), "plan_s": round(time.monotonic() - t0, 2)})
         self.state.set("steps", walked)
         return plan
 
     def apply(self, step, run) -> None:
-        """Carry out ``run.plan`` (already shown), record and show the result."""
+        """Carry out ``run.plan`` (already shown), record and show the result. The time
+        it took is recorded with the plan (``apply_s``), a failed apply's too, and with it
+        each wait for a machine it made (``waits``: what, seconds; ``helpers.wait``)."""
         if run.plan.reason.startswith(NOTHING_FOR_TARGET):  # stages 03/04 with target l1 (buttons too)
             return
-        with record.step(step.label, "apply"):
-            result = step.apply(self, run.plan)
-            record.applied(step.label)
+        waited, t0 = len(wait.WAITED), time.monotonic()
+        try:
+            with record.step(step.label, "apply"):
+                result = step.apply(self, run.plan)
+                record.applied(step.label)
+        finally:
+            self._timed(time.monotonic() - t0, wait.WAITED[waited:])
         self.applied.add(type(step))
         run.done(result)
         walked = self.state.get("steps", {})
@@ -136,6 +143,14 @@ class Stage:
         """Will an earlier step still change something: planned with changes, not applied yet?"""
         plan = self.plans.get(step_cls)
         return bool(plan is not None and plan.changes and step_cls not in self.applied)
+
+    def _timed(self, seconds: float, waits: list[tuple[str, float]]) -> None:
+        """Note how long the step just planned took to apply, and its waits, with its plan."""
+        walked = self.state.get("steps", {})
+        if walked.get(self.number):
+            walked[self.number][-1].update(apply_s=round(seconds, 2),
+                                           waits=[{"what": w, "seconds": s} for w, s in waits])
+            self.state.set("steps", walked)
 
     def record(self, label: str, result) -> None:
         """Note in the run state what a step changed, so a rerun can be checked for "no change"."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import nbformat
 
+from . import timing
+
 TOGGLE = """
 <style>
 /* code cells only: the markdown (contents, stage titles, explanations) also sits in a .jp-InputArea */
@@ -40,6 +42,8 @@ def _attempt_cells(run_dir: Path, entry: dict, anchor: str, title: str) -> list:
         head += f"\n\n**{html.escape(entry.get('error', ''))}**\n\nHINT: {html.escape(entry.get('hint', ''))}"
     if entry.get("note"):
         head += f"\n\n_{html.escape(entry['note'])}_"
+    if table := timing.stage_table(entry):
+        head += "\n\n" + table
     cells = [nbformat.v4.new_markdown_cell(head)]
     path = run_dir / entry["notebook"]
     if not path.exists():
@@ -94,6 +98,8 @@ def combined_notebook(run_dir: Path, summary: dict) -> nbformat.NotebookNode:
            f"finished {summary.get('finished', '')}.\n\n"
            "<table class='runbook-toc'><tr><th>stage</th><th>verdict</th><th>duration</th></tr>"
            + "".join(rows) + "</table>")
+    if section := timing.run_section(summary):
+        toc += "\n\n" + section
     if summary.get("mode") == "check":
         toc += "\n\n" + plans_table(summary)
     nb = nbformat.v4.new_notebook()

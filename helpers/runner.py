@@ -545,7 +545,18 @@ def stage_steps(state_file: Path, stage: str) -> list[dict]:
         return []
     return [{"step": w.get("step"), "class": w.get("class"), "plan": w.get("summary"),
              "changes": w.get("changes"), "unknown": w.get("unknown") or "", "applied": bool(w.get("applied")),
-             "actions": w.get("actions", [])} for w in walked]
+             "actions": w.get("actions", []), **step_seconds(w)} for w in walked]
+
+
+def step_seconds(walked: dict) -> dict:
+    """A walked step's times (``Stage.plan``/``Stage.apply`` record them): planning, applying
+    (absent when not applied) and, of the apply, the waits for a machine, each named."""
+    times = {"plan_seconds": walked.get("plan_s")}
+    if walked.get("apply_s") is not None:
+        waits = walked.get("waits") or []
+        times.update(apply_seconds=walked["apply_s"], wait_seconds=round(sum(w["seconds"] for w in waits), 2),
+                     waits=waits)
+    return times
 
 
 def _started(entry: dict) -> float:

@@ -10,6 +10,8 @@ from .errors import RunbookError
 
 T = TypeVar("T")
 INTERACTIVE = False  # set by helpers.nb.stage(): a live bar in Jupyter, lines in batch runs
+# every finished wait_for, in order: (what, seconds); Stage.apply reads the ones of its step
+WAITED: list[tuple[str, float]] = []
 
 
 class Progress:
@@ -72,8 +74,10 @@ def wait_for(check: Callable[[], T], what: str, timeout: float, interval: float 
         value = check()
         if value:
             p.done("ready")
+            WAITED.append((what, round(p.elapsed(), 2)))
             return value
         if p.elapsed() > timeout:
+            WAITED.append((what, round(p.elapsed(), 2)))
             if p.bar is not None:
                 p.bar.close()
             name = (log.__doc__ or "the console log") if callable(log) else log

@@ -14,7 +14,16 @@ DEB_PACKAGES=(
 # what only the test suite needs: Debian's headless browser and its WebDriver, which Selenium
 # drives through JupyterLab and the report (tests/test_browser.py); no browser is downloaded;
 # virtinst, whose real virt-install --print-xml reads the seed's command (tests/test_seed_virt_install.py)
-[ "${1:-}" = "--test" ] && DEB_PACKAGES+=(chromium chromium-driver virtinst)
+TEST=0 PARAMS=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test) TEST=1 ;;
+    --params) PARAMS=${2:-}; shift ;;
+    *) printf '[setup] unknown option %s: give --test and/or --params FILE\n' "$1"; exit 2 ;;
+  esac
+  shift
+done
+[ "$TEST" = 1 ] && DEB_PACKAGES+=(chromium chromium-driver virtinst)
 say() { printf '[setup] %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -43,6 +52,10 @@ if [ "$want_backports" = 1 ] && [ "$codename" != bookworm ]; then
   want_backports=0
 fi
 
+# One apt transaction: the backports source is added first, the package lists are read once,
+# and QEMU and libvirt from bookworm-backports (named pkg/bookworm-backports, so nothing else
+# comes from there) go in with the missing Debian packages.
+install=() from_backports=() all_from_backports=0
 if [ "$want_backports" = 1 ]; then
   if [ ! -f "$BACKPORTS_SOURCE" ]; then
     say "QEMU for the lab: no vmx/svm on this CPU, so guests run under TCG; adding $BACKPORTS_SOURCE (QEMU >= 8.1 and a matching libvirt from bookworm-backports)"
@@ -50,44 +63,102 @@ if [ "$want_backports" = 1 ]; then
     [ -n "$uri" ] || uri=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
     [ -n "$uri" ] || uri=http://deb.debian.org/debian
     printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" >"$BACKPORTS_SOURCE"
-    apt-get update -qq
   fi
   qemu_version=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
   if [ -n "$qemu_version" ] && dpkg --compare-versions "$qemu_version" ge 1:8.1; then
     say "QEMU for the lab: qemu-system-x86 $qemu_version (>= 8.1), nothing to install"
   else
     say "QEMU for the lab: installing QEMU and libvirt from bookworm-backports (was: ${qemu_version:-none})"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS_PACKAGES[@]}" >/tmp/nested-nvme-apt.log 2>&1 \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS_PACKAGES[@]}" >/tmp/nested-nvme-apt.log 2>&1; } \
-      || { say "apt-get install -t bookworm-backports failed; the last lines of /tmp/nested-nvme-apt.log:"; tail -20 /tmp/nested-nvme-apt.log; exit 1; }
-    say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
+    for p in "${BACKPORTS_PACKAGES[@]}"; do from_backports+=("$p/bookworm-backports"); done
+    all_from_backports=1
   fi
 fi
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  if [ "$want_backports" = 1 ] && [[ " ${BACKPORTS_PACKAGES[*]} " == *" $p "* ]]; then
+    [ "$all_from_backports" = 1 ] && continue  # all of them already, from backports
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); from_backports+=("$p/bookworm-backports"); }
+    continue
+  fi
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); install+=("$p"); }
 done
 if [ ${#missing[@]} -eq 0 ]; then
   say "Debian packages: all ${#DEB_PACKAGES[@]} present, nothing to install"
 else
   say "Debian packages: installing ${#missing[@]}: ${missing[*]}"
+fi
+install=("${from_backports[@]}" "${install[@]}")
+if [ ${#install[@]} -gt 0 ]; then
+  apt_t0=$SECONDS
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/nested-nvme-apt.log 2>&1 \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${install[@]}" >/tmp/nested-nvme-apt.log 2>&1 \
     || { say "apt-get install failed; the last lines of /tmp/nested-nvme-apt.log:"; tail -20 /tmp/nested-nvme-apt.log; exit 1; }
+  say "Debian packages: ${#install[@]} installed in one apt transaction in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
+  if [ ${#from_backports[@]} -gt 0 ]; then
+    say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
+  fi
 fi
 
 PY=${PYTHON:-python3}
+
+# The lab's guest images (mmdebstrap, the longest piece of a first run) build in the
+# background while the Python environment installs, when the parameter file given
+# (make run's PARAMS) is the lab's on this machine (lab: true, no host.ssh). They need only
+# Debian's python3 and the packages above; stage 02 then finds them in the cache. A second
+# run finds them up to date in a second.
+images_pid= images_log=/tmp/nested-nvme-images.log
+wants_lab_images() {
+  [ -n "$PARAMS" ] && [ -f "$PARAMS" ] || return 1
+  grep -qE '^lab:[[:space:]]*true([[:space:]]|#|$)' "$PARAMS" || return 1
+  ! awk '/^[^[:space:]#]/ {top=$1} top=="host:" && /^[[:space:]]+ssh:/ {found=1} END {exit !found}' "$PARAMS"
+}
+if wants_lab_images; then
+  "$PY" -m helpers.lab.images >"$images_log" 2>&1 &
+  images_pid=$!
+  images_t0=$SECONDS
+  # setup stopped early (a failed install, Ctrl-C): the build stops too, cleaning up after itself
+  trap '[ -n "$images_pid" ] && kill "$images_pid" 2>/dev/null && wait "$images_pid" 2>/dev/null' EXIT
+fi
+
 stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && .venv/bin/python -c 'import helpers, libvirt, papermill' 2>/dev/null; then
   say "Python environment: .venv up to date, nothing to install"
 else
   say "Python environment: creating .venv and installing the project (libvirt-python builds against libvirt-dev)"
+  venv_t0=$SECONDS
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  # uv (from PyPI, through pip) installs the project in a third of pip's time; where it cannot
+  # be had (no wheel for this machine, a pip configured for an index of its own), pip does it.
+  # Their output goes to a log (pip's warnings about this machine's pip configuration included),
+  # shown when something fails.
+  pip_log=/tmp/nested-nvme-pip.log
+  if .venv/bin/pip install -q uv >"$pip_log" 2>&1 && .venv/bin/uv --version >/dev/null 2>&1; then
+    installer=uv
+    .venv/bin/uv pip install --python .venv/bin/python -e '.[dev]' >>"$pip_log" 2>&1 \
+      || { say "installing the project with uv failed; the last lines of $pip_log:"; tail -20 "$pip_log"; exit 1; }
+  else
+    installer=pip
+    { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'; } >>"$pip_log" 2>&1 \
+      || { say "pip install failed; the last lines of $pip_log:"; tail -20 "$pip_log"; exit 1; }
+  fi
   .venv/bin/python -m ipykernel install --sys-prefix --name nested-nvme --display-name "Nested NVMe runbook" >/dev/null
   rm -f .venv/.installed-*; touch "$stamp"
+  say "Python environment: installed with $installer in $((SECONDS - venv_t0)) s (log $pip_log)"
+fi
+
+if [ -n "$images_pid" ]; then
+  if wait "$images_pid"; then
+    images_pid=
+    if grep -q "images up to date" "$images_log"; then
+      say "lab images: $(grep -m1 'images up to date' "$images_log" | sed 's/^images //'), nothing to build"
+    else
+      say "lab images: built in the background in $((SECONDS - images_t0)) s, $(grep -m1 '^l1 disk:' "$images_log" | sed 's/  (.*//') (log $images_log)"
+    fi
+  else
+    images_pid=
+    say "lab images: the build failed; the last lines of $images_log:"; tail -5 "$images_log"; exit 1
+  fi
 fi
 
 .venv/bin/python -m helpers.lab.daemons

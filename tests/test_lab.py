@@ -121,6 +121,12 @@ def test_01_runs_stages_01_to_05(lab):
         ("01", "passed"), ("02", "passed"), ("03", "passed"), ("04", "passed"), ("05", "passed")]
     for s in summary["stages"]:
         assert (lab["run"] / s["notebook"]).exists()
+        for w in s["steps"]:  # every step's time on record: its plan, and its apply when applied
+            assert w["plan_seconds"] is not None and (w.get("apply_seconds") is not None) == w["applied"], w
+        assert sum(w["plan_seconds"] + w.get("apply_seconds", 0) for w in s["steps"]) <= s["seconds"]
+    waits = {(s["stage"], w["step"]): w["waits"] for s in summary["stages"] for w in s["steps"]}
+    assert any("guest agent" in x["what"] for x in waits[("02", "Wait for L1")])  # the wait for a guest, named
+    assert "where the time went" in (lab["run"] / "report.html").read_text()
 
 
 def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_plans(lab):

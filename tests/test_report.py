@@ -33,6 +33,7 @@ def test_report_has_contents_verdicts_durations_and_the_picture(report):
             for b in re.findall(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", html)]
     assert any("runbook-picture" in s and "Stage 01: check host" in s for s in svgs)  # the L0/L1/L2 picture
     assert "toggleCode" in html  # code can be hidden
+    assert "runbook-time-chart" in html and "where the time went: step" in html  # every step's time
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup.sh installs it)")

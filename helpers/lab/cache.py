@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,13 +89,26 @@ def in_use(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def locked(cache_dir: Path):
-    """One build at a time per cache (flock on cache_dir/.lock)."""
+def locked(cache_dir: Path, progress=print, timeout: float = 1800):
+    """One build at a time per cache (flock on cache_dir/.lock). Another build running
+    (``make run``'s setup starts one in the background) is waited for, with a line every
+    30 s, up to ``timeout``: the caller then finds its images in the cache."""
     with open(cache_dir / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LabImageError(f"another image build is running in {cache_dir}") from None
+        t0 = time.monotonic()
+        said = None
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - t0
+                if waited > timeout:
+                    raise LabImageError(f"another image build in {cache_dir} still runs after {timeout:.0f} s: "
+                                        f"see {cache_dir / 'build.log'}; stop it or wait, then try again") from None
+                if said is None or waited - said >= 30:
+                    progress(f"another image build is running in {cache_dir}: waiting for it ({waited:.0f} s)")
+                    said = waited
+                time.sleep(1)
         yield
 
 

@@ -51,7 +51,10 @@ def build_images(cache_dir: Path | None = None, force: bool = False, progress=pr
         progress(f"images up to date (recipe {recipe})")
         return images
     preflight(cache_dir)
-    with locked(cache_dir):
+    with locked(cache_dir, progress):
+        if not force and (images := load_images(l0, cache_dir, recipe)):  # built while this waited
+            progress(f"images up to date (recipe {recipe}), built by the other build")
+            return images
         remove_stale_builds(cache_dir)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir))
         try:

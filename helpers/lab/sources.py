@@ -43,7 +43,7 @@ L1_MASKED = [
     "libvirt-guests.service", "systemd-timesyncd.service", "nvmf-autoconnect.service",
     "nvmefc-boot-connections.service",
 ]
-L1_ENABLED = ["systemd-networkd.service"]
+L1_ENABLED = ["systemd-networkd.service", "lab-libvirt-warm.service"]
 # /etc/grub.d scripts with nothing to find in L1 (each adds to every update-grub)
 L1_GRUB_D_OFF = ["05_debian_theme", "20_linux_xen", "30_os-prober", "30_uefi-firmware", "41_custom"]
 L1_GRUB = {
