@@ -244,3 +244,22 @@ def test_a_refused_host_and_an_unreachable_one_are_reported_while_the_others_run
     assert "Planned changes" in page and "refused parameters" in page and "unreachable" in page
     assert "refused parameters" in r.stdout and "unreachable" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_the_example_inventory_maps_and_passes_the_schema(tmp_path):
+    """parameters/fleet-example, read by Ansible itself (ansible-inventory, no connection made),
+    gives each host valid parameters over the seed's file."""
+    inv = ROOT / "parameters" / "fleet-example" / "hosts.yml"
+    r = subprocess.run([fleet_cmd.ansible_playbook().replace("ansible-playbook", "ansible-inventory"),
+                        "-i", str(inv), "--list"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    hostvars = listed.pop("_meta")["hostvars"]
+    hosts = {h for group in listed.values() for h in group.get("hosts", [])}
+    base = ROOT / "parameters" / "seed-xeon4214.yaml"
+    recs = {h: fleet.prepare(tmp_path, h, base, hostvars.get(h, {})) for h in hosts}
+    assert recs["server1"]["l0"] == "root@server1.example.com:22"
+    assert recs["server2"]["l0"] == "server2 (ssh config)" and recs["localhost"]["l0"] == "this machine"
+    s1 = yaml.safe_load((tmp_path / "server1" / "params.yaml").read_text())
+    assert s1["host"]["ssh"]["known_hosts"] == str(Path("~/.ssh/known_hosts_rack1").expanduser())
+    assert s1["l1"]["name"] == "nested-kvm-server1" and s1["l2"] == yaml.safe_load(base.read_text())["l2"]

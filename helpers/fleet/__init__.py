@@ -443,6 +443,9 @@ def fleet_view(fleet_dir: Path) -> dict:
     compare = ("python -m helpers compare " + " ".join(shlex.quote(os.path.relpath(r, ROOT)
                                                                    if r.startswith(str(ROOT)) else r)
                                                        for r in with_results)) if len(with_results) >= 2 else None
+    if not meta.get("mode"):  # the playbook run by hand: the hosts' own runs say it
+        meta["mode"] = "check" if hosts and all(h["mode"] == "check" for h in hosts if h["status"] in ("passed", "failed", "interrupted", "running")) \
+            else "run"
     return {"fleet_id": fleet_dir.name.removeprefix("fleet-"), "folder": str(fleet_dir), **meta,
             "written": _now(), "hosts": hosts, "counts": {k: v for k, v in counts.items() if v},
             "passed": bool(hosts) and all(h["status"] == "passed" for h in hosts), "compare": compare,
