@@ -222,7 +222,8 @@ def record(fleet_dir: Path, host: str, **fields) -> dict:
     return rec
 
 
-def prepare(fleet_dir: Path, host: str, base_file: Path, hv: dict, password_vars: list[str] = ()) -> dict:
+def prepare(fleet_dir: Path, host: str, base_file: Path, hv: dict, password_vars: list[str] = (),
+            round_: str = "") -> dict:
     """Merge and check one host's parameters into ``<fleet>/<host>/params.yaml``; its record.
     A refusal is recorded ("refused parameters") and raised."""
     d = host_dir(fleet_dir, host)
@@ -243,12 +244,12 @@ def prepare(fleet_dir: Path, host: str, base_file: Path, hv: dict, password_vars
                           hint=f"fix `{PARAMS_VAR}` in the host's host_vars or group_vars (or the base file "
                                f"{base_file}); the merged file is {out}") from None
     except Refused as e:
-        record(fleet_dir, host, status="refused parameters", error=e.message, hint=e.hint,
-                            params=str(out) if out.exists() else None, finished=_now())
+        record(fleet_dir, host, status="refused parameters", error=e.message, hint=e.hint, round=round_,
+               params=str(out) if out.exists() else None, finished=_now())
         raise Refused(e.message, e.hint) from None
     from .. import l0
     return record(fleet_dir, host, status="prepared", params=str(out), l0=l0.where(p), l1=p.l1.name,
-                  error=None, hint=None)
+                  error=None, hint=None, round=round_)
 
 
 def _now() -> str:
@@ -359,7 +360,8 @@ def host_view(fleet_dir: Path, host: str) -> dict:
     view = {"host": host, "status": "not run", "l0": rec.get("l0"), "l1": rec.get("l1"),
             "params": rec.get("params"), "error": rec.get("error"), "hint": rec.get("hint"),
             "seconds": rec.get("seconds"), "stages": [], "checks": [], "plans": [], "results": None,
-            "report": None, "run_dir": rec.get("run_dir"), "stopped_at": None, "mode": rec.get("mode", "run")}
+            "report": None, "run_dir": rec.get("run_dir"), "stopped_at": None, "mode": rec.get("mode", "run"),
+            "round": rec.get("round", "")}
     status = rec.get("status")
     if status in ("refused parameters", "unreachable"):
         view["status"] = status

@@ -96,8 +96,10 @@ def fleet(args) -> int:
     meta.update(fleet_id=d.name.removeprefix("fleet-"), inventory=str(inventory), params=str(base),
                 stages=",".join(chosen), mode="check" if args.check else "run", forks=args.forks,
                 limit=args.limit, started=datetime.now().isoformat(timespec="seconds"))
+    meta["round"] = f"{meta['started']}-{os.getpid()}"  # this invocation: its hosts' records carry it
     write_json(d / "fleet-meta.json", meta)
     extra = {"fleet_dir": str(d), "fleet_base_params": str(base), "fleet_python": sys.executable,
+             "fleet_round": meta["round"],
              "fleet_runner_args": runner_args(args, chosen)}
     write_json(d / "extra-vars.json", extra)
     cmd = [playbook, "-i", str(inventory), str(PLAYBOOK), "-f", str(args.forks), "-e", f"@{d / 'extra-vars.json'}"]
@@ -128,21 +130,23 @@ def fleet(args) -> int:
             wait_for_hosts(d, timeout=120)
     finally:
         signal.signal(signal.SIGINT, before)
-    if not hosts_in(d):
+    view = write_index(d)
+    # this invocation's hosts (--limit leaves the others' records as they were)
+    mine = [h for h in view["hosts"] if h["round"] == meta["round"]]
+    if not mine:
         print(f"ERROR: ansible-playbook ran no host (exit code {rc}): read its output above "
               f"(the inventory {inventory}, --limit {args.limit or '(none)'})", file=sys.stderr)
         return 2
-    view = write_index(d)
-    print(summary_table(view))
+    print(summary_table({**view, "hosts": mine}))
     print(f"\nindex:  {d / 'index.html'}\nfleet:  {d / 'fleet.json'}")
     if view.get("compare"):
         print(f"compare the hosts' fio results: {view['compare']}")
     if view.get("resume"):
         print(f"HINT: resume every stopped host: {view['resume']}", file=sys.stderr)
-    if interrupted or view["counts"].get("interrupted"):
+    if interrupted or any(h["status"] == "interrupted" for h in mine):
         print("\nINTERRUPTED: each host stopped its stage and recorded it; the index says where", file=sys.stderr)
         return 130
-    return 0 if view["passed"] else 1
+    return 0 if all(h["status"] == "passed" for h in mine) else 1
 
 
 def wait_for_hosts(d: Path, timeout: float) -> None:
@@ -182,6 +186,7 @@ def host_main(argv: list[str] | None = None) -> int:
     pr.add_argument("--base", required=True)
     pr.add_argument("--vars", default="{}")
     pr.add_argument("--password-vars", default="")
+    pr.add_argument("--round", default="", help="the fleet command's invocation (its start time)")
     ru = sub.add_parser("run")
     ru.add_argument("--fleet-dir", required=True)
     ru.add_argument("--host", required=True)
@@ -193,7 +198,7 @@ def host_main(argv: list[str] | None = None) -> int:
     if a.cmd == "prepare":
         try:
             prepare(d, a.host, Path(a.base), json.loads(a.vars or "{}"),
-                    [v for v in a.password_vars.split(",") if v])
+                    [v for v in a.password_vars.split(",") if v], a.round)
         except Refused as e:
             write_index(d)
             print(f"refused parameters: {e}", file=sys.stderr)
