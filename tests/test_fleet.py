@@ -263,3 +263,37 @@ def test_the_example_inventory_maps_and_passes_the_schema(tmp_path):
     s1 = yaml.safe_load((tmp_path / "server1" / "params.yaml").read_text())
     assert s1["host"]["ssh"]["known_hosts"] == str(Path("~/.ssh/known_hosts_rack1").expanduser())
     assert s1["l1"]["name"] == "nested-kvm-server1" and s1["l2"] == yaml.safe_load(base.read_text())["l2"]
+
+
+def test_ctrl_c_stops_every_hosts_run_and_says_how_to_resume(tmp_path):
+    """SIGINT to the fleet command reaches each host's runner, which stops its stage and
+    records it; the fleet exits 130 and each host says how to resume (check mode: nothing changes)."""
+    import signal
+    import time
+    base = lab_base(tmp_path)
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    here:\n      ansible_connection: local\n")
+    out = tmp_path / "outputs"
+    proc = subprocess.Popen([sys.executable, "-m", "helpers", "fleet", "--inventory", str(inv), "--params", str(base),
+                             "--check", "--outputs", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end:  # until the host's runner is in a stage
+            log = next(out.glob("fleet-*/here/runner.log"), None)
+            if log and "== stage 0" in log.read_text():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the host's runner did not start a stage within 120 s")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    d = next(out.glob("fleet-*-check"))
+    h = json.loads((d / "fleet.json").read_text())["hosts"][0]
+    assert h["status"] == "interrupted" and h["stopped_at"], h
+    assert f"--from {h['stopped_at']}" in h["hint"] and "INTERRUPTED" in stderr
+    assert "interrupted at stage" in (d / "index.html").read_text()
