@@ -527,9 +527,10 @@ def render_index(view: dict, fleet_dir: Path) -> str:
     title = f"Fleet {view['fleet_id']}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style>"
              f"</head><body><h1>{_e(title)}</h1>",
-             f"<p>Inventory <code>{_e(view.get('inventory'))}</code>, base parameters <code>{_e(view.get('params'))}"
-             f"</code>, stages {_e(view.get('stages') or '')}{' (check mode: planned, nothing changed)' if mode == 'check' else ''}"
-             f". Written {_e(view['written'])}.</p>",
+             (f"<p>Inventory <code>{_e(view.get('inventory'))}</code>, base parameters <code>{_e(view.get('params'))}"
+              f"</code>, stages {_e(view.get('stages'))}" if view.get("inventory") else
+              "<p>Run by ansible-playbook directly")
+             + f"{' (check mode: planned, nothing changed)' if mode == 'check' else ''}. Written {_e(view['written'])}.</p>",
              f"<p><b>{'All hosts passed' if view['passed'] else 'Not every host passed'}</b>: {_e(counts)}.</p>"]
     parts.append("<h2>Hosts</h2><table><tr><th>host</th><th>L0</th><th>L1</th><th>status</th><th>error and HINT</th>"
                  "<th>duration</th><th>stages</th><th>report</th><th>key results</th></tr>")
