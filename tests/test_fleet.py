@@ -36,12 +36,11 @@ def test_local_connection_means_l0_is_this_machine():
     assert fleet.host_ssh("localhost", {"ansible_connection": "local"}) is None
 
 
-def test_connection_variables_become_host_ssh(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_connection_variables_become_host_ssh(tmp_path):
     hv = {"ansible_host": "10.0.0.5", "ansible_port": "2201", "ansible_user": "admin",
           "ansible_ssh_private_key_file": "keys/id_ed25519",
           "ansible_ssh_common_args": "-o UserKnownHostsFile=~/fleet_known_hosts -o ServerAliveInterval=5"}
-    ssh = fleet.host_ssh("server1", hv)
+    ssh = fleet.host_ssh("server1", hv, cwd=str(tmp_path))  # relative: to where ansible-playbook started
     assert ssh == {"address": "10.0.0.5", "port": 2201, "user": "admin",
                    "identity": str(tmp_path / "keys" / "id_ed25519"),
                    "known_hosts": str(Path("~/fleet_known_hosts").expanduser())}

@@ -78,10 +78,11 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _path(value, where: str, inventory_dir: Path | None = None) -> str:
+def _path(value, cwd: str | None = None) -> str:
+    """A path as Ansible's ssh takes it: ~ expanded, relative to where ansible-playbook was started."""
     p = Path(os.path.expanduser(str(value)))
     if not p.is_absolute():
-        p = (inventory_dir or Path.cwd()) / p
+        p = Path(cwd or os.getcwd()) / p
     return str(p)
 
 
@@ -96,7 +97,7 @@ def _ssh_option(args: str, name: str) -> str | None:
     return None
 
 
-def host_ssh(host: str, hv: dict, given: dict | None = None) -> dict | None:
+def host_ssh(host: str, hv: dict, given: dict | None = None, cwd: str | None = None) -> dict | None:
     """``host.ssh`` from Ansible's connection variables (``hv``), or None for
     ``ansible_connection: local`` (L0 is this machine). ``given``: a ``host.ssh`` the
     host's ``nested_nvme`` sets itself, which wins key by key.
@@ -134,9 +135,9 @@ def host_ssh(host: str, hv: dict, given: dict | None = None) -> dict | None:
         ssh.update(address=str(hv.get("ansible_host") or host), port=int(hv.get("ansible_port") or 22),
                    user=str(hv.get("ansible_user") or getpass.getuser()))
         if hv.get("ansible_ssh_private_key_file"):
-            ssh["identity"] = _path(hv["ansible_ssh_private_key_file"], "ansible_ssh_private_key_file")
+            ssh["identity"] = _path(hv["ansible_ssh_private_key_file"], cwd)
         if known:
-            ssh["known_hosts"] = _path(known.split()[0], "UserKnownHostsFile")
+            ssh["known_hosts"] = _path(known.split()[0], cwd)
     for k, v in (given or {}).items():  # what nested_nvme says about host.ssh wins
         ssh[k] = v
     return ssh
@@ -160,7 +161,7 @@ def secrets_in(raw, loc: tuple = ()) -> list[str]:
     return found
 
 
-def host_params(host: str, base: dict, hv: dict, password_vars: list[str] = ()) -> dict:
+def host_params(host: str, base: dict, hv: dict, password_vars: list[str] = (), cwd: str | None = None) -> dict:
     """The host's parameters: ``base`` with ``nested_nvme`` merged over it and
     ``host.ssh`` from the connection variables. Raises Refused naming what to fix;
     a password variable or a secret in ``nested_nvme`` is refused by its name only."""
@@ -180,7 +181,7 @@ def host_params(host: str, base: dict, hv: dict, password_vars: list[str] = ()) 
                       hint="take it out; give only the path of a key file (host.ssh.identity, l1.ssh.identity)")
     merged = merge(base, over)
     given = ((over.get("host") or {}).get("ssh")) if isinstance(over.get("host"), dict) else None
-    ssh = host_ssh(host, hv, given if isinstance(given, dict) else None)
+    ssh = host_ssh(host, hv, given if isinstance(given, dict) else None, cwd)
     merged.setdefault("host", {})
     if ssh is None:
         merged["host"].pop("ssh", None)
@@ -223,7 +224,7 @@ def record(fleet_dir: Path, host: str, **fields) -> dict:
 
 
 def prepare(fleet_dir: Path, host: str, base_file: Path, hv: dict, password_vars: list[str] = (),
-            round_: str = "") -> dict:
+            round_: str = "", cwd: str | None = None) -> dict:
     """Merge and check one host's parameters into ``<fleet>/<host>/params.yaml``; its record.
     A refusal is recorded ("refused parameters") and raised."""
     d = host_dir(fleet_dir, host)
@@ -234,7 +235,7 @@ def prepare(fleet_dir: Path, host: str, base_file: Path, hv: dict, password_vars
             base = params_mod._parse(Path(base_file), params_mod._read(Path(base_file)))[0]
         except params_mod.ParamsError as e:
             raise Refused(str(e), hint="fix the base parameter file (--params)") from None
-        merged = host_params(host, base, hv, list(password_vars))
+        merged = host_params(host, base, hv, list(password_vars), cwd)
         out.write_text(f"# host {host} of the fleet: {base_file} with the inventory's {PARAMS_VAR} and "
                        "connection variables merged over it\n" + yaml.safe_dump(merged, sort_keys=False))
         try:

@@ -99,7 +99,7 @@ def fleet(args) -> int:
     meta["round"] = f"{meta['started']}-{os.getpid()}"  # this invocation: its hosts' records carry it
     write_json(d / "fleet-meta.json", meta)
     extra = {"fleet_dir": str(d), "fleet_base_params": str(base), "fleet_python": sys.executable,
-             "fleet_round": meta["round"],
+             "fleet_round": meta["round"], "fleet_cwd": os.getcwd(),
              "fleet_runner_args": runner_args(args, chosen)}
     write_json(d / "extra-vars.json", extra)
     cmd = [playbook, "-i", str(inventory), str(PLAYBOOK), "-f", str(args.forks), "-e", f"@{d / 'extra-vars.json'}"]
@@ -187,6 +187,7 @@ def host_main(argv: list[str] | None = None) -> int:
     pr.add_argument("--vars", default="{}")
     pr.add_argument("--password-vars", default="")
     pr.add_argument("--round", default="", help="the fleet command's invocation (its start time)")
+    pr.add_argument("--cwd", default=None, help="where ansible-playbook was started (relative key paths)")
     ru = sub.add_parser("run")
     ru.add_argument("--fleet-dir", required=True)
     ru.add_argument("--host", required=True)
@@ -198,7 +199,7 @@ def host_main(argv: list[str] | None = None) -> int:
     if a.cmd == "prepare":
         try:
             prepare(d, a.host, Path(a.base), json.loads(a.vars or "{}"),
-                    [v for v in a.password_vars.split(",") if v], a.round)
+                    [v for v in a.password_vars.split(",") if v], a.round, a.cwd or None)
         except Refused as e:
             write_index(d)
             print(f"refused parameters: {e}", file=sys.stderr)
