@@ -4,7 +4,7 @@ PARAMS ?= parameters/lab.yaml
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run check test teardown images jupyter bench
+.PHONY: setup run check test teardown images jupyter bench fleet
 
 # with the lab's parameters, setup also builds the lab images (in the background, beside the
 # Python environment); a real host's parameter file builds none
@@ -33,3 +33,11 @@ jupyter: setup
 
 bench: setup
 	$(PY) scripts/bench_lab.py
+
+# the runbook on every host of an Ansible inventory, in parallel, with one index (README: "A fleet")
+# e.g. make fleet INVENTORY=fleet/hosts.yml FLEET_ARGS="--stages 01"
+INVENTORY ?=
+FLEET_ARGS ?=
+fleet: setup
+	@test -n "$(INVENTORY)" || { echo "ERROR: give the inventory: make fleet INVENTORY=path/to/hosts.yml [FLEET_ARGS='--stages 01']"; exit 2; }
+	$(PY) -m helpers fleet --inventory $(INVENTORY) --params $(PARAMS) $(FLEET_ARGS)

@@ -608,9 +608,14 @@ def compare(args) -> int:
     return compare_mod.main(args.runs, None if args.no_plot else args.plot)
 
 
+def fleet(args) -> int:
+    from .fleet.command import fleet as fleet_command
+    return fleet_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="python -m helpers", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", metavar="{run,check-params,compare}")
+    sub = ap.add_subparsers(dest="cmd", metavar="{run,check-params,compare,fleet}")
     r = sub.add_parser("run", help="run stages with papermill into outputs/<run-id>/")
     r.add_argument("--params", default=str(DEFAULT_PARAMS), help="parameter file (default: the lab)")
     r.add_argument("--stages", help="comma-separated stages, in order, e.g. 01,02 or 99 (resumes the latest run)")
@@ -633,6 +638,21 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--plot", default="compare.png", help="where to write the plots (default: compare.png)")
     m.add_argument("--no-plot", action="store_true", help="print the tables only")
     m.set_defaults(func=compare)
+    f = sub.add_parser("fleet", help="run the runbook on every host of an Ansible inventory, in parallel, "
+                                     "with one index (helpers/fleet)")
+    f.add_argument("--inventory", required=True, help="an Ansible inventory (YAML or INI, host_vars/, group_vars/)")
+    f.add_argument("--params", default=str(DEFAULT_PARAMS), help="the base parameter file; each host's "
+                   "`nested_nvme` variable is merged over it (default: the lab)")
+    f.add_argument("--limit", help="Ansible's host pattern: only these hosts")
+    f.add_argument("--forks", type=int, default=5, help="how many hosts run at once (default: 5)")
+    f.add_argument("--stages", help="comma-separated stages for every host, e.g. 01 (a readiness matrix) or 99")
+    f.add_argument("--from", dest="start", help="resume every host of the latest fleet from this stage on "
+                   "(each from where it stopped, if later)")
+    f.add_argument("--check", action="store_true", help="check mode on every host: each host's planned changes")
+    f.add_argument("--fleet-id", help="the fleet's folder name under --outputs (fleet-NAME), to create or resume")
+    f.add_argument("--outputs", default=str(OUTPUTS), help="where fleet folders go")
+    f.add_argument("--cell-timeout", type=_positive, default=3600, help="seconds any one cell may take")
+    f.set_defaults(func=fleet)
     args = ap.parse_args(argv)
     if args.cmd is None:
         print("ERROR: no command: type `python -m helpers run` (stages 01-05 on parameters/lab.yaml), "

@@ -439,8 +439,8 @@ def test_check_params_says_when_it_checked_the_schema_only(world, capsys):
 CLI = [
     ("no command", [], "no command: type `python -m helpers run` (stages 01-05 on parameters/lab.yaml), "
                        "`python -m helpers check-params FILE` or `python -m helpers compare RUN_DIR RUN_DIR`"),
-    ("an unknown command", ["rnu"], "argument {{run,check-params,compare}}: invalid choice: 'rnu' (choose from "
-                                    "'run', 'check-params', 'compare'): see `python -m helpers --help`"),
+    ("an unknown command", ["rnu"], "argument {{run,check-params,compare,fleet}}: invalid choice: 'rnu' (choose "
+                                    "from 'run', 'check-params', 'compare', 'fleet'): see `python -m helpers --help`"),
     ("empty --stages", ["--stages", ""], "--stages is empty: give the stages to run, e.g. `--stages 01,02`, or "
                                          "`--stages 99` to tear down"),
     ("--stages of commas", ["--stages", ",,"], "--stages is empty: give the stages to run, e.g. `--stages 01,02`, "

@@ -40,16 +40,17 @@ HIDDEN = ["/var/lib", "/var/cache", "/run/libvirt"]
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(3600)]
 
 
-def start_sshd(d: Path) -> subprocess.Popen:
-    """A real OpenSSH server on 127.0.0.1:SSHD_PORT: its own host key, key-only, root by key."""
+def start_sshd(d: Path, port: int = SSHD_PORT) -> subprocess.Popen:
+    """A real OpenSSH server on 127.0.0.1:port: its own host key, key-only, root by key
+    (also the fleet's lab test's, one per L0 it reaches)."""
     for name in ("host", "user"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"l0-test-{name}",
                         "-f", str(d / name)], check=True)
     (d / "authorized_keys").write_text((d / "user.pub").read_text())
     (d / "authorized_keys").chmod(0o600)
     pub = " ".join((d / "host.pub").read_text().split()[:2])
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{SSHD_PORT} {pub}\n")
-    (d / "sshd_config").write_text(f"""Port {SSHD_PORT}
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub}\n")
+    (d / "sshd_config").write_text(f"""Port {port}
 ListenAddress 127.0.0.1
 HostKey {d}/host
 AuthorizedKeysFile {d}/authorized_keys
@@ -70,12 +71,12 @@ UsePAM no
                              "-E", str(d / "sshd.log")])
     for _ in range(100):
         try:
-            socket.create_connection(("127.0.0.1", SSHD_PORT), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return proc
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    pytest.fail(f"the test's sshd did not listen on 127.0.0.1:{SSHD_PORT}: {(d / 'sshd.log').read_text()}")
+    pytest.fail(f"the test's sshd did not listen on 127.0.0.1:{port}: {(d / 'sshd.log').read_text()}")
 
 
 def write_params(d: Path) -> Path:
