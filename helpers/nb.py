@@ -133,7 +133,7 @@ class Stage:
             walked[self.number][-1]["applied"] = True
             self.state.set("steps", walked)
         self.record(step.label, result)
-        step.show(result)
+        step.show(run.plan, result)
 
     def planned(self, step_cls):
         """The latest plan of an earlier step of this stage (None: not planned)."""
