@@ -20,6 +20,64 @@ NOTHING_FOR_TARGET = "no change: nvme.target is l1"  # stages 03 and 04 with the
 
 
 @dataclass
+class Walk:
+    """The steps a stage walked: each step class's latest plan and whether it was applied (what
+    ``Stage.planned`` and ``Stage.pending`` answer from), and in the run state each plan with its
+    times and waits (``steps``) and what each apply changed (``changes``), for the runner's
+    summary and report and for a rerun's "no change" check."""
+    plans: dict = field(default_factory=dict)  # step class -> its latest Plan in this stage
+    applied: set = field(default_factory=set)  # the step classes whose latest plan was applied
+
+    @staticmethod
+    def anew(state: State, number: str) -> None:
+        """Forget what an earlier walk of stage ``number`` noted: its steps are walked anew."""
+        walked = state.get("steps", {})
+        if walked.get(number):
+            walked.pop(number)
+            state.set("steps", walked)
+
+    def add(self, ctx: Stage, step, plan, seconds: float) -> None:
+        """``plan`` is ``step``'s latest, not applied; noted with how long planning took."""
+        self.plans[type(step)] = plan
+        self.applied.discard(type(step))
+        walked = ctx.state.get("steps", {})
+        walked.setdefault(ctx.number, []).append({"class": type(step).__name__, "mode": ctx.mode,
+                                                  **plan.record(), "plan_s": round(seconds, 2)})
+        ctx.state.set("steps", walked)
+
+    def timed(self, ctx: Stage, seconds: float, waits: list[tuple[str, float]]) -> None:
+        """Note how long the step just planned took to apply, and its waits, with its plan."""
+        self._latest(ctx, apply_s=round(seconds, 2), waits=[{"what": w, "seconds": s} for w, s in waits])
+
+    def done(self, ctx: Stage, step, result) -> None:
+        """``step``'s latest plan was applied and gave ``result``: noted, with what it changed
+        (so that a rerun can be checked for "no change")."""
+        from .ops import Change
+        self.applied.add(type(step))
+        self._latest(ctx, applied=True)
+        items = list(result) if isinstance(result, (list, tuple)) else [result]
+        changes = [c for c in items if isinstance(c, Change)]
+        if changes:
+            log = ctx.state.get("changes", {})
+            log.setdefault(ctx.number, {})[step.label] = [
+                {"what": c.what, "changed": c.changed, "detail": c.detail} for c in changes]
+            ctx.state.set("changes", log)
+
+    def pending(self, step_cls) -> bool:
+        """Planned with changes and not applied yet."""
+        plan = self.plans.get(step_cls)
+        return bool(plan is not None and plan.changes and step_cls not in self.applied)
+
+    @staticmethod
+    def _latest(ctx: Stage, **fields) -> None:
+        """Add ``fields`` to the run state's entry of the step planned last in this stage."""
+        walked = ctx.state.get("steps", {})
+        if walked.get(ctx.number):
+            walked[ctx.number][-1].update(fields)
+            ctx.state.set("steps", walked)
+
+
+@dataclass
 class Stage:
     """A stage's context: ``params``, ``state`` and the guests ``l0``, ``l1()``, ``l2()``.
     ``l0`` is this machine or, with ``host.ssh``, a server over SSH (``helpers.l0``)."""
@@ -33,8 +91,7 @@ class Stage:
     l0: Guest = field(default_factory=Local)
     started: float = field(default_factory=time.monotonic)
     seen: dict = field(default_factory=dict)  # what this stage's read-only steps read, for the later steps' plans
-    plans: dict = field(default_factory=dict)  # step class -> its latest Plan in this stage
-    applied: set = field(default_factory=set)  # the step classes whose latest plan was applied
+    walk: Walk = field(default_factory=Walk)  # each step's latest plan, and whether it was applied
     _l1_checked: bool = False
 
     def form(self, *sections: str):
@@ -105,12 +162,7 @@ class Stage:
             plan = Plan(step.label, [], unknown=f"this is fixed, as a run would stop here: {e.message}"
                                                 + (f" (HINT: {e.hint})" if e.hint else ""))
         record.plan(step.label, plan.record())
-        self.plans[type(step)] = plan
-        self.applied.discard(type(step))
-        walked = self.state.get("steps", {})
-        walked.setdefault(self.number, []).append({"class": type(step).__name__, "mode": self.mode,
-                                                   **plan.record(), "plan_s": round(time.monotonic() - t0, 2)})
-        self.state.set("steps", walked)
+        self.walk.add(self, step, plan, time.monotonic() - t0)
         return plan
 
     def apply(self, step, run) -> None:
@@ -125,43 +177,18 @@ class Stage:
                 result = step.apply(self, run.plan)
                 record.applied(step.label)
         finally:
-            self._timed(time.monotonic() - t0, wait.WAITED[waited:])
-        self.applied.add(type(step))
+            self.walk.timed(self, time.monotonic() - t0, wait.WAITED[waited:])
         run.done(result)
-        walked = self.state.get("steps", {})
-        if walked.get(self.number):
-            walked[self.number][-1]["applied"] = True
-            self.state.set("steps", walked)
-        self.record(step.label, result)
-        step.show(result)
+        self.walk.done(self, step, result)
+        step.show(run.plan, result)
 
     def planned(self, step_cls):
         """The latest plan of an earlier step of this stage (None: not planned)."""
-        return self.plans.get(step_cls)
+        return self.walk.plans.get(step_cls)
 
     def pending(self, step_cls) -> bool:
         """Will an earlier step still change something: planned with changes, not applied yet?"""
-        plan = self.plans.get(step_cls)
-        return bool(plan is not None and plan.changes and step_cls not in self.applied)
-
-    def _timed(self, seconds: float, waits: list[tuple[str, float]]) -> None:
-        """Note how long the step just planned took to apply, and its waits, with its plan."""
-        walked = self.state.get("steps", {})
-        if walked.get(self.number):
-            walked[self.number][-1].update(apply_s=round(seconds, 2),
-                                           waits=[{"what": w, "seconds": s} for w, s in waits])
-            self.state.set("steps", walked)
-
-    def record(self, label: str, result) -> None:
-        """Note in the run state what a step changed, so a rerun can be checked for "no change"."""
-        from .ops import Change
-        items = list(result) if isinstance(result, (list, tuple)) else [result]
-        changes = [c for c in items if isinstance(c, Change)]
-        if changes:
-            log = self.state.get("changes", {})
-            log.setdefault(self.number, {})[label] = [
-                {"what": c.what, "changed": c.changed, "detail": c.detail} for c in changes]
-            self.state.set("changes", log)
+        return self.walk.pending(step_cls)
 
     def l1(self):
         """SSH into L1, as stage 02 recorded it. The first time in stages 03 to 05,
@@ -227,10 +254,7 @@ def stage(number: str, params_file: str, state_file: str = "", interactive: bool
     from . import l0
     ctx = Stage(number, pfile, p, State(state_file), bool(interactive), mode, l0=l0.guest(p))
     _keep_errors(ctx.state, number)
-    walked = ctx.state.get("steps", {})
-    if walked.get(number):  # this stage's steps are walked anew
-        walked.pop(number)
-        ctx.state.set("steps", walked)
+    Walk.anew(ctx.state, number)
     print(f"stage {number}: parameters {pfile.name} ({p.name}), state {state_file}"
           + (" - check mode: every step is planned and shown, nothing is changed" if mode == "check" else ""))
     if show_picture:

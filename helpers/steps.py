@@ -1,7 +1,9 @@
 """Steps: a stage is a list of them; each plans (reads only), then applies exactly its plan.
 
 Rule of this layer: ``plan(ctx)`` never changes anything; ``apply(ctx, plan)`` carries out
-``plan.actions`` and nothing else (what to do was decided by ``plan``, kept in ``plan.data``).
+``plan.actions`` and nothing else (what to do was decided by ``plan``, kept in ``plan.data``);
+``show(plan, result)`` displays what the step did from that plan and apply's result alone. A step
+keeps nothing on itself between the three: what a later one needs is in the plan or the result.
 
 Every mode walks the same list through ``Stage.step`` (helpers/nb.py): a batch run plans,
 shows the plan, applies it; an interactive run shows the plan as the preview and applies it
@@ -63,7 +65,8 @@ def no_change_why(plan: Plan) -> str:
 
 class Step:
     """One step of a stage: subclasses set ``label`` (and ``reads_only`` for a step
-    that only reads) and implement ``plan`` and ``apply``."""
+    that only reads) and implement ``plan`` and ``apply``, and ``show`` for a display of
+    their own. A step keeps no state: one instance may be planned, applied and shown anew."""
     label: str = ""
     reads_only: bool = False     # True: a step that only reads (its plan says what it reads)
 
@@ -73,8 +76,9 @@ class Step:
     def apply(self, ctx, plan: Plan):  # pragma: no cover
         raise NotImplementedError
 
-    def show(self, result) -> None:
-        """Display the result (default: operations' Changes as a table, nothing otherwise)."""
+    def show(self, plan: Plan, result) -> None:
+        """Display what the applied ``plan`` gave (``result``); default: operations' Changes as
+        a table, nothing otherwise."""
         from . import ui
         from .ops import Change
         items = result if isinstance(result, (list, tuple)) else [result]

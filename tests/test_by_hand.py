@@ -156,7 +156,7 @@ class _Echo(Step):
         self.seen.append("ran")
         return "result"
 
-    def show(self, result):
+    def show(self, plan, result):
         self.seen.append(result)
 
 

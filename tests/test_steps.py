@@ -130,6 +130,29 @@ def test_interactive_preview_is_the_plan_and_confirm_applies_that_plan(params, t
     assert run.applied and run.result[0].changed
 
 
+class Shown(Touch):
+    """Touch, noting what its show is given."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.shown = []
+
+    def show(self, plan, result):
+        self.shown.append((plan, result))
+
+
+def test_show_is_given_the_plan_applied_and_its_result_in_a_batch_and_on_confirm(params, tmp_path):
+    step = Shown(tmp_path / "f")
+    run = ctx_for(params, tmp_path).step(step)
+    assert step.shown == [(run.plan, run.result)] and step.shown[0][0] is step.applied[0]
+    step = Shown(tmp_path / "g")
+    run = ctx_for(params, tmp_path, interactive=True).step(step)
+    run.button.button.click()
+    assert step.shown == []  # nothing applied before Confirm, nothing shown
+    run.button.confirm.click()
+    assert step.shown == [(run.plan, run.result)] and step.shown[0][0] is step.applied[0]
+
+
 def test_interactive_read_only_step_runs_on_one_click_and_check_mode_has_no_confirm(params, tmp_path):
     ctx = ctx_for(params, tmp_path, interactive=True)
     run = ctx.step(Look())
@@ -187,6 +210,23 @@ def test_each_stage_notebook_walks_its_modules_steps_in_order(name):
         assert issubclass(s, Step) and s.label, s
     src = (ROOT / "notebooks" / f"{name}.ipynb").read_text()
     assert "preview=" not in src and "ctx.do(" not in src  # the plan is the preview
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_MODULES))
+def test_each_stage_step_keeps_nothing_on_itself(name):
+    """Steps are stateless between plan, apply and show: none sets an attribute on itself (what
+    show needs is in the plan or in the result)."""
+    import inspect
+    import textwrap
+    for s in STAGE_MODULES[name].STEPS:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(s)))
+        kept = [ast.unparse(t) for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                for t in ast.walk(t)
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"]
+        kept += [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id == "setattr"]
+        assert not kept, f"{s.__name__} keeps {kept} on itself"
 
 
 def test_check_mode_on_a_cold_host_plans_stage_02_without_changing_anything(params, tmp_path, monkeypatch):

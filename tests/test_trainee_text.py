@@ -11,6 +11,7 @@ from helpers.nb import Stage
 from helpers.report import unreadable
 from helpers.stages import build_l1, build_l2, verify_benchmark as vb
 from helpers.state import State
+from helpers.steps import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "parameters" / "lab.yaml"
@@ -26,7 +27,8 @@ def shown(monkeypatch, fn, *args) -> str:
 
 
 def test_l1s_boot_times_are_a_table_with_units_not_a_dict(monkeypatch):
-    text = shown(monkeypatch, build_l1.WaitL1().show, {"agent_wait_s": 19.1, "ssh_wait_s": 2.0, "since_start_s": 21.2})
+    text = shown(monkeypatch, build_l1.WaitL1().show, Plan(build_l1.WaitL1.label),
+                 {"agent_wait_s": 19.1, "ssh_wait_s": 2.0, "since_start_s": 21.2})
     assert "L1's guest agent answered  19.1 s" in text and "21.2 s" in text
     assert unreadable(text) == [] and "agent_wait_s" not in text
 
@@ -40,15 +42,15 @@ def test_the_choice_of_the_nvme_says_l2_select_in_words(tmp_path):
 
 
 def test_l1_giving_the_nvme_up_says_yes_or_no(monkeypatch):
-    text = shown(monkeypatch, build_l2.GivenUp().show, {"driver": "vfio-pci", "vfio_node": "/dev/vfio/6",
-                                                        "vfio_node_exists": True, "disk_gone_from_l1": False})
+    text = shown(monkeypatch, build_l2.GivenUp().show, Plan(build_l2.GivenUp.label),
+                 {"driver": "vfio-pci", "vfio_node": "/dev/vfio/6", "vfio_node_exists": True, "disk_gone_from_l1": False})
     assert text.splitlines()[-1].split() == ["vfio-pci", "/dev/vfio/6", "yes", "no"] and unreadable(text) == []
 
 
 def test_the_namespace_size_is_one_figure_in_gib_and_bytes_with_the_sector_size_in_bytes(monkeypatch):
     ns = {"device": "/dev/nvme0n1", "model": "QEMU NVMe Ctrl", "serial": "1234", "size_bytes": 1073741824,
           "sector_size": 512}
-    text = shown(monkeypatch, vb.Namespaces().show, (ns, "Node  SN ..."))
+    text = shown(monkeypatch, vb.Namespaces().show, Plan(vb.Namespaces.label, data="L2"), (ns, "Node  SN ..."))
     assert "1 GiB (1,073,741,824 bytes)" in text and "512 bytes" in text and "1.07 GB" not in text.split("\n", 2)[-1]
     assert unreadable(text) == []
 

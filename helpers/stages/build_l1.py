@@ -204,7 +204,7 @@ class Definition(Step):
     def apply(self, ctx: Stage, plan: Plan) -> L1Definition:
         return definition(ctx)
 
-    def show(self, d: L1Definition) -> None:
+    def show(self, plan: Plan, d: L1Definition) -> None:
         from .. import ui
         print(f"accelerator: {d.accel}; vCPUs pinned to {d.cpuset}: {d.cpuset_reason}")
         print(f"vIOMMU: {d.iommu} ({d.iommu_reason})" if d.viommu else
@@ -370,7 +370,7 @@ class WaitL1(Step):
     def apply(self, ctx: Stage, plan: Plan) -> dict:
         return wait(ctx)
 
-    def show(self, times: dict) -> None:
+    def show(self, plan: Plan, times: dict) -> None:
         from .. import ui
         ui.show_table([("L1's guest agent answered", f"{times['agent_wait_s']} s"),
                        ("then L1's sshd let us in", f"{times['ssh_wait_s']} s"),
@@ -392,7 +392,7 @@ class InspectL1(Step):
     def apply(self, ctx: Stage, plan: Plan):
         return inspect(ctx)
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         from .. import ui
         shown, before = result
         for cmd, out in shown.items():

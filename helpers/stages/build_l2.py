@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from dataclasses import dataclass
 
 from .. import by_hand, execute
 from ..bench import fio
@@ -140,9 +141,15 @@ class Devices(Step):
         ctx.seen["devices"] = devices(ctx)
         return ctx.seen["devices"]
 
-    def show(self, devs) -> None:
+    def show(self, plan: Plan, devs) -> None:
         from .. import ui
         ui.show_table(device_rows(devs), DEVICE_COLUMNS)
+
+
+@dataclass
+class ChosenNVMe(PciDevice):
+    """The NVMe chosen in L1, with the serial read for it (through L1, or as an earlier run recorded it)."""
+    serial: str | None = None
 
 
 class SelectNVMe(Step):
@@ -156,13 +163,13 @@ class SelectNVMe(Step):
         return self.reads(f"serial and model of each NVMe in L1, its IOMMU group and mounts "
                           f"(l2.select: {select_text(ctx.params.l2.select)})")
 
-    def apply(self, ctx: Stage, plan: Plan) -> PciDevice:
-        ctx.seen["dev"] = select(ctx, ctx.seen["devices"])
-        self.serial = ctx.state["nvme"]["serial"]
+    def apply(self, ctx: Stage, plan: Plan) -> ChosenNVMe:
+        dev = select(ctx, ctx.seen["devices"])
+        ctx.seen["dev"] = ChosenNVMe(**vars(dev), serial=ctx.state["nvme"]["serial"])
         return ctx.seen["dev"]
 
-    def show(self, dev: PciDevice) -> None:
-        print(f"selected {dev.bdf}: {dev.vendor} {dev.product}, IOMMU group {dev.iommu_group}, serial {self.serial}")
+    def show(self, plan: Plan, dev: ChosenNVMe) -> None:
+        print(f"selected {dev.bdf}: {dev.vendor} {dev.product}, IOMMU group {dev.iommu_group}, serial {dev.serial}")
 
 
 def show_nvme(ctx: Stage, run) -> None:
@@ -230,7 +237,7 @@ class Baseline(Step):
         ctx.state.set("baseline", rows)
         return rows
 
-    def show(self, rows) -> None:
+    def show(self, plan: Plan, rows) -> None:
         from .. import ui
         ui.show_fio_rows(rows)
 
@@ -396,7 +403,7 @@ class GivenUp(Step):
         ui.show_output("nvme list", ctx.l1().run("nvme list").out, prompt="root@L1")
         return res
 
-    def show(self, after: dict) -> None:
+    def show(self, plan: Plan, after: dict) -> None:
         from .. import ui
         ui.show_table([(after["driver"], after["vfio_node"], ui.yes_no(after["vfio_node_exists"]),
                         ui.yes_no(after["disk_gone_from_l1"]))],
@@ -416,7 +423,7 @@ class WaitL2(Step):
     def apply(self, ctx: Stage, plan: Plan) -> float:
         return wait(ctx)
 
-    def show(self, seconds: float) -> None:
+    def show(self, plan: Plan, seconds: float) -> None:
         print(f"L2's guest agent answered after {seconds} s")
 
 

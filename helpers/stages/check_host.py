@@ -92,7 +92,7 @@ class ReadHost(Step):
     def apply(self, ctx: Stage, plan: Plan) -> list[checks.Check]:
         return run_checks(ctx)
 
-    def show(self, found) -> None:
+    def show(self, plan: Plan, found) -> None:
         from .. import ui
         ui.show_checks(found)
 
@@ -108,7 +108,7 @@ class Accelerator(Step):
     def apply(self, ctx: Stage, plan: Plan) -> tuple[str, str]:
         return accel(ctx)
 
-    def show(self, choice) -> None:
+    def show(self, plan: Plan, choice) -> None:
         say_accel(choice)
 
 
@@ -123,7 +123,7 @@ class Verdict(Step):
     def apply(self, ctx: Stage, plan: Plan) -> list[checks.Check]:
         return verdict(ctx)
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         pass
 
 

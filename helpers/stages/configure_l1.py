@@ -12,7 +12,7 @@ from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
 from ..nb import Stage
 from ..ops import l1_config, no_change
-from ..paths import paths
+from ..paths import nvme_bdf_in_l1, paths
 from ..steps import Action, Plan, Step, no_change_why
 
 URI = "qemu:///system"   # libvirt inside L1, as the seed's `virsh` uses it
@@ -149,7 +149,7 @@ class Distro(Step):
     def apply(self, ctx: Stage, plan: Plan) -> dict:
         return distro(ctx)
 
-    def show(self, info: dict) -> None:
+    def show(self, plan: Plan, info: dict) -> None:
         from .. import ui
         ui.show_table([(info["distro"], info["bootloader"], info["package_manager"], " ".join(info["args"]))],
                       ["L1 distribution", "kernel arguments set with", "packages installed with", "arguments"])
@@ -228,6 +228,14 @@ class Reboot(Step):
         return [done]
 
 
+@dataclass
+class IommuNow:
+    """What step 'L1's IOMMU after the reboot' read: the kernel log's facts, and each line that
+    tells the IOMMU's state in stage 02 (before) and now (``before_after``)."""
+    facts: iommu_facts.IOMMU
+    rows: list[tuple[str, str, str]]
+
+
 class IommuOn(Step):
     """After the reboot: the kernel log shows DMA and interrupt remapping, and IOMMU groups exist."""
     label = "L1's IOMMU after the reboot"
@@ -238,18 +246,19 @@ class IommuOn(Step):
             return self.unknown(why)
         if ctx.pending(Reboot):
             return self.unknown("L1 is rebooted with the arguments (step 'Reboot L1')")
-        return self.reads("L1's kernel log (DMAR, IOMMU, AMD-Vi lines) and /sys/kernel/iommu_groups")
+        return self.reads("L1's kernel log (DMAR, IOMMU, AMD-Vi lines) and /sys/kernel/iommu_groups",
+                          data=nvme_bdf_in_l1(ctx.params))  # data: the NVMe whose own group line show keeps
 
-    def apply(self, ctx: Stage, plan: Plan) -> iommu_facts.IOMMU:
-        from ..paths import nvme_bdf_in_l1
-        self.rows = before_after(ctx, f := iommu_lines(ctx))
-        self.nvme_bdf = nvme_bdf_in_l1(ctx.params)
-        return f
+    def apply(self, ctx: Stage, plan: Plan) -> IommuNow:
+        f = iommu_lines(ctx)
+        return IommuNow(f, before_after(ctx, f))
 
-    def show(self, f: iommu_facts.IOMMU) -> None:
+    def show(self, plan: Plan, now: IommuNow) -> None:
         from .. import ui
-        ui.show_output("dmesg | grep -E 'DMAR|IOMMU|AMD-Vi'", "\n".join(iommu_facts.excerpt(f.lines, devices=[self.nvme_bdf])), prompt="root@L1")
-        ui.show_table(self.rows, ["what the line proves", "stage 02 (before)", "now"])
+        f = now.facts
+        ui.show_output("dmesg | grep -E 'DMAR|IOMMU|AMD-Vi'", "\n".join(iommu_facts.excerpt(f.lines, devices=[plan.data])),
+                       prompt="root@L1")
+        ui.show_table(now.rows, ["what the line proves", "stage 02 (before)", "now"])
         print(f"IOMMU groups in L1: {f.groups}; interrupt remapping: {'on' if f.irq_remapping else 'off'}")
 
 
@@ -312,7 +321,7 @@ class L1Checks(Step):
     def apply(self, ctx: Stage, plan: Plan) -> list[checks.Check]:
         return l1_checks(ctx)
 
-    def show(self, found) -> None:
+    def show(self, plan: Plan, found) -> None:
         from .. import ui
         ui.show_checks(found)
 
@@ -330,7 +339,7 @@ class L2Accel(Step):
     def apply(self, ctx: Stage, plan: Plan) -> tuple[str, str]:
         return l2_accel(ctx)
 
-    def show(self, choice) -> None:
+    def show(self, plan: Plan, choice) -> None:
         accel, why = choice
         print(f"L2 will run under {accel.upper()}: {why}")
 

@@ -105,7 +105,7 @@ class ChooseHostNVMe(Step):
             return None
         return prove(ctx, "stage 01")
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         if result is None:
             return
         from .. import ui
@@ -228,7 +228,7 @@ class GivenToL1(Step):
                                hint="read /var/log/libvirt/qemu/<L1>.log on L0; run stage 99, then stage 02 again")
         return bdf, now
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         if result is None:
             return
         from .. import ui
@@ -256,7 +256,7 @@ class NothingForTarget(Step):
         print(line)
         return line
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         pass
 
 
@@ -303,7 +303,7 @@ class GivenBack(Step):
                                     f"`echo {bdf} > /sys/bus/pci/drivers_probe` if no driver took it")
         return bdf, now
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         if result is None:
             return
         from .. import ui

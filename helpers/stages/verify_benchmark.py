@@ -110,17 +110,16 @@ class Controller(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _l2_not_up(ctx):
             return self.unknown(why)
-        return self.reads("lspci -Dnn in L2")
+        return self.reads("lspci -Dnn in L2", data=ctx.holder_name)  # data: where it reads, for show
 
     def apply(self, ctx: Stage, plan: Plan):
-        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         return controller(ctx)
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         from .. import ui
         ctrl, _ = result
-        print(f"{getattr(self, 'layer', 'L2')} sees an NVMe controller [{ctrl.ids}], class {ctrl.pci_class}")
-        ui.show_output("lspci -Dnn | grep NVM", ctrl.line, prompt=f"root@{getattr(self, 'layer', 'L2')}")
+        print(f"{plan.data} sees an NVMe controller [{ctrl.ids}], class {ctrl.pci_class}")
+        ui.show_output("lspci -Dnn | grep NVM", ctrl.line, prompt=f"root@{plan.data}")
 
 
 class Namespaces(Step):
@@ -130,17 +129,17 @@ class Namespaces(Step):
     def plan(self, ctx: Stage) -> Plan:
         if why := _l2_not_up(ctx):
             return self.unknown(why)
-        return self.reads(f"nvme list in {ctx.holder_name} (the namespace with serial {host_nvme.serial(ctx)})")
+        return self.reads(f"nvme list in {ctx.holder_name} (the namespace with serial {host_nvme.serial(ctx)})",
+                          data=ctx.holder_name)  # data: where it reads, for show
 
     def apply(self, ctx: Stage, plan: Plan):
-        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         ctx.seen["ns"], table = namespaces(ctx)
         return ctx.seen["ns"], table
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         from .. import ui
         ns, table = result
-        ui.show_output("nvme list", table, prompt=f"root@{getattr(self, 'layer', 'L2')}")
+        ui.show_output("nvme list", table, prompt=f"root@{plan.data}")
         ui.show_table([(ns["device"], ns["model"], ns["serial"], size_text(ns["size_bytes"]),
                         f"{ns['sector_size']} bytes")],
                       ["device", "model", "serial", "size", "sector size"])
@@ -163,7 +162,6 @@ class Mkfs(Step):
                                         by_hand.mkfs(dev).commands)], data=(dev, was))
 
     def apply(self, ctx: Stage, plan: Plan):
-        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         if not plan.changes:
             ch, out = no_change("mkfs.xfs", no_change_why(plan)), ""
         else:
@@ -171,12 +169,12 @@ class Mkfs(Step):
         ctx.state.update("l2_verify", mkfs=ch.detail)
         return ch, out
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         from .. import ui
         ch, out = result
         ui.show_changes([ch])
-        if out:
-            ui.show_output(f"mkfs.xfs -f {ch.what.split()[-1]}", out, prompt=f"root@{getattr(self, 'layer', 'L2')}")
+        if out:  # mkfs ran: the plan's one action, in the layer that holds the NVMe
+            ui.show_output(f"mkfs.xfs -f {ch.what.split()[-1]}", out, prompt=f"root@{plan.actions[0].machine}")
 
 
 class Mount(Step):
@@ -211,15 +209,15 @@ class Df(Step):
             return self.unknown(why)
         if not (ctx.state.get("l2_verify") or {}).get("mounted"):
             return self.unknown(f"the namespace is mounted at {ctx.params.verify.mount_point} (step 'Mount')")
-        return self.reads(f"df -Th {ctx.params.verify.mount_point} in {ctx.holder_name}")
+        return self.reads(f"df -Th {ctx.params.verify.mount_point} in {ctx.holder_name}",
+                          data=ctx.holder_name)  # data: where it reads, for show
 
     def apply(self, ctx: Stage, plan: Plan):
-        self.layer = ctx.holder_name  # for show(): the prompt of the layer that holds the NVMe
         return df(ctx)
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         from .. import ui
-        ui.show_output(f"df -Th {result[0]['mounted_on']}", result[1], prompt=f"root@{getattr(self, 'layer', 'L2')}")
+        ui.show_output(f"df -Th {result[0]['mounted_on']}", result[1], prompt=f"root@{plan.data}")
 
 
 WRITES_AFTER_MKFS = ("the namespace holds the XFS mounted at {mp} (made by an earlier attempt): "
@@ -290,7 +288,7 @@ class BenchL2(Step):
         ctx.state.set("bench_l2", rows)
         return rows
 
-    def show(self, rows) -> None:
+    def show(self, plan: Plan, rows) -> None:
         from .. import ui
         ui.show_fio_rows(rows)
 
@@ -336,7 +334,7 @@ class BenchL2Virtio(Step):
         ctx.state.set("bench_l2_virtio", rows)
         return rows
 
-    def show(self, rows) -> None:
+    def show(self, plan: Plan, rows) -> None:
         from .. import ui
         ui.show_fio_rows(rows)
 
@@ -371,7 +369,7 @@ class BenchL0(Step):
         ctx.state.set("bench_l0", rows)
         return rows
 
-    def show(self, rows) -> None:
+    def show(self, plan: Plan, rows) -> None:
         from .. import ui
         ui.show_fio_rows(rows)
 
@@ -423,7 +421,7 @@ class Results(Step):
         return (s, verdicts, files, ctx.state.path.parent, results.layers(ctx.state.data, []),
                 ctx.state.get("bench_skipped") or [])
 
-    def show(self, result) -> None:
+    def show(self, plan: Plan, result) -> None:
         from .. import ui
         s, verdicts, files, run_dir, layers_, skipped = result
         print("Like for like: the same fio job at every layer; the namespace as a block device (on L0 its backing "
