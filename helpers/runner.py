@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from . import host_checks
+from .params.fit import check_fit
 from . import params as params_mod
 from .errors import RunbookError
 from .records import keep_earlier
@@ -388,7 +388,7 @@ def run(args) -> int:
                                "never writes into an earlier run: give a new name, or leave --run-id out")
         p = params_mod.load(params_file)
         try:
-            host_checks.check_host(p, params_file, chosen)
+            check_fit(p, params_file, chosen)
         except params_mod.ParamsError as e:
             if not args.check:
                 raise
@@ -573,7 +573,7 @@ def check_params(args) -> int:
     try:
         p = params_mod.load(args.params)
         if not args.schema_only:
-            host_checks.check_host(p, args.params)
+            check_fit(p, args.params)
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
