@@ -2,7 +2,7 @@
 is created or changed, with exit 2 and the exact message, one line a problem,
 and no Python traceback.
 
-Every case runs the command line in this process (``runner.main``) with the
+Every case runs the command line in this process (``cli.main``) with the
 workdir, the backing file and the lab's image cache pointed into tmp_path and
 stage notebooks that would only leave a mark; after it, those folders are
 empty, no stage ran and no libvirt domain of the case's name exists. An
@@ -21,8 +21,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import params, runner
+from helpers import params
 from helpers.params import fit
+from helpers.run import cli
 from helpers.lab import images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +87,7 @@ class World:
 
     def cli(self, capsys, argv: list[str]) -> tuple[int, str, str]:
         try:
-            rc = runner.main(argv)
+            rc = cli.main(argv)
         except SystemExit as e:  # argparse's own exit, after its one line
             rc = e.code
         out, err = capsys.readouterr()
