@@ -1,4 +1,4 @@
-"""``python -m helpers``: the runbook's command line (see helpers.runner)."""
+"""``python -m helpers``: the runbook's command line (see helpers.run)."""
 import sys
 
 # jsonschema (under nbformat) imports rfc3987_syntax, when installed, for one
@@ -6,6 +6,6 @@ import sys
 # costs about a second at every start of the command line. Leave it out here.
 sys.modules.setdefault("rfc3987_syntax", None)
 
-from .runner import main  # noqa: E402
+from .run.cli import main  # noqa: E402
 
 sys.exit(main())

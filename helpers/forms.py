@@ -88,7 +88,7 @@ class ParamsForm:
         try:
             self.ctx.params = params_mod.Params.model_validate(self.values())
         except ValidationError as e:
-            lines = [f"{params_mod.error_key(x)}: {params_mod._explain(x)}" for x in e.errors()]
+            lines = [f"{params_mod.error_key(x)}: {params_mod.explain(x)}" for x in e.errors()]
             self.message.value = "<span style='color:#b00'>" + "<br>".join(lines) + "</span>"
             return False
         self.message.value = "<span style='color:#070'>parameters valid and applied</span>"

@@ -8,7 +8,7 @@ from helpers import params
 from helpers.access import l1_silent, l1_stall, l2_guest
 from helpers.errors import RunbookError
 from helpers.guest import Result
-from helpers.runner import explain_l1
+from helpers.run.diagnose import explain_l1
 from machines import Machine
 
 P = params.load("parameters/lab.yaml")

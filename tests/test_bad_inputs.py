@@ -2,7 +2,7 @@
 is created or changed, with exit 2 and the exact message, one line a problem,
 and no Python traceback.
 
-Every case runs the command line in this process (``runner.main``) with the
+Every case runs the command line in this process (``cli.main``) with the
 workdir, the backing file and the lab's image cache pointed into tmp_path and
 stage notebooks that would only leave a mark; after it, those folders are
 empty, no stage ran and no libvirt domain of the case's name exists. An
@@ -21,7 +21,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import host_checks, params, runner
+from helpers import params
+from helpers.params import fit
+from helpers.run import cli
 from helpers.lab import images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +87,7 @@ class World:
 
     def cli(self, capsys, argv: list[str]) -> tuple[int, str, str]:
         try:
-            rc = runner.main(argv)
+            rc = cli.main(argv)
         except SystemExit as e:  # argparse's own exit, after its one line
             rc = e.code
         out, err = capsys.readouterr()
@@ -342,7 +344,7 @@ def test_missing_ssh_files_and_image_are_named_with_what_to_do(world, capsys):
 
 
 def test_cpus_and_memory_this_host_lacks(world, capsys):
-    cpus, mem = host_checks.cpus_and_memory()
+    cpus, mem = fit.cpus_and_memory()
     f = world.file(f"  cpuset: {cpus[-1] + 1}-{cpus[-1] + 2}\n  memory_mib: {mem + 1024}\n")
     refused(world, capsys, world.run_args("--params", str(f)),
             "{f}: l1.cpuset: CPUs [{a}, {b}] are not on this host (it has {n}: {lo}-{hi}); leave it empty to let "
@@ -353,7 +355,7 @@ def test_cpus_and_memory_this_host_lacks(world, capsys):
 def test_a_backing_file_bigger_than_the_free_space_and_the_filesystem(world, capsys):
     f = world.file(backing=f"{world.work}/nvme.raw\n  size_gib: 65536")
     rc, out, err = world.cli(capsys, world.run_args("--params", str(f)))
-    room = host_checks.room_for(world.work / "nvme.raw")
+    room = fit.room_for(world.work / "nvme.raw")
     number = r"[0-9.]+"  # the free space moves while the test runs; the rest is exact
     expected = [f"ERROR: {f}: nvme.size_gib: 65536 GiB for {world.work}/nvme.raw, but {room.fstype} on {room.mount} "
                 f"holds files of at most {room.biggest / 1024 ** 3:g} GiB: lower nvme.size_gib, or put "
@@ -372,14 +374,14 @@ def test_a_backing_file_bigger_than_the_free_space_and_the_filesystem(world, cap
 def test_free_space_and_biggest_file_messages_exactly(world):
     p = params.load(world.file())
     p.nvme.size_gib = 8
-    room = host_checks.Room(world.work, "/mnt/usb", "vfat", 5 * 1024 ** 3, 4 * 1024 ** 3 - 1)
-    assert host_checks.space_problems(p, room) == [
+    room = fit.Room(world.work, "/mnt/usb", "vfat", 5 * 1024 ** 3, 4 * 1024 ** 3 - 1)
+    assert fit.space_problems(p, room) == [
         ("nvme.size_gib", f"8 GiB for {world.work}/nvme.raw, but vfat on /mnt/usb holds files of at most 4 GiB: "
                           "lower nvme.size_gib, or put nvme.backing_file on another filesystem"),
         ("nvme.size_gib", f"8 GiB for {world.work}/nvme.raw, but 5.0 GiB are free on /mnt/usb: lower "
                           "nvme.size_gib to at most 5, free space there, or put nvme.backing_file where there is room")]
-    assert host_checks.biggest_file("ext4", 4096) == 16 * 1024 ** 4
-    assert host_checks.biggest_file("xfs", 4096) is None
+    assert fit.biggest_file("ext4", 4096) == 16 * 1024 ** 4
+    assert fit.biggest_file("xfs", 4096) is None
     world.assert_nothing_created()
 
 
@@ -388,7 +390,7 @@ def test_a_port_held_by_another_process_is_named_with_its_pid(world, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", world.port))
         s.listen()
-        taken = host_checks.listening_ports()
+        taken = fit.listening_ports()
         free = next(n for n in range(world.port + 1, 65536) if n not in taken)
         cmd = " ".join(Path("/proc/self/cmdline").read_bytes().decode().split("\0")).strip()[:80]
         refused(world, capsys, world.run_args("--params", str(f)),
@@ -510,9 +512,9 @@ def test_a_teardown_alone_is_not_refused_for_what_only_a_build_needs(world):
     with socket.socket() as s:
         s.bind(("127.0.0.1", world.port))
         s.listen()
-        keys = [k for k, _ in host_checks.host_problems(p)]
+        keys = [k for k, _ in fit.host_problems(p)]
         assert keys[-1] == "l1.network.ssh_port" and "nvme.size_gib" in keys
-        assert host_checks.host_problems(p, ["99"]) == []
+        assert fit.host_problems(p, ["99"]) == []
     world.assert_nothing_created()
 
 

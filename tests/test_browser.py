@@ -59,7 +59,7 @@ def _refusal(section: str, name: str, value) -> str:
     with pytest.raises(ValidationError) as e:
         params_mod.Params.model_validate(data)
     err = next(x for x in e.value.errors() if x["loc"] == (section, name))
-    return f"{section}.{name}: {params_mod._explain(err)}"
+    return f"{section}.{name}: {params_mod.explain(err)}"
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_p
     """The cold `--check` ran before stage 01-05 built anything: nothing changed (no domain,
     no file, no image), no changing step was applied, and the report shows each plan; the
     steps that need L1 say they are unknown until it runs."""
-    from helpers import runner as runner_mod
+    from helpers.run.choice import plannable
     cold = lab["cold_check"]
     assert cold["result"].returncode == 0, cold["result"].stdout[-3000:] + cold["result"].stderr[-3000:]
     assert cold["before"] == cold["after"] and cold["after"]["domain"] is False
@@ -149,7 +149,7 @@ def test_01a_check_mode_before_the_lab_was_built_changed_nothing_and_shows_the_p
                if stage == "05" and label != "Results")  # all in L2 (fio on L0 waits for the namespace in L2)
     for s in summary["stages"]:  # a stage not yet made of steps is skipped, never run
         assert s["status"] == "passed" or (s["status"] == "not plannable"
-                                           and not runner_mod.plannable(s["stage"], ROOT / "notebooks" / s["notebook"]))
+                                           and not plannable(s["stage"], ROOT / "notebooks" / s["notebook"]))
     import html as html_mod
     report = html_mod.unescape((cold["run"] / "report.html").read_text())
     assert "Check mode" in report and "Plan of 'Define L1' (check mode: nothing is changed): 1 change" in report

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import runner
+from helpers.run import choice
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -20,7 +20,7 @@ NOT_YET_STEPS: set[str] = set()
 
 def test_every_stage_has_its_notebook():
     assert {p.stem for p in NOTEBOOKS} == EXPECTED
-    assert list(runner.stages()) == ["01", "02", "03", "04", "05", "99"]
+    assert list(choice.stages()) == ["01", "02", "03", "04", "05", "99"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -39,7 +39,7 @@ def test_parameters_cell_matches_the_runner(path):
     want = {k: v for k, v in PARAMS.items() if k != "mode"} if path.stem in NOT_YET_STEPS else PARAMS
     assert found == want
     # the runner passes exactly these names
-    assert set(runner.STAGE_PARAMETERS) == set(PARAMS)
+    assert set(choice.STAGE_PARAMETERS) == set(PARAMS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

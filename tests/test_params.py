@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from helpers import params
+from helpers.params import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,14 +72,14 @@ def test_missing_file_names_the_lab_file(tmp_path):
 def test_host_check_refuses_cpus_and_memory_the_host_lacks():
     p = params.load(ROOT / "parameters" / "seed-xeon4214.yaml")
     with pytest.raises(params.ParamsError) as e:
-        params.check_against_host(p, cpus=[0, 1], memory_mib=24000, path="seed.yaml")
+        fit.check_cpus_memory(p, cpus=[0, 1], memory_mib=24000, path="seed.yaml")
     msg = str(e.value)
     assert "l1.cpuset" in msg and "[16, 17" in msg and "l1.memory_mib: 32768" in msg
 
 
 def test_host_check_accepts_what_fits():
     p = params.load(ROOT / "parameters" / "lab.yaml")
-    params.check_against_host(p, cpus=[0, 1], memory_mib=24000)
+    fit.check_cpus_memory(p, cpus=[0, 1], memory_mib=24000)
 
 
 def test_parse_cpuset():

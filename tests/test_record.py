@@ -84,7 +84,8 @@ def test_the_executor_sends_virsh_lines_to_libvirt():
 def test_a_stage_error_crosses_to_the_runner_as_fields(tmp_path, monkeypatch):
     """The kernel keeps the failing step, message and HINT in the run state; the runner's summary
     reads them as they are (the same words as before), and an error kept by another stage is not used."""
-    from helpers import nb, runner, ui
+    from helpers import nb, ui
+    from helpers.run import diagnose
     from helpers.errors import RunbookError
     from helpers.state import State
     monkeypatch.setattr(ui, "ON_ERROR", None)
@@ -98,10 +99,10 @@ def test_a_stage_error_crosses_to_the_runner_as_fields(tmp_path, monkeypatch):
 
     class Failed(Exception):  # papermill's error: the exception's name and text from the kernel
         ename, evalue = "RunbookError", f"{message}\nHINT: look at `lspci -D` in L1"
-    got = runner.failure_summary("04", tmp_path / "04.ipynb", Failed(), tmp_path / "state.json")
+    got = diagnose.failure_summary("04", tmp_path / "04.ipynb", Failed(), tmp_path / "state.json")
     assert (got["error"], got["hint"], got["step"]) == (f"RunbookError: {message}", "look at `lspci -D` in L1",
                                                         "Choose the NVMe")
-    other = runner.failure_summary("05", tmp_path / "05.ipynb", Failed(), tmp_path / "state.json")
+    other = diagnose.failure_summary("05", tmp_path / "05.ipynb", Failed(), tmp_path / "state.json")
     assert "step" not in other  # stage 05 kept nothing: the text is all there is
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import checks, runner
+from helpers import checks
+from helpers.run import choice, cli
 from helpers.bench import compare, fio, results
 from helpers.errors import RunbookError
 from helpers.facts import system as system_facts
@@ -282,21 +283,21 @@ def test_compare_refuses_clearly(tmp_path):
 def test_the_command_line_compare(tmp_path, capsys):
     a, b = two_runs(tmp_path, _kvm_and_new_qemu)
     png = tmp_path / "out.png"
-    assert runner.main(["compare", str(a), str(b), "--plot", str(png)]) == 0
+    assert cli.main(["compare", str(a), str(b), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "Comparing 2 runs: 20261203-1230, 20261203-1300" in out and "not comparable" in out
     assert "randread-4k" in out and f"plots: {png}" in out and png.stat().st_size > 10_000
     # bad input: one message, no traceback, exit 2
-    assert runner.main(["compare", str(a)]) == 2
+    assert cli.main(["compare", str(a)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ERROR: compare needs at least 2 runs") and "HINT:" in err and "Traceback" not in err
     old = tmp_path / "old"
     old.mkdir()
     (old / "results.json").write_text(json.dumps({"runs": [], "summary": [], "l2_vs_l1": []}))
-    assert runner.main(["compare", str(a), str(old), "--no-plot"]) == 2
+    assert cli.main(["compare", str(a), str(old), "--no-plot"]) == 2
     assert "has no version" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        runner.main(["compare"])
+        cli.main(["compare"])
     assert e.value.code == 2
 
 
@@ -317,7 +318,7 @@ NOTEBOOK = ROOT / "notebooks" / "compare_runs.ipynb"
 def test_the_compare_notebook_is_not_a_stage_and_stays_thin():
     import nbformat
     import re
-    assert NOTEBOOK.name not in {p.name for p in runner.stages().values()}
+    assert NOTEBOOK.name not in {p.name for p in choice.stages().values()}
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

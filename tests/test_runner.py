@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import runner
+from helpers.run.choice import pick_stages
 from helpers.errors import RunbookError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,14 +18,14 @@ AVAILABLE = {s: Path(f"{s}_x.ipynb") for s in ("01", "02", "03", "04", "05", "99
 
 
 def test_pick_stages():
-    assert runner.pick_stages(AVAILABLE, None, None) == ["01", "02", "03", "04", "05"]
-    assert runner.pick_stages(AVAILABLE, "1,2", None) == ["01", "02"]
-    assert runner.pick_stages(AVAILABLE, None, "03") == ["03", "04", "05"]
-    assert runner.pick_stages(AVAILABLE, "99", None) == ["99"]
+    assert pick_stages(AVAILABLE, None, None) == ["01", "02", "03", "04", "05"]
+    assert pick_stages(AVAILABLE, "1,2", None) == ["01", "02"]
+    assert pick_stages(AVAILABLE, None, "03") == ["03", "04", "05"]
+    assert pick_stages(AVAILABLE, "99", None) == ["99"]
     with pytest.raises(RunbookError, match="no notebook for stage"):
-        runner.pick_stages(AVAILABLE, "07", None)
+        pick_stages(AVAILABLE, "07", None)
     with pytest.raises(RunbookError, match="cannot be used together"):
-        runner.pick_stages(AVAILABLE, "01", "02")
+        pick_stages(AVAILABLE, "01", "02")
 
 
 def _nb(path: Path, code: str):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import nb, report, runner, timing, wait
+from helpers import nb, report, timing, wait
+from helpers.run import attempts
 from helpers.errors import RunbookError
 from helpers.ops import did
 from helpers.steps import Action, Plan, Step
@@ -75,13 +76,13 @@ def test_check_mode_times_the_plan_and_applies_nothing(tmp_path):
     ctx.step(Boot(tmp_path / "f"))
     [w] = walked(tmp_path)
     assert w["plan_s"] >= 0 and "apply_s" not in w
-    [entry] = runner.stage_steps(tmp_path / "state.json", "02")
+    [entry] = attempts.stage_steps(tmp_path / "state.json", "02")
     assert entry["plan_seconds"] == w["plan_s"] and "apply_seconds" not in entry
 
 
 def test_the_runner_copies_the_times_into_the_summary(ctx, tmp_path):
     ctx.step(Boot(tmp_path / "f"))
-    [entry] = runner.stage_steps(tmp_path / "state.json", "02")
+    [entry] = attempts.stage_steps(tmp_path / "state.json", "02")
     w = walked(tmp_path)[0]
     assert entry["plan_seconds"] == w["plan_s"] and entry["apply_seconds"] == w["apply_s"]
     assert entry["wait_seconds"] == w["waits"][0]["seconds"] and entry["waits"] == w["waits"]

@@ -70,8 +70,8 @@ def test_the_trimmed_kernel_log_keeps_the_nvmes_own_iommu_group_line():
 
 
 def test_a_kernel_shutting_down_is_not_interrupted_but_a_running_one_still_can_be():
-    from helpers import runner
-    km_class = runner.kernel_manager_class()
+    from helpers.run import kernel
+    km_class = kernel.kernel_manager_class()
     sent = []
 
     class Recording(km_class):

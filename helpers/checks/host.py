@@ -4,12 +4,11 @@ does not apply. The order here is the order of the table."""
 from __future__ import annotations
 
 from .. import distro
-from ..host_checks import biggest_file
 from ..numa import choose_cpuset, format_cpuset
 from ..params import parse_cpuset
+from ..params.fit import GIB, biggest_file
 from .base import Check, Judging, check, version
 
-GIB = 1024 ** 3
 MIN_LIBVIRT = (4, 3)           # <iommu><driver iotlb='on'/> (caching_mode 3.9, intremap 3.4)
 MIN_LIBVIRT_TCG = (7, 1)       # <cpu mode='maximum'/> for an L1 under TCG
 MEMORY_HEADROOM_MIB = 512

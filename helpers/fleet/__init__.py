@@ -329,7 +329,7 @@ def run_host(fleet_dir: Path, host: str, runner_args: list[str], python: str = s
 
 def resume_stage(run_dir: Path, start: str) -> str | None:
     """The first main stage from ``start`` on that the host's run has not passed (None: all passed)."""
-    from ..runner import MAIN_STAGES
+    from ..run.choice import MAIN_STAGES
     passed = {s["stage"] for s in read_json(run_dir / "summary.json").get("stages", []) if s.get("status") == "passed"}
     return next((s for s in MAIN_STAGES if s >= start.zfill(2) and s not in passed), None)
 

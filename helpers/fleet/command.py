@@ -37,7 +37,7 @@ def ansible_playbook() -> str:
 
 def fleet_dir_for(outputs: Path, fleet_id: str | None, resume: bool, check: bool) -> Path:
     """The fleet's folder: --fleet-id, or the latest fleet when resuming (--from, --stages), or a new one."""
-    from ..runner import check_outputs, check_run_id, new_run_id
+    from ..run.folders import check_outputs, check_run_id, new_run_id
     check_outputs(outputs)
     latest = outputs / "fleet-latest"
     if fleet_id:
@@ -75,7 +75,7 @@ def runner_args(args, chosen: list[str]) -> list[str]:
 
 
 def fleet(args) -> int:
-    from ..runner import pick_stages, stages
+    from ..run.choice import pick_stages, stages
     try:
         inventory = Path(args.inventory).resolve()
         if not inventory.exists():

@@ -1,10 +1,9 @@
-"""What only the host can tell about a parameter file, checked before anything
-is created: the files it names exist, the CPUs and memory are there, the NVMe's
-backing file fits in the free space and in the biggest file its filesystem
-holds, L1's forwarded SSH port is free (or held by this very L1), and L1's
-bridge exists.
+"""Does this host fit a parameter file? What only the host can tell, checked before
+anything is created: the files it names exist, the CPUs and memory are there, the NVMe's
+backing file fits in the free space and in the biggest file its filesystem holds, L1's
+forwarded SSH port is free (or held by this very L1), and L1's bridge exists.
 
-``check_host`` is called by ``check-params`` and by ``run`` before a stage runs.
+``check_fit`` is called by ``check-params`` and by ``run`` before a stage runs.
 It only reads: /proc, /sys, statvfs.
 """
 from __future__ import annotations
@@ -14,7 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .params import Params, ParamsError, check_against_host, parse_cpuset
+from .fields import ParamsError, parse_cpuset
+from .schema import Params
 
 GIB = 1024 ** 3
 TIB = 1024 ** 4
@@ -248,7 +248,7 @@ def remote_problems(p: Params, g, stages: list[str] | None = None) -> list[tuple
                                 "beforehand), or fix the path"))
     f = str(p.nvme.backing_file)
     if not p.nvme.host and not g.exists(f):  # a host NVMe has no backing file
-        from .facts.system import free_disk
+        from ..facts.system import free_disk
         d = free_disk(g, f)
         if d.avail_bytes is not None:
             bs = g.run(["stat", "-f", "-c", "%S", d.checked or "/"])
@@ -276,11 +276,26 @@ def remote_problems(p: Params, g, stages: list[str] | None = None) -> list[tuple
     return out
 
 
-def check_host(p: Params, path: str | Path, stages: list[str] | None = None) -> None:
+
+def check_cpus_memory(p: Params, cpus: list[int], memory_mib: int, path: str | Path = "parameters") -> None:
+    """Refuse what this host cannot give: CPUs it lacks, more memory than it has."""
+    problems = []
+    if p.l1.cpuset:
+        missing = sorted(set(parse_cpuset(p.l1.cpuset)) - set(cpus))
+        if missing:
+            problems.append(f"{path}: l1.cpuset: CPUs {missing} are not on this host "
+                            f"(it has {len(cpus)}: {cpus[0]}-{cpus[-1]}); leave it empty to let the runbook choose")
+    if p.l1.memory_mib > memory_mib:
+        problems.append(f"{path}: l1.memory_mib: {p.l1.memory_mib} MiB asked, this host has {memory_mib} MiB")
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
+def check_fit(p: Params, path: str | Path, stages: list[str] | None = None) -> None:
     """Refuse, one line a problem, what this host cannot give the parameters. With
     host.ssh, L0 is first checked to answer (RunbookError naming what to fix), then
     asked the same questions over SSH."""
-    from . import l0
+    from .. import l0
     if l0.remote(p):
         l0.check(p)
         g = l0.guest(p)
@@ -289,7 +304,7 @@ def check_host(p: Params, path: str | Path, stages: list[str] | None = None) -> 
             online = (g.read_text("/sys/devices/system/cpu/online") or "0").strip()
             m = re.search(r"MemTotal:\s+(\d+)", g.read_text("/proc/meminfo") or "")
             try:
-                check_against_host(p, parse_cpuset(online), int(m.group(1)) // 1024 if m else 0, path)
+                check_cpus_memory(p, parse_cpuset(online), int(m.group(1)) // 1024 if m else 0, path)
             except ParamsError as e:
                 lines += str(e).splitlines()
         lines += [f"{path}: {key}: {msg}" for key, msg in remote_problems(p, g, stages)]
@@ -300,7 +315,7 @@ def check_host(p: Params, path: str | Path, stages: list[str] | None = None) -> 
     if stages is None or not set(stages) <= {"99"}:
         cpus, mem = cpus_and_memory()
         try:
-            check_against_host(p, cpus, mem, path)
+            check_cpus_memory(p, cpus, mem, path)
         except ParamsError as e:
             lines += str(e).splitlines()
     try:

@@ -1,0 +1,13 @@
+"""Running the stages: ``python -m helpers run|check-params|compare|fleet`` (``cli``).
+
+- ``cli``: the command line, its refusals in one line, and ``run`` up to the L1 lock;
+- ``choice``: the stage notebooks and which of them a run takes (``--stages``, ``--from``);
+- ``folders``: run folders under ``--outputs``, ``latest``, ``summary.json``;
+- ``execute_stages``: the chosen stages in order, each attempt recorded, the first failure explained;
+- ``kernel``: one stage notebook through papermill in a Jupyter kernel;
+- ``attempts``: a stage's attempts in the summary (begun, killed, its steps and times);
+- ``diagnose``: what failed and what to do, and what happened to L1 when it was the cause.
+"""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
