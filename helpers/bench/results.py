@@ -301,6 +301,23 @@ def plot(summary: list[dict], comparisons: list[dict] = (), layers_: dict | None
     from .. import ui
 
     profiles = list(dict.fromkeys(s["profile"] for s in summary))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    plot_layers(axes[0], axes[1], summary, profiles)
+    plot_ratios(axes[2], comparisons, profiles)
+    text = caption(layers_ or {})
+    fig.suptitle("The namespace layer by layer, and passthrough vs emulated in the same guest (L2)", fontsize=12)
+    fig.text(0.5, 0.01, text, ha="center", fontsize=9, wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    buf = io_.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    if out_dir is not None:
+        (Path(out_dir) / "bench.png").write_bytes(buf.getvalue())
+    plt.close(fig)
+    return ui.Picture(buf.getvalue(), "Plot bench.png: " + fig._suptitle.get_text() + ". " + text)
+
+
+def plot_layers(iops_ax, lat_ax, summary: list[dict], profiles: list[str]) -> None:
+    """IOPS and p99 latency per profile, one bar per layer and target (median; whiskers min to max)."""
     series = _series(summary)
     names = [fio.series_name(*x) for x in series]
     by = {(*fio.series_of(s), s["profile"]): s for s in summary}
@@ -312,19 +329,21 @@ def plot(summary: list[dict], comparisons: list[dict] = (), layers_: dict | None
         return lambda name, p: (lambda x: (x[mid] - x[lo], x[hi] - x[mid]) if x else (0, 0))(
             by.get((*series[names.index(name)], p)))
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1, 1, 1.1]})
-    grouped_bars(axes[0], profiles, names, getter("iops_median"), spread("iops_min", "iops_max", "iops_median"))
-    grouped_bars(axes[1], profiles, names, getter("lat_p99_us"), spread("lat_p99_us_min", "lat_p99_us_max",
-                                                                       "lat_p99_us"))
-    for ax, title, unit in ((axes[0], "IOPS (median; whiskers: min - max)", "I/O operations per second"),
-                            (axes[1], "p99 completion latency (median; min - max)", "latency (µs)")):
+    grouped_bars(iops_ax, profiles, names, getter("iops_median"), spread("iops_min", "iops_max", "iops_median"))
+    grouped_bars(lat_ax, profiles, names, getter("lat_p99_us"), spread("lat_p99_us_min", "lat_p99_us_max",
+                                                                      "lat_p99_us"))
+    for ax, title, unit in ((iops_ax, "IOPS (median; whiskers: min - max)", "I/O operations per second"),
+                            (lat_ax, "p99 completion latency (median; min - max)", "latency (µs)")):
         ax.set_title(title, fontsize=10)
         ax.set_yscale("log")
         ax.set_ylabel(f"{unit}, log scale")
         ax.set_xlabel("fio profile")
         ax.tick_params(axis="x", labelsize=8)
-    axes[0].legend(fontsize=8)
-    ax = axes[2]
+    iops_ax.legend(fontsize=8)
+
+
+def plot_ratios(ax, comparisons: list[dict], profiles: list[str]) -> None:
+    """The comparisons as ratios of medians per profile, their range as whiskers, each with its verdict."""
     questions = list(dict.fromkeys(c["question"] for c in comparisons if c["ratio_median"] is not None))
     short = {q: f"{fio.series_name(c['a']['layer'], c['a']['target_kind'])} / "
                 f"{fio.series_name(c['b']['layer'], c['b']['target_kind'])}"
@@ -353,13 +372,3 @@ def plot(summary: list[dict], comparisons: list[dict] = (), layers_: dict | None
     ax.set_xlabel("fio profile")
     if questions:
         ax.legend(fontsize=7, loc="upper center")
-    text = caption(layers_ or {})
-    fig.suptitle("The namespace layer by layer, and passthrough vs emulated in the same guest (L2)", fontsize=12)
-    fig.text(0.5, 0.01, text, ha="center", fontsize=9, wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    buf = io_.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    if out_dir is not None:
-        (Path(out_dir) / "bench.png").write_bytes(buf.getvalue())
-    plt.close(fig)
-    return ui.Picture(buf.getvalue(), "Plot bench.png: " + fig._suptitle.get_text() + ". " + text)

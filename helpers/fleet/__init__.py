@@ -368,6 +368,21 @@ def host_view(fleet_dir: Path, host: str) -> dict:
         view["status"] = status
         return view
     run_dir = Path(rec["run_dir"]) if rec.get("run_dir") else d / run_id_for(host)
+    stages = _run_view(view, run_dir)
+    if status == "running":
+        from ..runlock import alive
+        if alive(rec.get("pid", 0)):
+            view["status"] = "running"
+            return view
+        status, rec["rc"] = "done", rec.get("rc", 130)  # its wrapper is gone: killed or stopped
+    if status == "done":
+        _outcome(view, rec.get("rc"), stages, d / "runner.log")
+    return view
+
+
+def _run_view(view: dict, run_dir: Path) -> list[dict]:
+    """Fill ``view`` from the host's run folder: stages, report, checks, plans, key results.
+    Returns the summary's stages."""
     summary = read_json(run_dir / "summary.json")
     stages = summary.get("stages", [])
     view["stages"] = [{"stage": s["stage"], "status": s.get("status"), "seconds": s.get("seconds")} for s in stages]
@@ -382,15 +397,11 @@ def host_view(fleet_dir: Path, host: str) -> dict:
                 view["plans"].append({"stage": s["stage"], "step": st.get("step"), "plan": st.get("plan"),
                                       "unknown": st.get("unknown") or ""})
     view["results"] = key_results(run_dir)
-    if status == "running":
-        from ..runlock import alive
-        if alive(rec.get("pid", 0)):
-            view["status"] = "running"
-            return view
-        status, rec["rc"] = "done", rec.get("rc", 130)  # its wrapper is gone: killed or stopped
-    if status != "done":
-        return view
-    rc = rec.get("rc")
+    return stages
+
+
+def _outcome(view: dict, rc: int | None, stages: list[dict], runner_log: Path) -> None:
+    """A finished host's status, where it stopped, its error and HINT, into ``view``."""
     bad = [s for s in stages if s.get("status") not in ("passed", "not plannable")]
     interrupted = [s for s in bad if s.get("status") == "interrupted"]
     if rc == 130 or interrupted:
@@ -398,7 +409,7 @@ def host_view(fleet_dir: Path, host: str) -> dict:
         s = interrupted[0] if interrupted else (bad[0] if bad else {})
         view["stopped_at"] = s.get("stage")
         view["error"] = s.get("error") or "interrupted (Ctrl-C / SIGINT)"
-        view["hint"] = s.get("hint") or _runner_error(d / "runner.log")[1]
+        view["hint"] = s.get("hint") or _runner_error(runner_log)[1]
     elif rc == 0 and not bad:
         view["status"] = "passed"
     else:
@@ -409,9 +420,8 @@ def host_view(fleet_dir: Path, host: str) -> dict:
             view["error"] = s.get("error") or s.get("note") or s.get("status")
             view["hint"] = s.get("hint")
         else:  # refused by the runner before stage 01 (L0's host key, libvirt over SSH, the host's resources)
-            view["error"], view["hint"] = _runner_error(d / "runner.log")
+            view["error"], view["hint"] = _runner_error(runner_log)
             view["error"] = view["error"] or f"the runner exited with code {rc} (see runner.log)"
-    return view
 
 
 def key_results(run_dir: Path) -> list[str] | None:

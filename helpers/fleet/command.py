@@ -75,23 +75,41 @@ def runner_args(args, chosen: list[str]) -> list[str]:
 
 
 def fleet(args) -> int:
-    from ..run.choice import pick_stages, stages
     try:
-        inventory = Path(args.inventory).resolve()
-        if not inventory.exists():
-            raise RunbookError(f"--inventory {args.inventory}: no such file or folder",
-                               hint="give an Ansible inventory (YAML or INI, or a folder with host_vars/, "
-                                    "group_vars/), e.g. `--inventory fleet/hosts.yml`")
-        base = Path(args.params).resolve()
-        params_mod.load(base)  # the base file alone must be valid; each host's merge is checked by the playbook
-        chosen = pick_stages(stages(), args.stages, args.start)
-        if args.forks < 1:
-            raise RunbookError(f"--forks {args.forks}: give how many hosts run at once, 1 or more")
-        playbook = ansible_playbook()
-        d = fleet_dir_for(Path(args.outputs).resolve(), args.fleet_id, bool(args.stages or args.start), args.check)
+        inventory, base, chosen, playbook, d = fleet_inputs(args)
     except (params_mod.ParamsError, RunbookError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
+    meta = start_round(args, d, inventory, base, chosen)
+    cmd = [playbook, "-i", str(inventory), str(PLAYBOOK), "-f", str(args.forks), "-e", f"@{d / 'extra-vars.json'}"]
+    if args.limit:
+        cmd += ["-l", args.limit]
+    print(f"fleet {meta['fleet_id']}: stages {', '.join(chosen)} on {inventory.name}"
+          f"{' (check mode: nothing changed)' if args.check else ''} -> {d}\n$ {' '.join(cmd)}", flush=True)
+    rc, interrupted = run_playbook(cmd, d)
+    return report(args, d, meta["round"], inventory, rc, interrupted)
+
+
+def fleet_inputs(args) -> tuple[Path, Path, list[str], str, Path]:
+    """The command line checked: (inventory, base parameters, stages, ansible-playbook, fleet folder)."""
+    from ..run.choice import pick_stages, stages
+    inventory = Path(args.inventory).resolve()
+    if not inventory.exists():
+        raise RunbookError(f"--inventory {args.inventory}: no such file or folder",
+                           hint="give an Ansible inventory (YAML or INI, or a folder with host_vars/, "
+                                "group_vars/), e.g. `--inventory fleet/hosts.yml`")
+    base = Path(args.params).resolve()
+    params_mod.load(base)  # the base file alone must be valid; each host's merge is checked by the playbook
+    chosen = pick_stages(stages(), args.stages, args.start)
+    if args.forks < 1:
+        raise RunbookError(f"--forks {args.forks}: give how many hosts run at once, 1 or more")
+    playbook = ansible_playbook()
+    d = fleet_dir_for(Path(args.outputs).resolve(), args.fleet_id, bool(args.stages or args.start), args.check)
+    return inventory, base, chosen, playbook, d
+
+
+def start_round(args, d: Path, inventory: Path, base: Path, chosen: list[str]) -> dict:
+    """This invocation on record: fleet-meta.json (with its round) and the playbook's extra-vars.json."""
     meta = read_json(d / "fleet-meta.json")
     meta.update(fleet_id=d.name.removeprefix("fleet-"), inventory=str(inventory), params=str(base),
                 stages=",".join(chosen), mode="check" if args.check else "run", forks=args.forks,
@@ -102,11 +120,11 @@ def fleet(args) -> int:
              "fleet_round": meta["round"], "fleet_cwd": os.getcwd(),
              "fleet_runner_args": runner_args(args, chosen)}
     write_json(d / "extra-vars.json", extra)
-    cmd = [playbook, "-i", str(inventory), str(PLAYBOOK), "-f", str(args.forks), "-e", f"@{d / 'extra-vars.json'}"]
-    if args.limit:
-        cmd += ["-l", args.limit]
-    print(f"fleet {meta['fleet_id']}: stages {', '.join(chosen)} on {inventory.name}"
-          f"{' (check mode: nothing changed)' if args.check else ''} -> {d}\n$ {' '.join(cmd)}", flush=True)
+    return meta
+
+
+def run_playbook(cmd: list[str], d: Path) -> tuple[int, bool]:
+    """ansible-playbook to its end, Ctrl-C passed on; returns (exit code, interrupted)."""
     env = dict(os.environ, ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_LOCALHOST_WARNING="false",
                PYTHONPATH=str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
     env.setdefault("ANSIBLE_NOCOLOR", "true")
@@ -130,9 +148,14 @@ def fleet(args) -> int:
             wait_for_hosts(d, timeout=120)
     finally:
         signal.signal(signal.SIGINT, before)
+    return rc, interrupted
+
+
+def report(args, d: Path, round_: str, inventory: Path, rc: int, interrupted: bool) -> int:
+    """The index written, this invocation's hosts summed up; the fleet's exit code."""
     view = write_index(d)
     # this invocation's hosts (--limit leaves the others' records as they were)
-    mine = [h for h in view["hosts"] if h["round"] == meta["round"]]
+    mine = [h for h in view["hosts"] if h["round"] == round_]
     if not mine:
         print(f"ERROR: ansible-playbook ran no host (exit code {rc}): read its output above "
               f"(the inventory {inventory}, --limit {args.limit or '(none)'})", file=sys.stderr)
