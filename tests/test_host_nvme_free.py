@@ -88,6 +88,22 @@ def test_namespaces_under_the_nvme_subsystem_qemu_10(tmp_path, monkeypatch):
     assert only_failure(t).observed == f"{BDF} is in use on L0: nvme0n1 on /data (xfs)"
 
 
+def test_records_cut_short_or_about_other_devices_are_left_out():
+    """``holders.parse_uses`` keeps what it can place: records cut short, a holder seen twice,
+    a line that is not mountinfo's, a physical volume or a pool's vdev not one of ours are left out."""
+    from helpers.facts import holders
+    u = holders.parse_uses([r.split("\t") for r in (
+        "blk\tnvme0n1\tnamespace\t259:0\t2097152\t1\t512\t\t", "blk\tnvme0n1p1\tpartition\t259:1",
+        "on\tdm-0\tnvme0n1", "on\tdm-0\tnvme0n1", "on\tdm-1", "bcache", "loop\tloop0", "sysmnt\t/", "tool",
+        "fdunreadable", "mntns\tx\tsh\t36 1 259:0 / /data rw - xfs /dev/nvme0n1 rw", "open\t12",
+        "open\tx\tsh\t/dev/nvme0n1", "mnt\tnot a mountinfo line", "pvs", "pvs\t  [unknown]|vg0",
+        "zpool\t  pool: tank", "zpool\t\t/dev/sda1  ONLINE", "zpool\t\t/dev/nvme0n1  ONLINE", "unknown\tx")])
+    assert list(u.devices) == ["nvme0n1", "dm-0"] and u.devices["dm-0"].on == ["nvme0n1"]
+    assert (u.devices["nvme0n1"].size_bytes, u.devices["dm-0"].kind) == (1 << 30, "holder")
+    assert (u.mounts, u.openers, u.bcache, u.tools, u.system_mounts, u.pvs, u.fd_unreadable) == ([], [], [], [], {}, {}, 0)
+    assert u.zpools == {"nvme0n1": "tank"}
+
+
 def test_a_clean_nvme_passes_every_hazard(tree):
     desc, c = prove(tree)
     assert all(c[n].verdict == "pass" for n in HAZARDS), [(n, c[n].observed) for n in HAZARDS if c[n].verdict != "pass"]

@@ -176,46 +176,77 @@ def _names(items) -> str:
 
 
 def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[int] | None = None) -> list[Check]:
-    """The checks of ``prove_free`` on a description already read (see there)."""
-    from ..params import parse_cpuset
-    who, where = ROLES[role]
-    bdf, u = desc.bdf, desc.uses
-    checks: list[Check] = []
+    """The checks of ``prove_free`` on a description already read (see there): one small
+    judge per question, in table order (``FREE_CHECKS``)."""
+    return [judge_not_system(desc, role), judge_not_mounted(desc, role), judge_not_swap(desc, role),
+            judge_lvm(desc, role), judge_md(desc, role), judge_dm(desc, role), judge_loop(desc, role),
+            judge_bcache(desc, role), judge_zfs(desc, role), judge_not_open(desc, role), judge_driver(desc, role),
+            judge_group(desc, role), judge_irq(desc, role), judge_same_ids(desc, role),
+            judge_numa(desc, l1_cpus), judge_reset(desc)]
 
-    def add(name, failed: list[str], fixes: list[str], clean: str, verdict: str = "fail", prefix: str = ""):
-        if failed:
-            checks.append(Check(name, prefix + _names(failed), verdict, "; ".join(dict.fromkeys(fixes))))
-        else:
-            checks.append(Check(name, clean, "pass"))
 
-    disks = desc.disks
+def _verdict(name: str, failed: list[str], fixes: list[str], clean: str, prefix: str = "") -> Check:
+    """'fail' naming each thing found (after ``prefix``) with every fix once, or 'pass' saying ``clean``."""
+    if failed:
+        return Check(name, prefix + _names(failed), "fail", "; ".join(dict.fromkeys(fixes)))
+    return Check(name, clean, "pass")
 
-    # the system disk: /, /boot, /boot/efi on a namespace or anything stacked on it
-    sys_m = [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS and m.ns_pid is None]
+
+def _system_mounts(u: holders.Uses) -> list[holders.Mount]:
+    """/, /boot and /boot/efi of this machine's own mount namespace, on the device."""
+    return [m for m in u.mounts if m.mountpoint in holders.SYSTEM_MOUNTS and m.ns_pid is None]
+
+
+def _with_signature(u: holders.Uses, kind: str) -> list[str]:
+    """The device's block devices where blkid found a signature of ``kind`` (its TYPE)."""
+    return [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == kind]
+
+
+def judge_not_system(desc: pci.DeviceDescription, role: str) -> Check:
+    """The system disk: /, /boot, /boot/efi on a namespace or anything stacked on it."""
+    who, _ = ROLES[role]
+    u = desc.uses
     kinds = {"/": "root filesystem", "/boot": "boot filesystem", "/boot/efi": "EFI system partition"}
     elsewhere = ", ".join(f"{mp} on {v[0] or '?'}" for mp, v in u.system_mounts.items())
-    add(NOT_SYSTEM, [f"{kinds[m.mountpoint]} {m.mountpoint} on {u.chain(m.name)}" for m in sys_m],
-        [f"choose another NVMe: {who} cannot give away the disk it runs from"],
-        f"{who}'s system is elsewhere ({elsewhere or 'no /, /boot or /boot/efi read'})",
-        prefix=f"{bdf} holds {who}'s own ")
-    # any other mounted filesystem, directly, through a partition or a holder
-    other = [m for m in u.mounts if m not in sys_m]
-    add(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype}"
-                      + (f"; in the mount namespace of {m.ns_comm or '?'}, pid {m.ns_pid})" if m.ns_pid else ")")
-                      for m in other],
-        [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" if m.ns_pid is None else
-         f"nsenter -t {m.ns_pid} -m umount {m.mountpoint} {where}, or stop {m.ns_comm or 'that process'}"
-         for m in other],
-        f"no filesystem of {_names(disks)} is mounted" if disks else f"no namespace of it {where}: nothing mounted",
-        prefix=f"{bdf} is in use {where}: ")
-    add(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
-                   + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "") for s in u.swaps],
-        [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
-        "no active swap on it", prefix=f"{bdf} is in use {where} as swap: ")
+    return _verdict(NOT_SYSTEM, [f"{kinds[m.mountpoint]} {m.mountpoint} on {u.chain(m.name)}" for m in _system_mounts(u)],
+                    [f"choose another NVMe: {who} cannot give away the disk it runs from"],
+                    f"{who}'s system is elsewhere ({elsewhere or 'no /, /boot or /boot/efi read'})",
+                    prefix=f"{desc.bdf} holds {who}'s own ")
 
-    holders_ = u.holders()
-    lvm = [h for h in holders_ if h.holder_kind == "lvm"]
-    pv_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "LVM2_member"]
+
+def judge_not_mounted(desc: pci.DeviceDescription, role: str) -> Check:
+    """Any other mounted filesystem, directly, through a partition or a holder, in any mount namespace."""
+    _, where = ROLES[role]
+    u, disks = desc.uses, desc.disks
+    sys_m = _system_mounts(u)
+    other = [m for m in u.mounts if m not in sys_m]
+    return _verdict(NOT_MOUNTED, [f"{u.chain(m.name)} on {m.mountpoint} ({m.fstype}"
+                                  + (f"; in the mount namespace of {m.ns_comm or '?'}, pid {m.ns_pid})" if m.ns_pid else ")")
+                                  for m in other],
+                    [f"umount {m.mountpoint} {where} (and take it out of /etc/fstab)" if m.ns_pid is None else
+                     f"nsenter -t {m.ns_pid} -m umount {m.mountpoint} {where}, or stop {m.ns_comm or 'that process'}"
+                     for m in other],
+                    f"no filesystem of {_names(disks)} is mounted" if disks else f"no namespace of it {where}: nothing mounted",
+                    prefix=f"{desc.bdf} is in use {where}: ")
+
+
+def judge_not_swap(desc: pci.DeviceDescription, role: str) -> Check:
+    """Active swap on it: a swap partition or volume, or a swap file on one of its filesystems."""
+    _, where = ROLES[role]
+    u = desc.uses
+    return _verdict(NOT_SWAP, [u.chain(s.name) + (f" (swap file {s.path})" if not s.path.startswith("/dev/") else "")
+                               + (f", {pci.human_bytes(s.size_kib * 1024).split(' (')[0]}" if s.size_kib else "")
+                               for s in u.swaps],
+                    [f"swapoff {s.path} {where} (and take it out of /etc/fstab)" for s in u.swaps],
+                    "no active swap on it", prefix=f"{desc.bdf} is in use {where} as swap: ")
+
+
+def judge_lvm(desc: pci.DeviceDescription, role: str) -> Check:
+    """LVM: a logical volume on it, a physical volume pvs names, or an LVM label blkid finds."""
+    _, where = ROLES[role]
+    u = desc.uses
+    lvm = [h for h in u.holders() if h.holder_kind == "lvm"]
+    pv_sig = _with_signature(u, "LVM2_member")
     lvm_failed = [f"{h.label}, an LVM logical volume of volume group {holders.lvm_vg(h.dm_name)}, on {_names(h.on)}"
                   for h in lvm]
     lvm_failed += [f"{n} is a physical volume of volume group {vg} (pvs)" for n, vg in u.pvs.items()
@@ -224,138 +255,181 @@ def judge_free(desc: pci.DeviceDescription, *, role: str, l1_cpus: str | list[in
                    + ("; lvm2 is not installed here to say more)" if "pvs" not in u.tools else ")")
                    for n in pv_sig if n not in u.pvs and not any(n in h.on for h in lvm)]
     vgs = sorted({holders.lvm_vg(h.dm_name) for h in lvm} | set(u.pvs.values()))
-    add(NO_LVM, lvm_failed,
-        [f"vgchange -an {vg} {where} (after unmounting its volumes)" for vg in vgs]
-        + ([f"if that volume group is gone for good: pvremove (or wipefs -a) the device {where}; else choose another NVMe"]
-           if pv_sig and not lvm else []),
-        "no LVM logical volume on it" + ("" if "blkid" in u.tools else " (blkid missing: signatures not read)"),
-        prefix=f"{bdf} is used by LVM {where}: ")
+    return _verdict(NO_LVM, lvm_failed,
+                    [f"vgchange -an {vg} {where} (after unmounting its volumes)" for vg in vgs]
+                    + ([f"if that volume group is gone for good: pvremove (or wipefs -a) the device {where}; "
+                        "else choose another NVMe"] if pv_sig and not lvm else []),
+                    "no LVM logical volume on it" + ("" if "blkid" in u.tools else " (blkid missing: signatures not read)"),
+                    prefix=f"{desc.bdf} is used by LVM {where}: ")
 
-    md = [h for h in holders_ if h.holder_kind == "md"]
-    md_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "linux_raid_member"
-              and not any(n in h.on for h in md)]
-    add(NO_MD, [f"{h.name} (an md array) holds {_names(h.on)}" for h in md]
-        + [f"{n} carries an md RAID superblock (blkid: linux_raid_member), of an array not running" for n in md_sig],
-        [f"mdadm --stop /dev/{h.name} {where} (after unmounting it)" for h in md]
-        + [f"if that array is gone for good: mdadm --zero-superblock /dev/{n}; else choose another NVMe" for n in md_sig],
-        "no md array on it", prefix=f"{bdf} is an md RAID member {where}: ")
 
-    dm_fix = {"dm-crypt": "cryptsetup close {n}", "multipath": "multipath -f {n}", "device-mapper": "dmsetup remove {n}"}
-    dm = [h for h in holders_ if h.holder_kind in dm_fix]
-    add(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {_names(h.on)}" for h in dm],
-        [dm_fix[h.holder_kind].format(n=h.dm_name or h.name) + f" {where} (after unmounting it)" for h in dm],
-        "no device-mapper target on it", prefix=f"{bdf} is held {where} by device-mapper: ")
+def judge_md(desc: pci.DeviceDescription, role: str) -> Check:
+    """md RAID: an array holding it, or a member's superblock of an array not running."""
+    _, where = ROLES[role]
+    u = desc.uses
+    md = [h for h in u.holders() if h.holder_kind == "md"]
+    md_sig = [n for n in _with_signature(u, "linux_raid_member") if not any(n in h.on for h in md)]
+    return _verdict(NO_MD, [f"{h.name} (an md array) holds {_names(h.on)}" for h in md]
+                    + [f"{n} carries an md RAID superblock (blkid: linux_raid_member), of an array not running"
+                       for n in md_sig],
+                    [f"mdadm --stop /dev/{h.name} {where} (after unmounting it)" for h in md]
+                    + [f"if that array is gone for good: mdadm --zero-superblock /dev/{n}; else choose another NVMe"
+                       for n in md_sig],
+                    "no md array on it", prefix=f"{desc.bdf} is an md RAID member {where}: ")
 
-    loops = [h for h in holders_ if h.holder_kind == "loop"]
-    add(NO_LOOP, [f"/dev/{h.name} is backed by /dev/{h.on[0]}" for h in loops],
-        [f"losetup -d /dev/{h.name} {where}" for h in loops],
-        "no loop device backed by it", prefix=f"{bdf} backs a loop device {where}: ")
 
-    bc = [h for h in holders_ if h.holder_kind == "bcache"]
+DM_FIX = {"dm-crypt": "cryptsetup close {n}", "multipath": "multipath -f {n}", "device-mapper": "dmsetup remove {n}"}
+
+
+def judge_dm(desc: pci.DeviceDescription, role: str) -> Check:
+    """Device-mapper targets other than LVM: dm-crypt, multipath, plain dmsetup ones."""
+    _, where = ROLES[role]
+    dm = [h for h in desc.uses.holders() if h.holder_kind in DM_FIX]
+    return _verdict(NO_DM, [f"{h.label}, a {h.holder_kind} target, on {_names(h.on)}" for h in dm],
+                    [DM_FIX[h.holder_kind].format(n=h.dm_name or h.name) + f" {where} (after unmounting it)" for h in dm],
+                    "no device-mapper target on it", prefix=f"{desc.bdf} is held {where} by device-mapper: ")
+
+
+def judge_loop(desc: pci.DeviceDescription, role: str) -> Check:
+    """A loop device backed by one of its block devices."""
+    _, where = ROLES[role]
+    loops = [h for h in desc.uses.holders() if h.holder_kind == "loop"]
+    return _verdict(NO_LOOP, [f"/dev/{h.name} is backed by /dev/{h.on[0]}" for h in loops],
+                    [f"losetup -d /dev/{h.name} {where}" for h in loops],
+                    "no loop device backed by it", prefix=f"{desc.bdf} backs a loop device {where}: ")
+
+
+def judge_bcache(desc: pci.DeviceDescription, role: str) -> Check:
+    """bcache: a bcache device holding it, a registered cache device, or a bcache superblock."""
+    _, where = ROLES[role]
+    u = desc.uses
+    bc = [h for h in u.holders() if h.holder_kind == "bcache"]
     bc_reg = [n for n in u.bcache if u.devices.get(n) and u.devices[n].kind in ("namespace", "partition")
               and not any(n in h.on for h in bc)]
-    bc_sig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "bcache"
-              and n not in bc_reg and not any(n in h.on for h in bc)]
-    add(NO_BCACHE, [f"{h.name} (bcache) holds {_names(h.on)}" for h in bc]
-        + [f"{n} is registered with bcache (a cache device)" for n in bc_reg]
-        + [f"{n} carries a bcache superblock (blkid: bcache)" for n in bc_sig],
-        [f"echo 1 > /sys/block/{h.name}/bcache/stop {where} (after unmounting it)" for h in bc]
-        + [f"unregister its cache set {where}: echo 1 > /sys/block/{n}/bcache/set/unregister" for n in bc_reg]
-        + [f"if that bcache is gone for good: wipefs -a /dev/{n}; else choose another NVMe" for n in bc_sig],
-        "no bcache on it", prefix=f"{bdf} is used by bcache {where}: ")
+    bc_sig = [n for n in _with_signature(u, "bcache") if n not in bc_reg and not any(n in h.on for h in bc)]
+    return _verdict(NO_BCACHE, [f"{h.name} (bcache) holds {_names(h.on)}" for h in bc]
+                    + [f"{n} is registered with bcache (a cache device)" for n in bc_reg]
+                    + [f"{n} carries a bcache superblock (blkid: bcache)" for n in bc_sig],
+                    [f"echo 1 > /sys/block/{h.name}/bcache/stop {where} (after unmounting it)" for h in bc]
+                    + [f"unregister its cache set {where}: echo 1 > /sys/block/{n}/bcache/set/unregister" for n in bc_reg]
+                    + [f"if that bcache is gone for good: wipefs -a /dev/{n}; else choose another NVMe" for n in bc_sig],
+                    "no bcache on it", prefix=f"{desc.bdf} is used by bcache {where}: ")
 
-    zsig = [n for n in u.devices if u.signatures.get(n, {}).get("TYPE") == "zfs_member" and n not in u.zpools]
-    add(NO_ZFS, [f"{n} is in ZFS pool {p}" for n, p in u.zpools.items()]
-        + [f"{n} carries a ZFS label (blkid: zfs_member"
-           + ("; no zpool here to name the pool)" if "zpool" not in u.tools else ", in no imported pool)") for n in zsig],
-        [f"zpool export {p} {where}" for p in sorted(set(u.zpools.values()))]
-        + [f"if that pool is gone for good: zpool labelclear /dev/{n}; else choose another NVMe" for n in zsig],
-        "no ZFS pool on it", prefix=f"{bdf} is a ZFS pool member {where}: ")
 
+def judge_zfs(desc: pci.DeviceDescription, role: str) -> Check:
+    """ZFS: a member of an imported pool, or a ZFS label blkid finds."""
+    _, where = ROLES[role]
+    u = desc.uses
+    zsig = [n for n in _with_signature(u, "zfs_member") if n not in u.zpools]
+    return _verdict(NO_ZFS, [f"{n} is in ZFS pool {p}" for n, p in u.zpools.items()]
+                    + [f"{n} carries a ZFS label (blkid: zfs_member"
+                       + ("; no zpool here to name the pool)" if "zpool" not in u.tools else ", in no imported pool)")
+                       for n in zsig],
+                    [f"zpool export {p} {where}" for p in sorted(set(u.zpools.values()))]
+                    + [f"if that pool is gone for good: zpool labelclear /dev/{n}; else choose another NVMe" for n in zsig],
+                    "no ZFS pool on it", prefix=f"{desc.bdf} is a ZFS pool member {where}: ")
+
+
+def judge_not_open(desc: pci.DeviceDescription, role: str) -> Check:
+    """A process holding one of its block or character devices open (or processes not readable)."""
+    _, where = ROLES[role]
+    u, disks = desc.uses, desc.disks
     opened = [f"{o.comm or '?'} (pid {o.pid}) holds {o.path} open" for o in u.openers]
     if u.fd_unreadable and not opened:
-        checks.append(Check(NOT_OPEN, f"the open files of {u.fd_unreadable} processes {where} could not be read",
-                            "fail", f"run as root {where}: only root sees every process's open files"))
-    else:
-        add(NOT_OPEN, opened, [f"close it: stop {o.comm or 'the process'} (kill {o.pid}) {where}" for o in u.openers],
-            f"no process has {_names(disks)} or its character devices open" if disks else
-            f"no process has its character devices open ({_names(desc.controllers + desc.generic) or 'none'} {where})",
-            prefix=f"{bdf} is open {where}: ")
+        return Check(NOT_OPEN, f"the open files of {u.fd_unreadable} processes {where} could not be read",
+                     "fail", f"run as root {where}: only root sees every process's open files")
+    return _verdict(NOT_OPEN, opened, [f"close it: stop {o.comm or 'the process'} (kill {o.pid}) {where}" for o in u.openers],
+                    f"no process has {_names(disks)} or its character devices open" if disks else
+                    f"no process has its character devices open ({_names(desc.controllers + desc.generic) or 'none'} {where})",
+                    prefix=f"{desc.bdf} is open {where}: ")
 
+
+def judge_driver(desc: pci.DeviceDescription, role: str) -> Check:
+    """The driver it is bound to now (a fact, always 'pass')."""
+    _, where = ROLES[role]
     drv = desc.pci.driver
-    checks.append(Check(DRIVER, {"nvme": f"nvme ({_names(desc.controllers) or 'no controller'})",
-                                 "vfio-pci": f"vfio-pci: already given to VFIO, no block device of it {where}",
-                                 None: "none bound"}.get(drv, drv), "pass"))
+    return Check(DRIVER, {"nvme": f"nvme ({_names(desc.controllers) or 'no controller'})",
+                          "vfio-pci": f"vfio-pci: already given to VFIO, no block device of it {where}",
+                          None: "none bound"}.get(drv, drv), "pass")
 
-    if desc.pci.iommu_group is None:
+
+def judge_group(desc: pci.DeviceDescription, role: str) -> Check:
+    """An IOMMU group, and no other endpoint of it on a host driver."""
+    _, where = ROLES[role]
+    bdf, g = desc.bdf, desc.pci.iommu_group
+    if g is None:
         fix = ("run stage 03 (intel_iommu=on and a reboot) first" if role == "l1" else
                "turn the IOMMU on: VT-d or AMD-Vi in the firmware, intel_iommu=on (Intel) on the kernel command line, reboot")
-        checks.append(Check(GROUP, f"{bdf} has no IOMMU group: the IOMMU is off {where}", "fail", fix))
-    else:
-        members = {m.bdf: (m.driver, m.pci_class) for m in desc.group}
-        bad = group_offenders(members, bdf)
-        g = desc.pci.iommu_group
-        if bad:
-            checks.append(Check(GROUP, f"IOMMU group {g} of {bdf} is not viable: " + _names(bad)
-                                + " still on host drivers", "fail",
-                                "pass the whole group through, or unbind those devices, or move the NVMe to its own slot"))
-        else:
-            others = [m for m in desc.group if m.bdf != bdf]
-            checks.append(Check(GROUP, f"group {g}: " + (
-                f"{bdf} with " + _names(f"{m.bdf} ({'bridge' if m.is_bridge else m.driver or 'no driver'})"
-                                        for m in others) if others else f"{bdf} alone"), "pass"))
+        return Check(GROUP, f"{bdf} has no IOMMU group: the IOMMU is off {where}", "fail", fix)
+    bad = group_offenders({m.bdf: (m.driver, m.pci_class) for m in desc.group}, bdf)
+    if bad:
+        return Check(GROUP, f"IOMMU group {g} of {bdf} is not viable: " + _names(bad) + " still on host drivers", "fail",
+                     "pass the whole group through, or unbind those devices, or move the NVMe to its own slot")
+    others = [m for m in desc.group if m.bdf != bdf]
+    return Check(GROUP, f"group {g}: " + (
+        f"{bdf} with " + _names(f"{m.bdf} ({'bridge' if m.is_bridge else m.driver or 'no driver'})"
+                                for m in others) if others else f"{bdf} alone"), "pass")
 
+
+def judge_irq(desc: pci.DeviceDescription, role: str) -> Check:
+    """Interrupt remapping on the machine (or allow_unsafe_interrupts, a warning)."""
+    who, where = ROLES[role]
     if desc.irq_remapped:
-        checks.append(Check(IRQ, f"on {who}: {desc.irq_remapped} remapped interrupt chips (IR-) in /proc/interrupts", "pass"))
-    elif desc.allow_unsafe_interrupts:
-        checks.append(Check(IRQ, f"none {where}, and vfio_iommu_type1 allow_unsafe_interrupts=Y: a guest could "
-                                 "inject interrupts into the host", "warn",
-                            "enable interrupt remapping (x2APIC and IR in the firmware) and drop allow_unsafe_interrupts"))
-    else:
-        checks.append(Check(IRQ, f"no interrupt remapping {where} (no IR- interrupt chip in /proc/interrupts): "
-                                 "VFIO would need allow_unsafe_interrupts", "fail",
-                            "enable interrupt remapping: x2APIC and VT-d/AMD-Vi interrupt remapping in the firmware"
-                            + (" (intremap=on on L1's vIOMMU)" if role == "l1" else "")
-                            + "; the runbook never sets allow_unsafe_interrupts"))
+        return Check(IRQ, f"on {who}: {desc.irq_remapped} remapped interrupt chips (IR-) in /proc/interrupts", "pass")
+    if desc.allow_unsafe_interrupts:
+        return Check(IRQ, f"none {where}, and vfio_iommu_type1 allow_unsafe_interrupts=Y: a guest could "
+                          "inject interrupts into the host", "warn",
+                     "enable interrupt remapping (x2APIC and IR in the firmware) and drop allow_unsafe_interrupts")
+    return Check(IRQ, f"no interrupt remapping {where} (no IR- interrupt chip in /proc/interrupts): "
+                      "VFIO would need allow_unsafe_interrupts", "fail",
+                 "enable interrupt remapping: x2APIC and VT-d/AMD-Vi interrupt remapping in the firmware"
+                 + (" (intremap=on on L1's vIOMMU)" if role == "l1" else "")
+                 + "; the runbook never sets allow_unsafe_interrupts")
 
-    if desc.same_ids:
-        one = len(desc.same_ids) == 1
-        others = _names(f"{o.bdf} ({o.driver or 'no driver'})" for o in desc.same_ids)
-        checks.append(Check(SAME_IDS, f"{others} {'is' if one else 'are'} also {desc.pci.ids} {where}: binding by "
-                                      f"vendor:device (new_id, vfio-pci.ids=) would take {'both' if one else 'all'}", "warn",
-                            "nothing to do for the runbook: it binds by address only; never bind this model by ID by hand"))
-    else:
-        checks.append(Check(SAME_IDS, f"no other {desc.pci.ids} {where}", "pass"))
 
+def judge_same_ids(desc: pci.DeviceDescription, role: str) -> Check:
+    """Another device of the same vendor:device (a warning: binding by ID would take it too)."""
+    _, where = ROLES[role]
+    if not desc.same_ids:
+        return Check(SAME_IDS, f"no other {desc.pci.ids} {where}", "pass")
+    one = len(desc.same_ids) == 1
+    others = _names(f"{o.bdf} ({o.driver or 'no driver'})" for o in desc.same_ids)
+    return Check(SAME_IDS, f"{others} {'is' if one else 'are'} also {desc.pci.ids} {where}: binding by "
+                           f"vendor:device (new_id, vfio-pci.ids=) would take {'both' if one else 'all'}", "warn",
+                 "nothing to do for the runbook: it binds by address only; never bind this model by ID by hand")
+
+
+def judge_numa(desc: pci.DeviceDescription, l1_cpus: str | list[int] | None) -> Check:
+    """The device's NUMA node against the CPUs L1 is pinned to (a warning when they differ)."""
+    from ..params import parse_cpuset
     node, cpus = desc.pci.numa_node, desc.node_cpus
     if node is None:
-        checks.append(Check(NUMA, "the device reports no NUMA node (one node)", "pass"))
-    else:
-        near = f"node {node} (CPUs {pci.format_cpus(cpus) or 'unknown'})"
-        pinned = parse_cpuset(l1_cpus) if isinstance(l1_cpus, str) and l1_cpus else list(l1_cpus or [])
-        far = sorted(set(pinned) - set(cpus))
-        if not pinned:
-            checks.append(Check(NUMA, f"{near}; L1 not pinned yet: place it on that node's CPUs", "pass"))
-        elif far and cpus:
-            checks.append(Check(NUMA, f"the device is on {near}, L1's CPUs {pci.format_cpus(far)} are not: every I/O "
-                                      "crosses the link between the sockets", "warn",
-                                f"pin L1 to node {node}'s CPUs (l1.cpuset within {pci.format_cpus(cpus)}), "
-                                "or leave l1.cpuset empty"))
-        else:
-            checks.append(Check(NUMA, f"{near}; L1's CPUs {pci.format_cpus(pinned)} are on it", "pass"))
+        return Check(NUMA, "the device reports no NUMA node (one node)", "pass")
+    near = f"node {node} (CPUs {pci.format_cpus(cpus) or 'unknown'})"
+    pinned = parse_cpuset(l1_cpus) if isinstance(l1_cpus, str) and l1_cpus else list(l1_cpus or [])
+    far = sorted(set(pinned) - set(cpus))
+    if not pinned:
+        return Check(NUMA, f"{near}; L1 not pinned yet: place it on that node's CPUs", "pass")
+    if far and cpus:
+        return Check(NUMA, f"the device is on {near}, L1's CPUs {pci.format_cpus(far)} are not: every I/O "
+                           "crosses the link between the sockets", "warn",
+                     f"pin L1 to node {node}'s CPUs (l1.cpuset within {pci.format_cpus(cpus)}), "
+                     "or leave l1.cpuset empty")
+    return Check(NUMA, f"{near}; L1's CPUs {pci.format_cpus(pinned)} are on it", "pass")
 
+
+def judge_reset(desc: pci.DeviceDescription) -> Check:
+    """Function-level reset (a warning without it: the device may keep state between guests)."""
     r = desc.reset_methods
     if r is None:
-        checks.append(Check(RESET, "unknown: the kernel has no reset_method file (before 5.15); a reset exists", "warn",
-                            f"look for FLReset+ in `lspci -vv -s {bdf}`"))
-    elif "flr" in r:
-        checks.append(Check(RESET, f"reset methods: {_names(r)}", "pass"))
-    else:
-        checks.append(Check(RESET, ("reset methods: " + _names(r) if r else "no reset method at all")
-                            + ": no function-level reset, so between guests the device is reset "
-                            + ("through its bus or slot (and all behind it)" if r else "not at all"),
-                            "warn", "expect the device to keep state between guests; a model with FLR is safer"))
-    return checks
+        return Check(RESET, "unknown: the kernel has no reset_method file (before 5.15); a reset exists", "warn",
+                     f"look for FLReset+ in `lspci -vv -s {desc.bdf}`")
+    if "flr" in r:
+        return Check(RESET, f"reset methods: {_names(r)}", "pass")
+    return Check(RESET, ("reset methods: " + _names(r) if r else "no reset method at all")
+                 + ": no function-level reset, so between guests the device is reset "
+                 + ("through its bus or slot (and all behind it)" if r else "not at all"),
+                 "warn", "expect the device to keep state between guests; a model with FLR is safer")
 
 
 def cpuset_near(desc: pci.DeviceDescription, nodes: dict[int, list[int]], siblings: dict[int, list[int]],

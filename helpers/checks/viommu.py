@@ -116,49 +116,71 @@ def amd_iommu_options(qemu_version: str | None, properties: dict[str, str] | Non
     """The ``amd-iommu`` options that make DMA remapping work on this QEMU, from its version
     and (where it can tell more reliably) the property list of ``-device amd-iommu,help``
     (None: not read). See the module's text for the upstream history behind each rule."""
+    c = AmdIommu(qemu_version, properties)
     v = qemu_version_tuple(qemu_version)
-    props = properties
-    c = AmdIommu(qemu_version, props)
-    shown = f"QEMU {qemu_version}" if qemu_version else "a QEMU of unknown version"
+    for rule in (_amd_intremap, _amd_pt, _amd_dma_remap):   # each may refuse: then the rest does not matter
+        rule(c, v)
+        if c.refused:
+            return c
+    _amd_bus0(c, v)
+    _amd_hazards(c, v)
+    c.why.append("device-iotlb left off: QEMU's emulated NVMe has no ATS capability, so a device IOTLB "
+                 "does nothing for it")
+    return c
 
-    def offers(name: str) -> bool | None:
-        return None if props is None else name in props
 
-    if offers("intremap") is False:
-        c.refused = (f"{shown}'s amd-iommu has no intremap property: L1 would get no interrupt remapping, "
+def _shown(c: AmdIommu) -> str:
+    return f"QEMU {c.qemu_version}" if c.qemu_version else "a QEMU of unknown version"
+
+
+def _offers(c: AmdIommu, name: str) -> bool | None:
+    """Whether this QEMU's amd-iommu lists the property ``name`` (None: its list was not read)."""
+    return None if c.properties is None else name in c.properties
+
+
+def _amd_intremap(c: AmdIommu, v: tuple[int, ...] | None) -> None:
+    if _offers(c, "intremap") is False:
+        c.refused = (f"{_shown(c)}'s amd-iommu has no intremap property: L1 would get no interrupt remapping, "
                      "which VFIO in L1 needs to hand the NVMe to L2")
         c.fix = "use l1.iommu: intel (or auto), or a QEMU whose amd-iommu offers intremap (QEMU 10.0.3 or newer)"
-        return c
+        return
     c.options["intremap"] = "on"
     c.why.append("intremap=on: interrupt remapping in L1, which VFIO needs (with the split irqchip)")
 
-    pt_hazard = v is None or PT_HAZARD_FROM <= v < PT_FIXED_IN
-    if pt_hazard:
-        if offers("pt") is False:
-            c.refused = (f"{shown} gives every device untranslated DMA while amd-iommu's pt is on, and this "
-                         "build lists no pt property to turn it off")
-            c.fix = "use l1.iommu: intel (or auto), or QEMU 10.0.3 / 10.1 or newer"
-            return c
-        c.options["pt"] = "off"
-        if v is None:
-            c.why.append("pt=off: QEMU's version is unknown, and 9.2 to 10.0.2 give every device untranslated "
-                         "DMA while pt is on (its default); where pt is ignored, pt=off changes nothing")
-        else:
-            c.why.append(f"pt=off: {shown} (9.2 to 10.0.2) gives every device untranslated DMA while pt is on "
-                         "(its default), so the NVMe in L2's IOMMU domain would DMA to the wrong addresses")
-            c.hazards.append(Hazard("pt=on (amd-iommu's default) gives every device untranslated DMA "
-                                    "(fixed in 10.0.3 and 10.1: 31753d5a336f)", "the runbook sets pt=off"))
 
-    needs_dma_remap = offers("dma-remap") or (props is None and v is not None and v >= DMA_REMAP_FROM)
-    if needs_dma_remap:
+def _amd_pt(c: AmdIommu, v: tuple[int, ...] | None) -> None:
+    """pt=off where pt=on bypasses translation for every device (9.2 to 10.0.2), or the version is unknown."""
+    if not (v is None or PT_HAZARD_FROM <= v < PT_FIXED_IN):
+        return
+    if _offers(c, "pt") is False:
+        c.refused = (f"{_shown(c)} gives every device untranslated DMA while amd-iommu's pt is on, and this "
+                     "build lists no pt property to turn it off")
+        c.fix = "use l1.iommu: intel (or auto), or QEMU 10.0.3 / 10.1 or newer"
+        return
+    c.options["pt"] = "off"
+    if v is None:
+        c.why.append("pt=off: QEMU's version is unknown, and 9.2 to 10.0.2 give every device untranslated "
+                     "DMA while pt is on (its default); where pt is ignored, pt=off changes nothing")
+    else:
+        c.why.append(f"pt=off: {_shown(c)} (9.2 to 10.0.2) gives every device untranslated DMA while pt is on "
+                     "(its default), so the NVMe in L2's IOMMU domain would DMA to the wrong addresses")
+        c.hazards.append(Hazard("pt=on (amd-iommu's default) gives every device untranslated DMA "
+                                "(fixed in 10.0.3 and 10.1: 31753d5a336f)", "the runbook sets pt=off"))
+
+
+def _amd_dma_remap(c: AmdIommu, v: tuple[int, ...] | None) -> None:
+    """dma-remap=on wherever QEMU lists it (or, its list not read, from 10.2); refused on a 10.2 without it."""
+    if _offers(c, "dma-remap") or (c.properties is None and v is not None and v >= DMA_REMAP_FROM):
         c.options["dma-remap"] = "on"
         c.why.append("dma-remap=on: from QEMU 10.2 amd-iommu translates DMA only with it (default off)")
     elif v is not None and v >= DMA_REMAP_FROM:
-        c.refused = (f"{shown}'s amd-iommu translates DMA only with dma-remap=on, and this build lists no "
+        c.refused = (f"{_shown(c)}'s amd-iommu translates DMA only with dma-remap=on, and this build lists no "
                      "dma-remap property")
         c.fix = "use l1.iommu: intel (or auto), or a QEMU build whose amd-iommu lists dma-remap"
-        return c
 
+
+def _amd_bus0(c: AmdIommu, v: tuple[int, ...] | None) -> None:
+    """The NVMe on pcie.0 (bus 0) before 10.2 (or an unknown version)."""
     c.nvme_on_bus0 = v is None or v < BUS0_FIXED_IN
     if c.nvme_on_bus0:
         c.why.append("the NVMe on pcie.0 (bus 0): before QEMU 10.2 amd-iommu gives a device on another bus "
@@ -166,13 +188,14 @@ def amd_iommu_options(qemu_version: str | None, properties: dict[str, str] | Non
         if v is not None:
             c.hazards.append(Hazard("devices on a PCI bus other than 0 get the wrong device ID (fixed in 10.2: "
                                     "27d6a0ec0b)", "the runbook keeps the NVMe on pcie.0 (bus 0)"))
-    if v is not None and v < XTSUP_FIXED_IN and offers("xtsup"):
+
+
+def _amd_hazards(c: AmdIommu, v: tuple[int, ...] | None) -> None:
+    """The known hazards the runbook only names: xtsup before 10.0.3, a QEMU older than the lab's."""
+    if v is not None and v < XTSUP_FIXED_IN and _offers(c, "xtsup"):
         c.hazards.append(Hazard("xtsup=on with 255 vCPUs or fewer stops the guest booting (fixed in 10.0.3: "
                                 "0f178860df)", "the runbook leaves xtsup off"))
     if v is not None and v < TESTED_FROM:
         c.hazards.append(Hazard(f"the AMD chain was not measured on QEMU older than "
                                 f"{'.'.join(map(str, TESTED_FROM))} (the stable series fixed several amd-iommu "
                                 "bugs in 10.0.3)", "nothing; if L2's nvme times out, use l1.iommu: intel"))
-    c.why.append("device-iotlb left off: QEMU's emulated NVMe has no ATS capability, so a device IOTLB "
-                 "does nothing for it")
-    return c

@@ -266,58 +266,108 @@ def _unescape(path: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
 
 
-def parse_uses(records: list[list[str]]) -> Uses:
-    """A Uses from the tab-split records of ``USES_SCRIPT`` (other records are ignored)."""
-    u = Uses()
-    loops: dict[str, str] = {}
-    blkid_cur: dict[str, str] | None = None
-    mount_lines, swap_lines, zpool_lines = [], [], []
-    for r in records:
-        tag, rest = r[0], r[1:]
-        if tag == "blk" and len(rest) >= 8:
-            name, kind, dev, sectors, nsid, lb, dm_name, dm_uuid = rest[:8]
-            d = u.devices.setdefault(name, BlockDev(name, kind))
-            d.kind, d.dev, d.nsid, d.logical_block, d.dm_name, d.dm_uuid = kind, dev, _int(nsid), _int(lb), dm_name, dm_uuid
-            d.size_bytes = _int(sectors) * SECTOR if _int(sectors) is not None else None
-        elif tag == "on" and len(rest) >= 2:
-            d = u.devices.setdefault(rest[0], BlockDev(rest[0], "holder"))
-            if rest[1] not in d.on:
-                d.on.append(rest[1])
-        elif tag == "bcache" and rest:
-            u.bcache.append(rest[0])
-        elif tag == "loop" and len(rest) >= 2:
-            loops[rest[0]] = rest[1]
-        elif tag == "sysmnt" and len(rest) >= 3:
-            u.system_mounts[rest[0]] = (rest[1], rest[2])
-        elif tag == "mnt":
-            mount_lines.append((None, "", "\t".join(rest)))
-        elif tag == "mntns" and len(rest) >= 3 and rest[0].isdigit():
-            mount_lines.append((int(rest[0]), rest[1], "\t".join(rest[2:])))
-        elif tag == "swap":
-            swap_lines.append("\t".join(rest))
-        elif tag == "open" and len(rest) >= 3 and rest[0].isdigit():
-            u.openers.append(Opener(int(rest[0]), rest[1], rest[2]))
-        elif tag == "fdunreadable" and rest:
-            u.fd_unreadable = _int(rest[0]) or 0
-        elif tag == "tool" and rest:
-            u.tools.append(rest[0])
-        elif tag == "blkid":
-            line = "\t".join(rest)
-            if line.startswith("DEVNAME="):
-                blkid_cur = u.signatures.setdefault(line.split("=", 1)[1].rsplit("/", 1)[-1], {})
-            elif "=" in line and blkid_cur is not None:
-                k, v = line.split("=", 1)
-                blkid_cur[k] = v
-        elif tag == "pvs" and rest:
-            pv, _, vg = "\t".join(rest).strip().partition("|")
-            if pv.startswith("/dev/"):
-                u.pvs[pv.strip().removeprefix("/dev/")] = vg.strip()
-        elif tag == "zpool":
-            zpool_lines.append("\t".join(rest))
-    by_dev = {d.dev: d.name for d in u.devices.values() if d.dev}
+@dataclass
+class _Pending:
+    """What ``parse_uses`` reads before it can place it: mount, swap and zpool lines are matched
+    to the devices once every device is known; blkid's lines belong to the last DEVNAME."""
+
+    loops: dict[str, str] = field(default_factory=dict)      # loopN -> backing file
+    blkid: dict[str, str] | None = None                      # the signature being read
+    mounts: list[tuple[int | None, str, str]] = field(default_factory=list)  # (ns pid, ns comm, mountinfo line)
+    swaps: list[str] = field(default_factory=list)
+    zpool: list[str] = field(default_factory=list)
+
+
+def _read_blk(u: Uses, p: _Pending, rest: list[str]) -> None:
+    if len(rest) < 8:
+        return
+    name, kind, dev, sectors, nsid, lb, dm_name, dm_uuid = rest[:8]
+    d = u.devices.setdefault(name, BlockDev(name, kind))
+    d.kind, d.dev, d.nsid, d.logical_block, d.dm_name, d.dm_uuid = kind, dev, _int(nsid), _int(lb), dm_name, dm_uuid
+    d.size_bytes = _int(sectors) * SECTOR if _int(sectors) is not None else None
+
+
+def _read_on(u: Uses, p: _Pending, rest: list[str]) -> None:
+    if len(rest) < 2:
+        return
+    d = u.devices.setdefault(rest[0], BlockDev(rest[0], "holder"))
+    if rest[1] not in d.on:
+        d.on.append(rest[1])
+
+
+def _read_pair(u: Uses, p: _Pending, tag: str, rest: list[str]) -> None:
+    """The records of one or two fields: bcache, loop, sysmnt, fdunreadable, tool."""
+    if tag == "bcache" and rest:
+        u.bcache.append(rest[0])
+    elif tag == "loop" and len(rest) >= 2:
+        p.loops[rest[0]] = rest[1]
+    elif tag == "sysmnt" and len(rest) >= 3:
+        u.system_mounts[rest[0]] = (rest[1], rest[2])
+    elif tag == "fdunreadable" and rest:
+        u.fd_unreadable = _int(rest[0]) or 0
+    elif tag == "tool" and rest:
+        u.tools.append(rest[0])
+
+
+def _read_lines(u: Uses, p: _Pending, tag: str, rest: list[str]) -> None:
+    """The records that carry another program's line: mnt, mntns, swap, open, zpool."""
+    if tag == "mnt":
+        p.mounts.append((None, "", "\t".join(rest)))
+    elif tag == "mntns" and len(rest) >= 3 and rest[0].isdigit():
+        p.mounts.append((int(rest[0]), rest[1], "\t".join(rest[2:])))
+    elif tag == "swap":
+        p.swaps.append("\t".join(rest))
+    elif tag == "open" and len(rest) >= 3 and rest[0].isdigit():
+        u.openers.append(Opener(int(rest[0]), rest[1], rest[2]))
+    elif tag == "zpool":
+        p.zpool.append("\t".join(rest))
+
+
+def _read_blkid(u: Uses, p: _Pending, rest: list[str]) -> None:
+    line = "\t".join(rest)
+    if line.startswith("DEVNAME="):
+        p.blkid = u.signatures.setdefault(line.split("=", 1)[1].rsplit("/", 1)[-1], {})
+    elif "=" in line and p.blkid is not None:
+        k, v = line.split("=", 1)
+        p.blkid[k] = v
+
+
+def _read_pvs(u: Uses, p: _Pending, rest: list[str]) -> None:
+    if not rest:
+        return
+    pv, _, vg = "\t".join(rest).strip().partition("|")
+    if pv.startswith("/dev/"):
+        u.pvs[pv.strip().removeprefix("/dev/")] = vg.strip()
+
+
+def _read_record(u: Uses, p: _Pending, tag: str, rest: list[str]) -> None:
+    """One record of ``USES_SCRIPT`` into ``u`` (or ``p``, to place later); other tags are ignored."""
+    if tag == "blk":
+        _read_blk(u, p, rest)
+    elif tag == "on":
+        _read_on(u, p, rest)
+    elif tag in ("bcache", "loop", "sysmnt", "fdunreadable", "tool"):
+        _read_pair(u, p, tag, rest)
+    elif tag in ("mnt", "mntns", "swap", "open", "zpool"):
+        _read_lines(u, p, tag, rest)
+    elif tag == "blkid":
+        _read_blkid(u, p, rest)
+    elif tag == "pvs":
+        _read_pvs(u, p, rest)
+
+
+def _by_source(u: Uses) -> dict[str, str]:
+    """/dev/NAME and /dev/mapper/DM_NAME -> the device's name."""
     by_src = {f"/dev/{n}": n for n in u.devices}
     by_src.update({f"/dev/mapper/{d.dm_name}": d.name for d in u.devices.values() if d.dm_name})
-    for ns_pid, ns_comm, line in mount_lines:
+    return by_src
+
+
+def _place_mounts(u: Uses, lines: list[tuple[int | None, str, str]]) -> None:
+    """Mountinfo lines on one of the devices (by major:minor, else by source), each mount once."""
+    by_dev = {d.dev: d.name for d in u.devices.values() if d.dev}
+    by_src = _by_source(u)
+    for ns_pid, ns_comm, line in lines:
         f = line.split()
         if len(f) < 7 or " - " not in line:
             continue
@@ -325,7 +375,12 @@ def parse_uses(records: list[list[str]]) -> Uses:
         name = by_dev.get(f[2]) or by_src.get(source)
         if name and not any(m.name == name and m.mountpoint == _unescape(f[4]) for m in u.mounts):
             u.mounts.append(Mount(name, _unescape(f[4]), fstype, source, ns_pid, ns_comm))
-    for line in swap_lines:
+
+
+def _place_swaps(u: Uses, lines: list[str]) -> None:
+    """/proc/swaps lines on one of the devices, or swap files on one of its filesystems."""
+    by_src = _by_source(u)
+    for line in lines:
         f = line.split()
         if f and f[0] != "Filename":
             path = _unescape(f[0])
@@ -333,8 +388,12 @@ def parse_uses(records: list[list[str]]) -> Uses:
                                             None)  # a swap file on one of its filesystems
             if name:
                 u.swaps.append(Swap(name, path, _int(f[2]) if len(f) > 2 else None))
+
+
+def _place_zpools(u: Uses, lines: list[str]) -> None:
+    """`zpool status -PL`'s vdevs that are one of the devices -> their pool."""
     pool = ""
-    for line in zpool_lines:
+    for line in lines:
         s = line.strip()
         if s.startswith("pool:"):
             pool = s.split(":", 1)[1].strip()
@@ -342,6 +401,16 @@ def parse_uses(records: list[list[str]]) -> Uses:
             dev = s.split()[0].removeprefix("/dev/")
             if dev in u.devices:
                 u.zpools[dev] = pool
+
+
+def parse_uses(records: list[list[str]]) -> Uses:
+    """A Uses from the tab-split records of ``USES_SCRIPT`` (other records are ignored)."""
+    u, p = Uses(), _Pending()
+    for r in records:
+        _read_record(u, p, r[0], r[1:])
+    _place_mounts(u, p.mounts)
+    _place_swaps(u, p.swaps)
+    _place_zpools(u, p.zpool)
     return u
 
 

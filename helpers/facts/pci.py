@@ -423,70 +423,96 @@ def describe_script(bdfs: list[str] | None, root: str = "") -> str:
             + CONTROLLER_SCRIPT.format(**paths) + holders.USES_SCRIPT.format(**paths))
 
 
-def parse_description(text: str, machine: str = "") -> dict[str, DeviceDescription]:
-    """BDF -> DeviceDescription from the output of ``describe_script`` (BDFs that are not
-    there are left out)."""
+@dataclass
+class _ControllerRecords:
+    """The records of ``CONTROLLER_SCRIPT``, read: which devices, in order, and what each has."""
+
+    order: list[str] = field(default_factory=list)
+    ctrl_of: dict[str, str] = field(default_factory=dict)                  # nvme0 -> bdf
+    attrs: dict[str, dict[str, str]] = field(default_factory=dict)
+    ns_of: dict[str, list[str]] = field(default_factory=dict)              # nvme0 -> [nvme0n1]
+    ng_of: dict[str, list[str]] = field(default_factory=dict)
+    resets: dict[str, list[str] | None] = field(default_factory=dict)
+    nodes: dict[int, list[int]] = field(default_factory=dict)
+    irq: tuple[int, bool | None, int] = (0, None, 0)   # remapped chips, allow_unsafe_interrupts, IOMMUs
+
+
+def _read_reset(r: list[str]) -> list[str] | None:
+    """A 'reset' record: the kernel's reset methods, [] for none, None for no reset_method file."""
+    has_reset, has_file = r[2].startswith("yes"), "method" in r[2]
+    methods = (r[3] if len(r) > 3 else "").split()
+    return methods if has_file else ([] if not has_reset else None)
+
+
+def _read_irq(r: list[str]) -> tuple[int, bool | None, int]:
+    return (int(r[1]) if r[1].isdigit() else 0,
+            {"Y": True, "N": False, "1": True, "0": False}.get(r[2].strip()) if r[2].strip() else None,
+            int(r[3]) if r[3].isdigit() else 0)
+
+
+def _read_controller_records(records: list[list[str]]) -> _ControllerRecords:
     from ..facts.cpu import parse_cpulist
-    listing, _, rest = text.partition(DESCRIBE_SEP)
-    devices = {d.bdf: d for d in parse_sysfs_listing(listing)}
-    records = [line.split("\t") for line in rest.splitlines() if line.strip()]
-    order: list[str] = []
-    ctrl_of: dict[str, str] = {}                    # nvme0 -> bdf
-    attrs: dict[str, dict[str, str]] = {}
-    ns_of: dict[str, list[str]] = {}                # nvme0 -> [nvme0n1]
-    ng_of: dict[str, list[str]] = {}
-    resets: dict[str, list[str] | None] = {}
-    nodes: dict[int, list[int]] = {}
-    irq = (0, None, 0)
+    c = _ControllerRecords()
     for r in records:
         tag = r[0]
         if tag == "device" and len(r) > 1:
-            order.append(r[1])
+            c.order.append(r[1])
         elif tag == "reset" and len(r) > 2:
-            has_reset, has_file = r[2].startswith("yes"), "method" in r[2]
-            methods = (r[3] if len(r) > 3 else "").split()
-            resets[r[1]] = methods if has_file else ([] if not has_reset else None)
+            c.resets[r[1]] = _read_reset(r)
         elif tag == "ctrl" and len(r) > 2:
-            ctrl_of[r[2]] = r[1]
+            c.ctrl_of[r[2]] = r[1]
         elif tag == "attr" and len(r) > 3:
-            attrs.setdefault(r[1], {})[r[2]] = r[3].strip()
+            c.attrs.setdefault(r[1], {})[r[2]] = r[3].strip()
         elif tag == "ns" and len(r) > 2:
-            ns_of.setdefault(r[1], []).append(r[2])
+            c.ns_of.setdefault(r[1], []).append(r[2])
         elif tag == "ng" and len(r) > 2:
-            ng_of.setdefault(r[1], []).append(r[2])
+            c.ng_of.setdefault(r[1], []).append(r[2])
         elif tag == "node" and len(r) > 2 and r[1].isdigit():
-            nodes[int(r[1])] = parse_cpulist(r[2])
+            c.nodes[int(r[1])] = parse_cpulist(r[2])
         elif tag == "irq" and len(r) > 3:
-            irq = (int(r[1]) if r[1].isdigit() else 0,
-                   {"Y": True, "N": False, "1": True, "0": False}.get(r[2].strip()) if r[2].strip() else None,
-                   int(r[3]) if r[3].isdigit() else 0)
-    uses = holders.parse_uses(records)
-    out = {}
-    for bdf in order:
-        if bdf not in devices:
-            continue
-        d = devices[bdf]
-        ctrls = sorted(c for c, b in ctrl_of.items() if b == bdf)
-        first = attrs.get(ctrls[0], {}) if ctrls else {}
-        names = sorted({n for c in ctrls for n in ns_of.get(c, [])})
-        generic = sorted({n for c in ctrls for n in ng_of.get(c, [])})
-        namespaces = []
-        for n in names:
-            b = uses.devices.get(n)
-            parts = sorted(p for p, dev in uses.devices.items() if dev.kind == "partition" and n in dev.on)
-            namespaces.append(Namespace(n, next((c for c in ctrls if n in ns_of.get(c, [])), ""),
-                                        b.nsid if b else None, b.size_bytes if b else None,
-                                        b.logical_block if b else None, parts))
-        out[bdf] = DeviceDescription(
-            pci=d, machine=machine, controllers=ctrls, serial=first.get("serial") or None,
-            model=first.get("model") or None, firmware=first.get("firmware_rev") or None,
-            namespaces=namespaces, generic=generic,
-            group=[devices[m] for m in d.group_members if m in devices],
-            reset_methods=resets.get(bdf), nodes=nodes,
-            same_ids=[o for o in devices.values() if o.bdf != bdf and o.ids == d.ids],
-            irq_remapped=irq[0], allow_unsafe_interrupts=irq[1], iommus=irq[2],
-            uses=uses.of(names, ctrls + generic))
+            c.irq = _read_irq(r)
+    return c
+
+
+def _namespaces(names: list[str], ctrls: list[str], c: _ControllerRecords, uses: holders.Uses) -> list[Namespace]:
+    out = []
+    for n in names:
+        b = uses.devices.get(n)
+        parts = sorted(p for p, dev in uses.devices.items() if dev.kind == "partition" and n in dev.on)
+        out.append(Namespace(n, next((x for x in ctrls if n in c.ns_of.get(x, [])), ""),
+                             b.nsid if b else None, b.size_bytes if b else None,
+                             b.logical_block if b else None, parts))
     return out
+
+
+def _description(d: PciDevice, devices: dict[str, PciDevice], c: _ControllerRecords, uses: holders.Uses,
+                 machine: str) -> DeviceDescription:
+    """The description of ``d`` from the records read and the uses of every device."""
+    bdf = d.bdf
+    ctrls = sorted(x for x, b in c.ctrl_of.items() if b == bdf)
+    first = c.attrs.get(ctrls[0], {}) if ctrls else {}
+    names = sorted({n for x in ctrls for n in c.ns_of.get(x, [])})
+    generic = sorted({n for x in ctrls for n in c.ng_of.get(x, [])})
+    return DeviceDescription(
+        pci=d, machine=machine, controllers=ctrls, serial=first.get("serial") or None,
+        model=first.get("model") or None, firmware=first.get("firmware_rev") or None,
+        namespaces=_namespaces(names, ctrls, c, uses), generic=generic,
+        group=[devices[m] for m in d.group_members if m in devices],
+        reset_methods=c.resets.get(bdf), nodes=c.nodes,
+        same_ids=[o for o in devices.values() if o.bdf != bdf and o.ids == d.ids],
+        irq_remapped=c.irq[0], allow_unsafe_interrupts=c.irq[1], iommus=c.irq[2],
+        uses=uses.of(names, ctrls + generic))
+
+
+def parse_description(text: str, machine: str = "") -> dict[str, DeviceDescription]:
+    """BDF -> DeviceDescription from the output of ``describe_script`` (BDFs that are not
+    there are left out)."""
+    listing, _, rest = text.partition(DESCRIBE_SEP)
+    devices = {d.bdf: d for d in parse_sysfs_listing(listing)}
+    records = [line.split("\t") for line in rest.splitlines() if line.strip()]
+    c = _read_controller_records(records)
+    uses = holders.parse_uses(records)
+    return {bdf: _description(devices[bdf], devices, c, uses, machine) for bdf in c.order if bdf in devices}
 
 
 def describe_all(guest: Guest, bdfs: list[str] | None = None, *, root: str = ""
