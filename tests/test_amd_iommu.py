@@ -407,3 +407,24 @@ def test_stage_01_refuses_a_qemu_on_which_the_amd_chain_cannot_work(tmp_path):
     p = with_iommu("amd", lab_=False)
     got = checks.by_name(checks.judge(checks.gather(g, p, "l0", smoke=False), p, "l0"))[checks.AMD_VIOMMU]
     assert got.verdict == "fail" and "dma-remap" in got.observed and "l1.iommu: intel" in got.fix
+
+
+@pytest.mark.parametrize("version, target, verdict", [
+    ("10.0.2", "l2", "fail"),   # no dma-remap: QEMU refuses VFIO behind amd-iommu
+    ("10.1.0", "l2", "fail"),
+    ("10.2.0", "l2", "pass"),   # dma-remap=on passes L0's controller on
+    ("10.0.2", "l1", None),     # target l1: L1 has no vIOMMU, the check does not apply
+])
+def test_stage_01_judges_a_host_nvme_behind_amd_iommu_by_l0s_qemu(tmp_path, version, target, verdict):
+    from helpers import checks
+    f = amd_host_facts(tmp_path, version)
+    p = with_iommu("amd", lab_=False)
+    p = p.model_copy(update={"nvme": p.nvme.model_copy(update={"source": "host", "target": target})})
+    got = checks.by_name(checks.judge(f, p, "l0")).get(checks.AMD_VIOMMU)
+    if target == "l1":
+        assert got is None or "dma-remap property" not in got.observed
+        return
+    assert got.verdict == verdict, got
+    if verdict == "fail":
+        assert "cannot pass a device assigned from L0 on to L2" in got.observed and f"QEMU {version}" in got.observed
+        assert "l1.iommu: intel" in got.fix and "nvme.target: l1" in got.fix and "QEMU 10.2" in got.fix

@@ -314,6 +314,20 @@ for _dev in ("intel-iommu", "amd-iommu", "nvme", "vfio-pci"):
     check(qemu_device_check(_dev))(_qemu_device(_dev))
 
 
+HOST_DEVICE_BEHIND_AMD_FIX = ("use l1.iommu: intel (or auto: QEMU's Intel vIOMMU, with caching mode), or nvme.target: "
+                              "l1 (L1 keeps the drive, no vIOMMU), or QEMU 10.2 or newer on L0 (amd-iommu's dma-remap)")
+
+
+def host_device_behind_amd(c) -> str:
+    """Why L1's amd-iommu cannot pass a device assigned from L0 on to L2, or "". VFIO in L1
+    needs the vIOMMU to tell L0's QEMU of every mapping L1 makes (a MAP notifier): QEMU's
+    amd-iommu refuses one before 10.2, and from 10.2 gives it with ``dma-remap=on``."""
+    if "dma-remap" in (c.properties or {}):
+        return ""
+    return ("its amd-iommu has no dma-remap property, so it cannot pass a device assigned from L0 on to L2 "
+            "(QEMU refuses VFIO behind amd-iommu without it)")
+
+
 @check(AMD_VIOMMU)
 def amd_viommu(j: Judging) -> Check | None:
     """With l1.iommu: amd, the known hazards of the QEMU that will run L1 and what the
@@ -326,6 +340,8 @@ def amd_viommu(j: Judging) -> Check | None:
     shown = f"QEMU {j.qemu_version}" if j.qemu_version else "QEMU of unknown version"
     if c.refused:
         return Check(AMD_VIOMMU, c.refused, "fail", c.fix)
+    if j.p.nvme.host and j.p.nvme.in_l2 and (why := host_device_behind_amd(c)):
+        return Check(AMD_VIOMMU, f"{shown}: {why}", "fail", HOST_DEVICE_BEHIND_AMD_FIX)
     if c.hazards:
         return Check(AMD_VIOMMU, f"{shown}: " + "; ".join(h.what for h in c.hazards), "warn",
                      "nothing to do: " + "; ".join(h.handled for h in c.hazards) + f" (L1 gets {c.device})"

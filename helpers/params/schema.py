@@ -401,10 +401,6 @@ class Params(Section):
 def conflicts(p: Params) -> list[tuple[str, str]]:
     """Settings that contradict each other, whatever the file: (key, what to change)."""
     out = list(p.nvme.problems())
-    if p.nvme.host and p.nvme.target == "l2" and p.l1.iommu == "amd":
-        out.append(("l1.iommu", "`amd` cannot carry a device assigned from L0 on to L2: QEMU's amd-iommu has no "
-                                "caching mode, which VFIO needs behind a vIOMMU; use l1.iommu intel (or auto), or "
-                                "nvme.target l1"))
     if p.l2.memory_mib >= p.l1.memory_mib and p.nvme.target == "l2":
         out.append(("l2.memory_mib", f"{p.l2.memory_mib} MiB must be less than L1's {p.l1.memory_mib} MiB"))
     if p.nvme.host and p.nvme.in_l2 and p.l2.select.serial is not None and p.nvme.select.serial \

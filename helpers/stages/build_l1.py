@@ -19,6 +19,7 @@ from ..numa import choose_cpuset
 from ..ops import Change, did, domain, no_change
 from ..ops import l1 as l1_ops
 from ..ops import l1_files
+from ..checks.host import HOST_DEVICE_BEHIND_AMD_FIX, host_device_behind_amd
 from ..steps import Action, Plan, Step
 from ..paths import nvme_bdf_in_l1, paths
 from ..guest import Local
@@ -136,6 +137,9 @@ def definition(ctx: Stage) -> L1Definition:
     amd = amd_iommu(ctx) if kind == "amd" and not (p.nvme.host and not p.nvme.in_l2) else None
     if amd and amd.refused:
         raise RunbookError(f"l1.iommu: amd cannot work on L0's QEMU: {amd.refused}", hint=amd.fix)
+    if amd and p.nvme.host and (no := host_device_behind_amd(amd)):
+        raise RunbookError(f"l1.iommu: amd with nvme.source host and target l2: L0's QEMU "
+                           f"{amd.qemu_version or '(version unknown)'}: {no}", hint=HOST_DEVICE_BEHIND_AMD_FIX)
     if native and amd and amd.nvme_on_bus0:
         native = False
         nvme_why = ("<qemu:commandline> -device nvme on pcie.0 (bus 0): before QEMU 10.2 amd-iommu gives a device "
