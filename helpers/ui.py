@@ -86,6 +86,14 @@ class Picture:
     def _repr_svg_(self):
         return self.data if self.kind == "svg" else None
 
+    def _repr_html_(self):
+        """The picture with its caption under it: an HTML report shows both (a PNG alone drops the caption)."""
+        if self.kind != "png":
+            return None  # an SVG carries its own words
+        import base64
+        img = f'<img src="data:image/png;base64,{base64.b64encode(self.data).decode()}" style="max-width:100%"/>'
+        return f"<figure style='margin:0'>{img}<figcaption>{html.escape(self.caption)}</figcaption></figure>"
+
     def __repr__(self) -> str:
         return f"[picture] {self.caption}"
 

@@ -87,3 +87,20 @@ def test_a_teardown_after_the_run_gets_its_own_report(report, tmp_path):
     html, down = (run / "report.html").read_text(), (run / "teardown.html").read_text()
     assert "stage-01" in html and "id='stage-99'" not in html and "teardown.html" in html
     assert "<title>Run report" in html and "<title>Teardown of run report" in down and "stage-99" in down
+
+
+def test_a_png_picture_keeps_its_caption_in_the_html_report(tmp_path):
+    """A PNG output alone drops its text form in HTML: the bench plot's caption (what each
+    layer ran under, read the ratios under TCG) must reach the report's reader too."""
+    import nbformat
+    from nbclient import NotebookClient
+    from helpers.report import _render
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import matplotlib; matplotlib.use('Agg')\nimport matplotlib.pyplot as plt, io\nfrom helpers import ui\n"
+        "f = plt.figure(figsize=(2, 2)); b = io.BytesIO(); f.savefig(b, format='png'); plt.close(f)\n"
+        "ui._display(ui.Picture(b.getvalue(), 'Ran under: L0 the host, L1 under TCG (emulated CPU)'))"))
+    NotebookClient(nb, kernel_name="python3", cwd=str(Path(__file__).parent.parent)).execute()
+    _render(nb, "t", tmp_path / "r.html", False)
+    html = (tmp_path / "r.html").read_text()
+    assert "Ran under: L0 the host, L1 under TCG (emulated CPU)" in html and "data:image/png;base64" in html
