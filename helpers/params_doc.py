@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parent.parent / "parameters" / "README.md"
 INTRO = """\
 # Parameters
 
-<!-- Written by `python -m helpers.params_doc` from the schema in helpers/params.py: do not edit by hand;
+<!-- Written by `python -m helpers.params_doc` from the schema in helpers/params/schema.py: do not edit by hand;
      tests/test_params.py checks that this file is current. -->
 
 One YAML file holds the parameters of every stage: `parameters/lab.yaml` (the
