@@ -229,13 +229,7 @@ class GivenToL1(Step):
         return bdf, now
 
     def show(self, plan: Plan, result) -> None:
-        if result is None:
-            return
-        from .. import ui
-        bdf, now = result
-        ui.show_output("nvme list", now["nvme_list"], prompt="root@L0")
-        ui.show_table([(bdf, now["driver"], "no" if not now["listed"] else "yes")],
-                      ["BDF on L0", "driver", "in L0's `nvme list`"])
+        show_on_l0(result)
 
 
 class NothingForTarget(Step):
@@ -304,16 +298,20 @@ class GivenBack(Step):
         return bdf, now
 
     def show(self, plan: Plan, result) -> None:
-        if result is None:
-            return
-        from .. import ui
-        bdf, now = result
-        ui.show_output("nvme list", now["nvme_list"], prompt="root@L0")
-        ui.show_table([(bdf, now["driver"], "yes" if now["listed"] else "no")],
-                      ["BDF on L0", "driver", "in L0's `nvme list`"])
+        show_on_l0(result)
 
 
 pci_nodedev = by_hand.node_device  # 0000:5e:00.0 -> pci_0000_5e_00_0
+
+
+def show_on_l0(result) -> None:
+    """The controller as L0 sees it now: `nvme list`, and its driver in a table."""
+    if result is None:
+        return
+    from .. import ui
+    bdf, now = result
+    ui.show_output("nvme list", now["nvme_list"], prompt="root@L0")
+    ui.show_table([(bdf, now["driver"], "yes" if now["listed"] else "no")], ["BDF on L0", "driver", "in L0's `nvme list`"])
 
 
 def by_hand_commands(p: Params, bdf: str, xml_file: str) -> list[str]:
