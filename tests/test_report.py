@@ -100,7 +100,7 @@ def test_a_png_picture_keeps_its_caption_in_the_html_report(tmp_path):
         "import matplotlib; matplotlib.use('Agg')\nimport matplotlib.pyplot as plt, io\nfrom helpers import ui\n"
         "f = plt.figure(figsize=(2, 2)); b = io.BytesIO(); f.savefig(b, format='png'); plt.close(f)\n"
         "ui._display(ui.Picture(b.getvalue(), 'Ran under: L0 the host, L1 under TCG (emulated CPU)'))"))
-    NotebookClient(nb, kernel_name="python3", cwd=str(Path(__file__).parent.parent)).execute()
+    NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(Path(__file__).parent.parent)}}).execute()
     _render(nb, "t", tmp_path / "r.html", False)
     html = (tmp_path / "r.html").read_text()
     assert "Ran under: L0 the host, L1 under TCG (emulated CPU)" in html and "data:image/png;base64" in html
