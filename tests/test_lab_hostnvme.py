@@ -182,6 +182,11 @@ def test_the_drive_goes_to_the_guest_and_comes_back(lab):
     seen = st["l2_verify"]
     assert seen["controller"]["ids"] == "1b36:0010" and seen["nvme"]["serial"] == SERIAL
     assert seen["df"]["type"] == "xfs" and seen["mounted"]
+    # fio on the drive in the guest that holds it, and the emulated-disk comparison it asked for said not made
+    data = json.loads((outputs / "hostnvme" / "results.json").read_text())
+    assert {(s["layer"], s["target_kind"]) for s in data["summary"]} >= {("L0", "namespace"), ("L1", "namespace")}
+    skipped = {(x["layer"], x["target_kind"]): x["reason"] for x in data["not_measured"]}
+    assert "nvme.target is l1" in skipped[("L1", "virtio-blk")]
     t = runner(outputs, HOSTNVME, "--stages", "99", "--run-id", "hostnvme")
     print(t.stdout[-3000:], t.stderr[-2000:])
     assert t.returncode == 0, t.stdout[-3000:]

@@ -184,16 +184,20 @@ class BaselineL0(Step):
         what = (f"run fio on {target} on L0 ({', '.join(run)}, {b.repeats} times): "
                 + ("it WRITES to the drive (nvme.baseline_consent)" if writes else "reads only")
                 + (f"; left out without nvme.baseline_consent: {', '.join(left)}" if left else ""))
-        return Plan(self.label, [Action("L0", what, cmd)], data=(target, run))
+        return Plan(self.label, [Action("L0", what, cmd)], data=(target, run, left))
 
     def apply(self, ctx: Stage, plan: Plan):
         from ..bench import fio
         from ..ops import no_change
         if not plan.changes:
             return [no_change("L0 baseline", no_change_why(plan))]
-        target, run = plan.data
+        target, run, left = plan.data
         b = ctx.params.bench
-        rows = fio.run_profiles(ctx.l0, "L0", target, run, b.repeats, b.runtime_s, b.size_mib)
+        rows = fio.run_profiles(ctx.l0, "L0", target, run, b.repeats, b.runtime_s, b.size_mib,
+                                target_kind="namespace", accel="none", iommu="none")
+        if left:  # the writes not measured, in results.json's not_measured as every layer's are
+            ctx.state.set("bench_skipped", (ctx.state.get("bench_skipped") or []) + [
+                {"layer": "L0", "target_kind": "namespace", "profiles": left, "reason": "nvme.baseline_consent is false"}])
         ctx.state.set("bench_l0", rows)
         return rows
 
