@@ -124,7 +124,7 @@ class Stage:
             return run
         run.plan = self.plan(step)
         ui.show_plan(run.plan, self.mode)
-        if run.plan.reason.startswith(NOTHING_FOR_TARGET):  # shown as such; not applied
+        if self.nothing_for_target(step):  # shown as such; not applied
             return run
         if run.plan.unknown:
             if not self.check:
@@ -142,6 +142,12 @@ class Stage:
         self.apply(step, run)
         return run
 
+    def nothing_for_target(self, step) -> bool:
+        """Stages 03 and 04 with ``nvme.target: l1``: every step but the one that says so has nothing
+        to do (decided from the parameters, never from a plan's words)."""
+        return self.number in ("03", "04") and not self.params.nvme.in_l2 \
+            and type(step).__name__ != "NothingForTarget"
+
     def plan(self, step):
         """``step.plan(self)``, noted in the run state (the runner's summary lists each stage's plans).
         In check mode a step that would stop the run (its error) is planned as unknown until that
@@ -150,8 +156,7 @@ class Stage:
         t0 = time.monotonic()
         try:
             with record.step(step.label, "plan"):
-                if self.number in ("03", "04") and not self.params.nvme.in_l2 \
-                        and type(step).__name__ != "NothingForTarget":
+                if self.nothing_for_target(step):
                     plan = Plan(step.label, [], reason=f"{NOTHING_FOR_TARGET}: L1 keeps the NVMe, this step has "
                                                        "nothing to do")
                 else:
@@ -169,7 +174,7 @@ class Stage:
         """Carry out ``run.plan`` (already shown), record and show the result. The time
         it took is recorded with the plan (``apply_s``), a failed apply's too, and with it
         each wait for a machine it made (``waits``: what, seconds; ``helpers.wait``)."""
-        if run.plan.reason.startswith(NOTHING_FOR_TARGET):  # stages 03/04 with target l1 (buttons too)
+        if self.nothing_for_target(step):  # stages 03/04 with target l1 (buttons too)
             return
         waited, t0 = len(wait.WAITED), time.monotonic()
         try:
