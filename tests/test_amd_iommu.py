@@ -428,3 +428,27 @@ def test_stage_01_judges_a_host_nvme_behind_amd_iommu_by_l0s_qemu(tmp_path, vers
     if verdict == "fail":
         assert "cannot pass a device assigned from L0 on to L2" in got.observed and f"QEMU {version}" in got.observed
         assert "l1.iommu: intel" in got.fix and "nvme.target: l1" in got.fix and "QEMU 10.2" in got.fix
+
+
+def test_reboot_tries_no_ssh_while_the_guest_agent_is_away():
+    """Between the shutdown and the new boot's guest agent, no boot_id is asked over SSH
+    (through QEMU's user-mode network such an attempt hangs until its connect timeout)."""
+    m = Machine(files={"/proc/cmdline": "ro iommu=pt\n", "/proc/sys/kernel/random/boot_id": "a"})
+    m.answers[r"systemctl reboot"] = Result(0, "", "")
+    answers = iter([True, False, False, True])  # up before the reboot; away twice; back (a new boot)
+
+    def agent_up() -> bool:
+        up = next(answers, True)
+        if up and m.ran("systemctl reboot"):
+            m.files["/proc/sys/kernel/random/boot_id"] = "b"
+        return up
+    l1_reboot(m, ["iommu=pt"], timeout=10, agent_up=agent_up)
+    assert len(m.ran("boot_id")) == 2  # the one before the reboot, the one once the agent was back
+
+
+def test_reboot_without_a_guest_agent_asks_ssh_alone():
+    m = Machine(files={"/proc/cmdline": "ro iommu=pt\n", "/proc/sys/kernel/random/boot_id": "a"})
+    m.answers[r"systemctl reboot"] = lambda c: (m.files.update({"/proc/sys/kernel/random/boot_id": "b"}),
+                                                Result(0, "", ""))[1]
+    ch = l1_reboot(m, ["iommu=pt"], timeout=10, agent_up=lambda: False)  # never answered, not even before
+    assert ch.changed

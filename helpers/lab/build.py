@@ -19,7 +19,8 @@ from .cache import LabImages, save_manifest
 from .files import (LabImageError, chroot_mounts, copy_modules, copy_tree, disk_usage, empty_dir, ext4_size,
                     kernel_version, module_closure, read, set_shell_vars, tree_bytes, write)
 from .sources import (DISK_SIZE, FILES, L1_CACHED, L1_ENABLED, L1_GRUB, L1_GRUB_D_OFF, L1_MASKED, L1_PACKAGES,
-                      L1_REPO, L1_STRIP, L2_CMDLINE, L2_INITRD_IN_L1, L2_KERNEL_IN_L1, L2_MODULES, L2_PACKAGES,
+                      L1_REPO, L1_STRIP, L2_CMDLINE, L2_INITRD_IN_L1, L2_KERNEL_IN_L1, L2_MODULES,
+                      L2_MODULES_LATER, L2_PACKAGES,
                       L2_ROOT_IN_L1, SBIN_PATH, STRIP, SUITE, debian_sources)
 
 
@@ -185,10 +186,11 @@ def make_l2(shell: Shell, work: Path, out: Path, l1root: Path, l2root: Path, kve
 def finish_l2_root(shell: Shell, moddir: Path, l2root: Path, kver: str) -> None:
     """L2's modules (L1's, only those L2 loads), its init and files, no apt or log leftovers."""
     copy_modules(moddir, l2root / "lib/modules" / kver,
-                 module_closure(moddir, L2_MODULES))
+                 module_closure(moddir, L2_MODULES + L2_MODULES_LATER))
     shell.sh("depmod", "-b", l2root, kver)
     copy_tree(FILES / "l2", l2root)
     write(l2root / "etc/l2-modules", "\n".join(L2_MODULES) + "\n")
+    write(l2root / "etc/l2-modules-later", "\n".join(L2_MODULES_LATER) + "\n")
     write(l2root / "etc/hostname", "l2\n")
     write(l2root / "etc/hosts", "127.0.0.1 localhost\n127.0.1.1 l2\n")
     write(l2root / "etc/fstab", "/dev/vda / ext4 defaults 0 0\n")

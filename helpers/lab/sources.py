@@ -42,6 +42,9 @@ L1_MASKED = [
     "dpkg-db-backup.timer", "systemd-networkd-wait-online.service",
     "libvirt-guests.service", "systemd-timesyncd.service", "nvmf-autoconnect.service",
     "nvmefc-boot-connections.service",
+    # nothing in the lab uses them; each is a process or a mount more at every boot, on the
+    # same two emulated CPUs as the units the first SSH login waits for
+    "getty@tty1.service", "modprobe@drm.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
 ]
 L1_ENABLED = ["systemd-networkd.service", "lab-libvirt-warm.service"]
 # /etc/grub.d scripts with nothing to find in L1 (each adds to every update-grub)
@@ -60,9 +63,13 @@ L2_PACKAGES = [
     "pciutils", "nvme-cli", "xfsprogs", "fio", "util-linux", "mount", "kmod",
     "qemu-guest-agent", "busybox-static", "procps",
 ]
-# All loaded by the initramfs (from RAM: faster than from disk under nested virt).
-L2_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "virtio_console",
-              "nvme", "xfs"]
+# Loaded by the initramfs (from RAM: faster than from disk under nested virt): what L2 needs
+# to mount its root, reach its guest agent and see the NVMe.
+L2_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "virtio_console", "nvme"]
+# Loaded by L2's init after it reported ready, in the background: XFS (its insmod alone takes
+# about a second under KVM in L1) is first needed by stage 05's mount, several steps later
+# (a mount asks the kernel, which loads it anyway if it is still on its way).
+L2_MODULES_LATER = ["xfs"]
 L2_ROOT_IN_L1 = "/var/lib/libvirt/images/l2-root.raw"
 L2_KERNEL_IN_L1 = "/var/lib/libvirt/boot/l2-vmlinuz"
 L2_INITRD_IN_L1 = "/var/lib/libvirt/boot/l2-initrd.gz"
@@ -142,7 +149,7 @@ def recipe_facts(sources: list[str]) -> dict:
         "l1_packages": L1_PACKAGES, "l1_cached": L1_CACHED, "l1_masked": L1_MASKED,
         "l1_enabled": L1_ENABLED, "l1_grub_d_off": L1_GRUB_D_OFF,
         "l1_grub": L1_GRUB, "l1_repo": L1_REPO,
-        "l2_packages": L2_PACKAGES, "l2_modules": L2_MODULES, "l2_paths": [
+        "l2_packages": L2_PACKAGES, "l2_modules": L2_MODULES, "l2_modules_later": L2_MODULES_LATER, "l2_paths": [
             L2_ROOT_IN_L1, L2_KERNEL_IN_L1, L2_INITRD_IN_L1], "l2_cmdline": L2_CMDLINE,
         "strip": STRIP, "l1_strip": L1_STRIP,
     }

@@ -200,7 +200,7 @@ def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
                                f"and its console log {log})",
                                hint="run stage 02 again (`python -m helpers run --from 02`): it starts L1 anew")
         return False
-    wait_for(answered, f"{name}: guest agent", timeout, interval=1, log=log,
+    wait_for(answered, f"{name}: guest agent", timeout, interval=0.5, log=log,
              hint=f"L1 did not finish booting: read {log}")
     return time.monotonic() - t0
 
@@ -240,7 +240,7 @@ def wait_for_ssh(guest: SSH, timeout: float, log: Path, agent: Agent | None = No
                 last["repaired"] = f"started {unit}.service in L1 through the guest agent (it was stopped)"
         return r.ok
 
-    wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=1, log=log,
+    wait_for(ready, f"{guest.name}: SSH on {guest.host}:{guest.port}", timeout, interval=0.5, log=log,
              note=lambda: last["err"][:60],
              hint=f"read {log}; check the forwarded port and that the key and known_hosts match (last error: {last['err']})")
     return time.monotonic() - t0, last["repaired"]

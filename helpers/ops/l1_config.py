@@ -4,6 +4,7 @@ says what would happen and a part that does it."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from ..distro import missing_args
 from ..errors import RunbookError
@@ -30,14 +31,23 @@ def running_kernel(guest: Guest) -> str:
     return guest.read("uname -r", timeout=30).check().out.strip()
 
 
-def reboot(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: str | None = None) -> Change:
+def reboot(guest: Guest, wanted: list[str], timeout: float, log=None, kernel: str | None = None,
+           agent_up: Callable[[], bool] | None = None) -> Change:
     """Reboot and wait until the kernel is back with ``wanted`` on its command line (and,
-    when ``kernel`` is given, is that release)."""
+    when ``kernel`` is given, is that release). ``agent_up`` (the machine's guest agent answers,
+    asked of its host's libvirt) spares SSH attempts while the machine is down: through QEMU's
+    user-mode network such an attempt hangs until its connect timeout, and would go on hanging
+    past the moment sshd is back."""
     before = boot_id(guest)
+    gate = agent_up if agent_up is not None and agent_up() else None  # (no agent: SSH alone)
     guest.run(REBOOT, timeout=20)
     t0 = time.monotonic()
-    wait_for(lambda: (b := boot_id(guest)) is not None and b != before,
-             f"{guest.name}: reboot", timeout, interval=1, log=log,
+
+    def back() -> bool:
+        if gate is not None and not gate():
+            return False
+        return (b := boot_id(guest)) is not None and b != before
+    wait_for(back, f"{guest.name}: reboot", timeout, interval=0.5, log=log,
              hint=f"{guest.name} did not come back: read its console log {log}")
     after = guest.read("cat /proc/cmdline").check().out
     still = missing_args(after, wanted)

@@ -11,6 +11,7 @@ from ..errors import RunbookError
 from ..facts import iommu as iommu_facts
 from ..facts import system as system_facts
 from ..nb import Stage
+from ..ops import l1 as l1_ops
 from ..ops import l1_config, no_change
 from ..paths import nvme_bdf_in_l1, paths
 from ..steps import Action, Plan, Step, no_change_why
@@ -223,8 +224,10 @@ class Reboot(Step):
         if not plan.changes:
             return [no_change(f"reboot {ctx.l1().name}", no_change_why(plan))]
         args, kernel = plan.data
+        agent = l1_ops.l1_agent(l0.libvirt(ctx.params), ctx.params.l1.name)
         done = l1_config.reboot(ctx.l1(), args, ctx.params.l1.boot_timeout_s,
-                                log=l0.Log(ctx.l0, paths(ctx.params).l1_console), kernel=kernel)
+                                log=l0.Log(ctx.l0, paths(ctx.params).l1_console), kernel=kernel,
+                                agent_up=lambda: agent.ping(timeout=2))
         return [done]
 
 
