@@ -45,14 +45,17 @@ L1_MASKED = [
     # nothing in the lab uses them; each is a process or a mount more at every boot, on the
     # same two emulated CPUs as the units the first SSH login waits for
     "getty@tty1.service", "modprobe@drm.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
+    # the lab's fixed address is set by lab-net.service (image_files/l1)
+    "systemd-networkd.service", "systemd-networkd.socket",
 ]
-L1_ENABLED = ["systemd-networkd.service", "lab-libvirt-warm.service"]
+L1_ENABLED = ["lab-net.service", "lab-libvirt-warm.service"]
 # /etc/grub.d scripts with nothing to find in L1 (each adds to every update-grub)
 L1_GRUB_D_OFF = ["05_debian_theme", "20_linux_xen", "30_os-prober", "30_uefi-firmware", "41_custom"]
 L1_GRUB = {
     "GRUB_TIMEOUT": "0",
     "GRUB_TIMEOUT_STYLE": "hidden",
-    "GRUB_CMDLINE_LINUX_DEFAULT": '"quiet console=ttyS0"',
+    # net.ifnames=0: L1's NIC stays eth0 (no rename by udev to wait for before its address)
+    "GRUB_CMDLINE_LINUX_DEFAULT": '"quiet console=ttyS0 net.ifnames=0"',
     "GRUB_CMDLINE_LINUX": '""',
     "GRUB_TERMINAL": '"console serial"',
     "GRUB_SERIAL_COMMAND": '"serial --unit=0 --speed=115200"',
