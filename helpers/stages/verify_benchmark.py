@@ -1,6 +1,7 @@
 """Stage 05: in the layer that holds the NVMe (L2, or L1 with nvme.target l1), what the seed checks after "登录L2-kvm", then fio on each layer: ``STEPS``."""
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from .. import by_hand, execute
@@ -91,13 +92,25 @@ def l2_accel(ctx: Stage) -> str | None:
 
 # --- the steps ---------------------------------------------------------------------------------
 
+UP_FOR_S = 60  # how long "L2 runs", once seen in this stage, stands for the next steps' plans
+
+
 def _l2_not_up(ctx: Stage) -> str | None:
-    """Why the layer that holds the NVMe cannot be read yet (L2, or L1 with nvme.target l1), or None."""
+    """Why the layer that holds the NVMe cannot be read yet (L2, or L1 with nvme.target l1), or None.
+    No step of this stage starts or stops a guest: L2 seen running by one step's plan is taken as
+    running by the plans of the steps within the next minute (each check is a `virsh` in L1, a third
+    of a second under TCG); a guest that went away meanwhile fails the step that reads it, by name."""
     if not ctx.params.nvme.in_l2:
         from .build_l1 import l1_not_up
         return l1_not_up(ctx)
+    seen = ctx.seen.get("holder_up_at")
+    if seen is not None and time.monotonic() - seen < UP_FOR_S:
+        return None
     from .build_l2 import _l2_not_up
-    return _l2_not_up(ctx)
+    why = _l2_not_up(ctx)
+    if why is None:
+        ctx.seen["holder_up_at"] = time.monotonic()
+    return why
 
 
 NO_NAMESPACE = "L2's namespace is read (step '`nvme list` in L2': L2 runs)"
