@@ -102,7 +102,7 @@ def wait(ctx: Stage) -> float:
 
     t0 = time.monotonic()
     wait_for(lambda: agent.ping(timeout=5), f"{p.l2.name}: guest agent through L1", p.l2.boot_timeout_s,
-             interval=1, log=console_tail, hint=f"read L2's console log in L1: {console}")
+             interval=0.3, log=console_tail, hint=f"read L2's console log in L1: {console}")
     took = round(time.monotonic() - t0, 1)
     ctx.state.update("l2", agent_wait_s=took)
     return took
