@@ -34,3 +34,33 @@ def test_check_mode_with_the_seeds_parameters_renders_l1_and_changes_nothing(tmp
         assert part in xml, part
     assert "virt-install" in shown and "--machine q35" in shown
     assert not Path("/kvm").exists()  # the seed's folders were not made
+
+
+def test_check_mode_does_not_wait_for_a_running_domain_of_another_definition(tmp_path):
+    """A running domain with L1's name but not L1's definition: check mode says 'Define L1' would
+    stop the run, and waits for nothing (no SSH to the seed's L1 address, no guest agent wait)."""
+    import re
+    import libvirt
+    name = "nested-nvme-seedcheck"
+    params = tmp_path / "seed.yaml"
+    params.write_text(re.sub(r"(?m)^(  name: )nested-kvm\b", rf"\g<1>{name}",
+                             (ROOT / "parameters/seed-xeon4214.yaml").read_text(), count=1))
+    conn = libvirt.open("qemu:///system")
+    dom = conn.defineXML(f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+                         "<os><type arch='x86_64'>hvm</type></os><devices/></domain>")
+    try:
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)  # active, and costs nothing
+        r = subprocess.run([sys.executable, "-m", "helpers", "run", "--params", str(params), "--check",
+                            "--stages", "01,02", "--outputs", str(tmp_path / "out"), "-q"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = next((tmp_path / "out").glob("*-check"))
+    steps = {s["step"]: s for s in json.loads((run / "state.json").read_text())["steps"]["02"]}
+    assert "exists with a different definition" in steps["Define L1"]["unknown"]
+    for later in ("Wait for L1", "Look inside L1"):
+        assert steps[later]["unknown"] == f"L1 ({name}) runs with the definition of step 'Define L1'", later
+        assert not steps[later].get("applied"), later
