@@ -352,10 +352,10 @@ def l1_not_up(ctx: Stage) -> str | None:
     03 to 05 (L1 should be up) names what happened to L1 instead, with the way back
     (``access.check_l1``: destroyed, shut off, crashed)."""
     p = ctx.params
-    define = ctx.planned(DefineL1)  # (stage 02) a domain of that name that is not yet this definition's
-    if define is not None and (define.unknown or ctx.pending(DefineL1)):
-        return f"L1 ({p.l1.name}) runs with the definition of step 'Define L1'"
     if l0.libvirt(p).is_active(p.l1.name):
+        define = ctx.planned(DefineL1)  # (stage 02) a domain of that name, not yet of this definition
+        if define is not None and (define.unknown or ctx.pending(DefineL1)):
+            return f"L1 ({p.l1.name}) runs with the definition of step 'Define L1'"
         return None
     if not ctx.check and ctx.number in ("03", "04", "05"):
         ctx.l1()  # raises: "L1 (...) is not running: shut off (destroyed); it was stopped outside the runbook"
