@@ -76,8 +76,8 @@ def prewarmed_manager_class():
 
 
 async def _ask_to_stop(km, now: bool) -> None:
-    """A shutdown request, as nbclient sends one to the kernel of a notebook that ended (the
-    kernel manager's interrupt on the way is skipped: ``kernel_manager_class``); ``now``: killed."""
+    """A shutdown request, as nbclient's shutdown sends one to the kernel of a notebook that
+    ended, without its interrupt first (see ``kernel_manager_class``); ``now``: killed."""
     try:
         if await km.is_alive():
             await (km.shutdown_kernel(now=True) if now else km.request_shutdown())
