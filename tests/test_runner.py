@@ -28,9 +28,9 @@ def test_pick_stages():
         pick_stages(AVAILABLE, "01", "02")
 
 
-def _nb(path: Path, code: str):
+def _nb(path: Path, code: str, parameters: str = 'params_file = ""\nstate_file = ""\ninteractive = False'):
     nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell('params_file = ""\nstate_file = ""\ninteractive = False')
+    p = nbformat.v4.new_code_cell(parameters)
     p.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# stage\n\nWhat this stage does."), p, nbformat.v4.new_code_cell(code)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -192,6 +192,8 @@ def test_a_killed_run_is_taken_over_its_kernel_stopped_and_its_notebook_kept(tmp
     # the kernel of the killed run is gone: it ends itself when its parent dies (ipykernel's
     # parent poller), and whatever is left is stopped by whoever takes the lock over
     assert _gone(kernel)
+    from helpers.runlock import owned_processes
+    assert owned_processes(f"nested-kvm:{first.pid}") == []  # nor stage 03's, started ahead
     assert "NOTE: stage 02's earlier attempt was killed before it ended" in r.stdout
     assert "slow_done" not in json.loads((run / "state.json").read_text())  # the orphan never went on
     s02 = next(s for s in json.loads((run / "summary.json").read_text())["stages"] if s["stage"] == "02")
@@ -214,6 +216,8 @@ def test_ctrl_c_stops_the_run_within_seconds_says_how_to_resume_and_resume_compl
     assert first.returncode == 130 and "Traceback" not in err
     assert "INTERRUPTED at stage 02" in err and "--run-id i --from 02" in err
     assert _gone(kernel)
+    from helpers.runlock import owned_processes
+    assert owned_processes(f"nested-kvm:{first.pid}") == []  # nor stage 03's, started ahead
     summary = json.loads((run / "summary.json").read_text())
     assert [(s["stage"], s["status"]) for s in summary["stages"]] == [("01", "passed"), ("02", "interrupted")]
     assert json.loads((run / "state.json").read_text())["slow_pid"] == kernel  # the state is intact
@@ -243,3 +247,155 @@ def test_a_rerun_keeps_the_earlier_attempts_notebook_and_results(tmp_path, stage
     assert '"iops": 1' in (run / "results.attempt-1.json").read_text()
     assert '"iops": 2' in (run / "results.json").read_text()
     assert (run / "results.attempt-1.csv").exists()
+
+
+# ---------------------------------------------------------------- each stage's kernel started ahead (prewarm)
+
+# What a stage's kernel says of itself: whether the module its notebook imports was there before
+# its first cell (started ahead, imports done), its arguments and folder, its execution counts.
+SELF = ("import os, sys\nprint('preloaded', 'helpers.state' in sys.modules)\nprint('args', sys.argv[3:])\n"
+        "print('cwd', os.getcwd())\nfrom helpers.state import State")
+
+
+def _watched(tmp_path, *args) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """A runner invocation, and the processes of its run still there once it has exited (its
+    kernels carry NESTED_NVME_OWNER=<l1>:<runner pid>): none, whatever happened."""
+    from helpers.runlock import owned_processes
+    p = _start(tmp_path, *args)
+    out, err = p.communicate(timeout=600)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err), owned_processes(f"nested-kvm:{p.pid}")
+
+
+def _said(nb_path: Path) -> str:
+    return "".join(o.get("text", "") for c in nbformat.read(nb_path, as_version=4).cells for o in c.get("outputs", []))
+
+
+def _counts(nb_path: Path) -> list:
+    return [c.execution_count for c in nbformat.read(nb_path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_each_next_stage_runs_in_a_kernel_started_ahead_like_papermills_and_none_is_left(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _nb(d / "01_first.ipynb", "print('first ran')")
+    _nb(d / "02_second.ipynb", SELF)
+    _nb(d / "03_third.ipynb", SELF)
+    r, left = _watched(tmp_path, "--run-id", "warm")
+    assert r.returncode == 0, r.stderr
+    assert left == []
+    run = tmp_path / "out" / "warm"
+    for name in ("02_second", "03_third"):
+        said = _said(run / f"{name}.ipynb")
+        assert "preloaded True" in said  # imported before the notebook's first cell
+        assert "args ['--IPKernelApp.log_level=ERROR', '--HistoryManager.hist_file=:memory:']" in said
+        assert f"cwd {d}" in said
+        assert _counts(run / f"{name}.ipynb") == [1, 2, 3]  # the silent imports counted nothing
+        assert "KeyboardInterrupt" not in said and "Traceback" not in r.stderr
+
+
+def test_a_kernel_started_ahead_that_died_is_replaced_by_papermills(tmp_path):
+    """Stage 01 kills every other kernel of its run (stage 02's, started ahead): stage 02 still
+    runs, in a kernel papermill starts (its modules not imported ahead), and passes."""
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _nb(d / "01_killer.ipynb", "import os, signal\nfrom helpers.runlock import owned_processes\n"
+        "ahead = owned_processes(os.environ['NESTED_NVME_OWNER'])\nfor pid in ahead:\n    os.kill(pid, signal.SIGKILL)\n"
+        "print('killed', len(ahead))")
+    _nb(d / "02_second.ipynb", SELF)
+    r, left = _watched(tmp_path, "--run-id", "died")
+    assert r.returncode == 0, r.stderr
+    assert left == []
+    run = tmp_path / "out" / "died"
+    assert "killed 1" in _said(run / "01_killer.ipynb")
+    assert "preloaded False" in _said(run / "02_second.ipynb") and _counts(run / "02_second.ipynb") == [1, 2, 3]
+
+
+def test_a_failed_stage_leaves_no_kernel_started_ahead(tmp_path, stages_dir):
+    r, left = _watched(tmp_path, "--run-id", "f")  # 02 fails: 03's kernel was started ahead, never used
+    assert r.returncode == 1 and "FAILED at stage 02" in r.stderr
+    assert left == []
+
+
+def test_check_mode_starts_ahead_the_next_stage_it_plans_only(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _nb(d / "01_first.ipynb", "print('first planned')")
+    _nb(d / "02_unplannable.ipynb", "print('never in check mode')")  # takes no `mode`: skipped
+    _nb(d / "03_third.ipynb", SELF + "\nprint('mode', mode)",
+        parameters='params_file = ""\nstate_file = ""\ninteractive = False\nmode = "run"')
+    r, left = _watched(tmp_path, "--run-id", "c", "--check")
+    assert r.returncode == 0, r.stderr
+    assert left == []
+    run = tmp_path / "out" / "c"
+    assert "02 not plannable yet: skipped" in r.stdout and not (run / "02_unplannable.ipynb").exists()
+    said = _said(run / "03_third.ipynb")
+    assert "preloaded True" in said and "mode check" in said
+
+
+def test_a_single_stage_runs_and_leaves_no_kernel(tmp_path, stages_dir):
+    r, left = _watched(tmp_path, "--run-id", "one", "--stages", "03")
+    assert r.returncode == 0 and "third ran" in _said(tmp_path / "out" / "one" / "03_third.ipynb")
+    assert left == []
+
+
+def test_the_modules_a_notebook_imports_are_read_from_its_code_cells(tmp_path):
+    from helpers.run.prewarm import notebook_imports
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("from helpers import not_code"),
+                nbformat.v4.new_code_cell("import os\nfrom helpers import nb, ui\nfrom helpers.stages import build_l1"),
+                nbformat.v4.new_code_cell("%time x = 1"),  # IPython syntax: skipped
+                nbformat.v4.new_code_cell("import helpers.bench.compare\nfrom .rel import x\nfrom helpers.nb import *")]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    assert notebook_imports(tmp_path / "n.ipynb") == [
+        "helpers", "helpers.nb", "helpers.ui", "helpers.stages", "helpers.stages.build_l1", "helpers.bench.compare"]
+    assert notebook_imports(tmp_path / "missing.ipynb") == []
+
+
+def test_what_the_stage_notebooks_import_ahead_are_modules():
+    """The imports done ahead fail silently: the real notebooks' must be modules, or nothing is gained."""
+    import importlib.util
+    from helpers.run.choice import stages
+    from helpers.run.prewarm import notebook_imports
+    for stage, template in stages().items():
+        names = notebook_imports(template)
+        assert "helpers.nb" in names and any(n.startswith("helpers.stages.") for n in names), (stage, names)
+        assert [n for n in names if importlib.util.find_spec(n) is None] == [], stage
+
+
+def _kernel_pid(km) -> int:
+    return km.provisioner.pid
+
+
+def test_a_kernel_started_ahead_is_not_used_for_another_notebook_a_changed_environment_or_when_dead(
+        tmp_path, monkeypatch):
+    from helpers.run.prewarm import WarmKernel
+    a, b = tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"
+    _nb(a, "print(1)")
+    _nb(b, "print(2)")
+    ahead = WarmKernel(a).start()
+    pid = _kernel_pid(ahead.km)
+    assert ahead.take(b) is None and _gone(pid, timeout=5)  # another notebook's: stopped, not used
+    ahead = WarmKernel(a).start()
+    pid = _kernel_pid(ahead.km)
+    monkeypatch.setenv("NESTED_NVME_RECORD", "changed since")  # what the kernel inherited is no longer the runner's
+    assert ahead.take(a) is None and _gone(pid, timeout=5)
+    monkeypatch.delenv("NESTED_NVME_RECORD")
+    ahead = WarmKernel(a).start()
+    os.kill(_kernel_pid(ahead.km), signal.SIGKILL)
+    t0 = time.monotonic()
+    assert ahead.take(a) is None and time.monotonic() - t0 < 10  # died: not waited for to the end
+    ahead = WarmKernel(a).start()
+    km = ahead.take(a)
+    assert km is not None and ahead.km is None  # handed over: the runner stops it after the stage
+    from helpers.run.prewarm import ask_to_stop, collect
+    pid = _kernel_pid(km)
+    ask_to_stop(km)
+    collect(km)
+    assert _gone(pid, timeout=1)
+
+
+def test_a_kernel_that_cannot_start_is_left_to_papermill(tmp_path, monkeypatch):
+    from helpers.run import prewarm
+    monkeypatch.setattr(prewarm, "KERNEL_NAME", "no-such-kernel")
+    _nb(tmp_path / "01_a.ipynb", "print(1)")
+    assert prewarm.WarmKernel(tmp_path / "01_a.ipynb").start() is None

@@ -5,6 +5,7 @@
 - ``folders``: run folders under ``--outputs``, ``latest``, ``summary.json``;
 - ``execute_stages``: the chosen stages in order, each attempt recorded, the first failure explained;
 - ``kernel``: one stage notebook through papermill in a Jupyter kernel;
+- ``prewarm``: the next stage's kernel started, its modules imported, while a stage runs;
 - ``attempts``: a stage's attempts in the summary (begun, killed, its steps and times);
 - ``diagnose``: what failed and what to do, and what happened to L1 when it was the cause.
 """

@@ -17,6 +17,7 @@ from .choice import plannable
 from .diagnose import explain_l1
 from .folders import resume_command, seed_check_state, write_summary
 from .kernel import run_stage, stop_kernels_on_sigint
+from .prewarm import Kernels
 
 
 def run_locked(args, p: Params, params_file: Path, available: dict[str, Path], chosen: list[str],
@@ -64,15 +65,22 @@ class StageRun:
             print(f"NOTE: stage {stage}'s earlier attempt was killed before it ended; its notebook is kept", flush=True)
 
     def walk(self, chosen: list[str]) -> None:
-        """The stages in order, up to the first that does not pass."""
-        for stage in chosen:
-            if self.mode == "check" and not plannable(stage, self.available[stage]):
-                self.skip(stage)
-                continue
-            entry = self.attempt(stage)
-            if entry["status"] != "passed":
-                self.failed = entry
-                break
+        """The stages in order, up to the first that does not pass; each next stage's kernel
+        started while the one before runs (``prewarm``), none left when the walk ends."""
+        runs = [s for s in chosen if self.mode != "check" or plannable(s, self.available[s])]
+        following = dict(zip(runs, runs[1:]))
+        kernels = Kernels()
+        try:
+            for stage in chosen:
+                if stage not in runs:
+                    self.skip(stage)
+                    continue
+                entry = self.attempt(stage, kernels, following.get(stage))
+                if entry["status"] != "passed":
+                    self.failed = entry
+                    break
+        finally:
+            kernels.close()
 
     def skip(self, stage: str) -> None:
         """A stage check mode cannot plan: recorded as skipped, nothing run."""
@@ -82,16 +90,20 @@ class StageRun:
                                                        "notebook takes no `mode`): skipped, so nothing is changed"}
         print(f"== stage {stage} not plannable yet: skipped in check mode", flush=True)
 
-    def attempt(self, stage: str) -> dict:
-        """One attempt at the stage, recorded running before it starts and with its end after."""
+    def attempt(self, stage: str, kernels: Kernels, following: str | None) -> dict:
+        """One attempt at the stage, recorded running before it starts and with its end after;
+        the ``following`` stage's kernel started meanwhile in ``kernels``."""
         print(f"== stage {stage} ({self.available[stage].stem}) ...", flush=True)
         self.results[stage] = begin_attempt(self.run_dir, stage, self.available[stage], self.results.get(stage))
         self.record()
+        t0 = time.monotonic()
         try:
-            with stop_kernels_on_sigint(self.lock.owner):
+            with stop_kernels_on_sigint(self.lock.owner), \
+                    kernels.for_stage(self.available[stage], following and self.available[following]) as km:
                 entry = run_stage(stage, self.available[stage], self.run_dir, self.params_file, self.state_file,
                                   self.args.cell_timeout, open(os.devnull, "w") if self.args.quiet else sys.stdout,
-                                  mode=self.mode)
+                                  mode=self.mode, km=km)
+            entry["seconds"] = round(time.monotonic() - t0, 1)  # with the hand-over and the kernel's shutdown
         except KeyboardInterrupt:
             entry = {"stage": stage, "notebook": self.available[stage].name, "status": "interrupted",
                      "error": "interrupted (Ctrl-C / SIGINT) while the stage ran",

@@ -11,6 +11,9 @@ from pathlib import Path
 from .choice import notebook_parameters
 from .diagnose import failure_summary
 
+KERNEL_NAME = "python3"
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]  # no transport warning on the console
+
 
 class _Quiet:
     """A stream that drops the kernel's transport warning, passing the rest on."""
@@ -49,9 +52,11 @@ def kernel_manager_class():
 
 
 def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, state_file: Path,
-              timeout: int, log, mode: str = "run") -> dict:
-    """Execute one stage notebook with papermill; return its summary entry. A
-    KeyboardInterrupt (Ctrl-C) propagates: the caller records where it stopped."""
+              timeout: int, log, mode: str = "run", km=None) -> dict:
+    """Execute one stage notebook with papermill; return its summary entry. ``km``: a kernel
+    started for it ahead (``prewarm``), which papermill uses and leaves running; None: papermill
+    starts one and shuts it down. A KeyboardInterrupt (Ctrl-C) propagates: the caller records
+    where it stopped."""
     import papermill as pm
 
     out = run_dir / template.name
@@ -62,10 +67,10 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
             str(template), str(out),
             parameters={"params_file": str(params_file), "state_file": str(state_file), "interactive": False,
                         **({"mode": mode} if "mode" in notebook_parameters(template) else {})},
-            cwd=str(template.parent), kernel_name="python3", progress_bar=False,
+            cwd=str(template.parent), kernel_name=KERNEL_NAME, progress_bar=False,
             log_output=True, stdout_file=log, stderr_file=_Quiet(log), execution_timeout=timeout,
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no transport warning on the console
-            kernel_manager_class=kernel_manager_class(),
+            extra_arguments=list(KERNEL_ARGUMENTS), kernel_manager_class=kernel_manager_class(),
+            **({"km": km} if km is not None else {}),
         )
         entry["status"] = "passed"
     except Exception as e:  # papermill's errors and the kernel's
