@@ -69,6 +69,8 @@ class StageRun:
         started while the one before runs (``prewarm``), none left when the walk ends."""
         runs = [s for s in chosen if self.mode != "check" or plannable(s, self.available[s])]
         following = dict(zip(runs, runs[1:]))
+        from ..report import load_exporter_ahead
+        load_exporter_ahead()  # the report's renderer loads while the stages run
         kernels = Kernels()
         try:
             for stage in chosen:
