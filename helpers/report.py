@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import html
-import threading
 import json
+import threading
 from pathlib import Path
 
 import nbformat
