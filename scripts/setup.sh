@@ -52,10 +52,13 @@ if [ "$want_backports" = 1 ] && [ "$codename" != bookworm ]; then
   want_backports=0
 fi
 
-# One apt transaction: the backports source is added first, the package lists are read once,
-# and QEMU and libvirt from bookworm-backports (named pkg/bookworm-backports, so nothing else
-# comes from there) go in with the missing Debian packages.
-install=() from_backports=() all_from_backports=0
+# The package lists are read once. QEMU and libvirt come from bookworm-backports in an apt
+# transaction of their own with `-t bookworm-backports`, so that what they depend on at a
+# newer version (qemu-system-common and -data, seabios, libvirt's daemon parts) comes from
+# there too: naming them pkg/bookworm-backports takes only the named packages from there, and
+# on a machine with nothing installed apt then refuses the set as broken. Everything else comes
+# from bookworm, in a second transaction.
+from_backports=() install=() all_from_backports=0
 if [ "$want_backports" = 1 ]; then
   if [ ! -f "$BACKPORTS_SOURCE" ]; then
     say "QEMU for the lab: no vmx/svm on this CPU, so guests run under TCG; adding $BACKPORTS_SOURCE (QEMU >= 8.1 and a matching libvirt from bookworm-backports)"
@@ -69,7 +72,7 @@ if [ "$want_backports" = 1 ]; then
     say "QEMU for the lab: qemu-system-x86 $qemu_version (>= 8.1), nothing to install"
   else
     say "QEMU for the lab: installing QEMU and libvirt from bookworm-backports (was: ${qemu_version:-none})"
-    for p in "${BACKPORTS_PACKAGES[@]}"; do from_backports+=("$p/bookworm-backports"); done
+    from_backports=("${BACKPORTS_PACKAGES[@]}")
     all_from_backports=1
   fi
 fi
@@ -78,23 +81,27 @@ missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   if [ "$want_backports" = 1 ] && [[ " ${BACKPORTS_PACKAGES[*]} " == *" $p "* ]]; then
     [ "$all_from_backports" = 1 ] && continue  # all of them already, from backports
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); from_backports+=("$p/bookworm-backports"); }
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); from_backports+=("$p"); }
     continue
   fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); install+=("$p"); }
 done
-if [ ${#missing[@]} -eq 0 ]; then
+if [ ${#missing[@]} -eq 0 ] && [ ${#from_backports[@]} -eq 0 ]; then
   say "Debian packages: all ${#DEB_PACKAGES[@]} present, nothing to install"
-else
+elif [ ${#missing[@]} -gt 0 ]; then
   say "Debian packages: installing ${#missing[@]}: ${missing[*]}"
 fi
-install=("${from_backports[@]}" "${install[@]}")
-if [ ${#install[@]} -gt 0 ]; then
-  apt_t0=$SECONDS
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${install[@]}" >/tmp/nested-nvme-apt.log 2>&1 \
+apt_install() {  # apt_install [-t RELEASE] PACKAGE...: one transaction, its output in the log
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >>/tmp/nested-nvme-apt.log 2>&1 \
     || { say "apt-get install failed; the last lines of /tmp/nested-nvme-apt.log:"; tail -20 /tmp/nested-nvme-apt.log; exit 1; }
-  say "Debian packages: ${#install[@]} installed in one apt transaction in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
+}
+if [ ${#from_backports[@]} -gt 0 ] || [ ${#install[@]} -gt 0 ]; then
+  apt_t0=$SECONDS
+  : >/tmp/nested-nvme-apt.log
+  apt-get update -qq
+  [ ${#from_backports[@]} -gt 0 ] && apt_install -t bookworm-backports "${from_backports[@]}"
+  [ ${#install[@]} -gt 0 ] && apt_install "${install[@]}"
+  say "Debian packages: $(( ${#from_backports[@]} + ${#install[@]} )) installed in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
   if [ ${#from_backports[@]} -gt 0 ]; then
     say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
   fi
