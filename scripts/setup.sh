@@ -57,8 +57,8 @@ fi
 # newer version (qemu-system-common and -data, seabios, libvirt's daemon parts) comes from
 # there too: naming them pkg/bookworm-backports takes only the named packages from there, and
 # on a machine with nothing installed apt then refuses the set as broken. Everything else comes
-# from bookworm, in a second transaction.
-from_backports=() install=() all_from_backports=0
+# from bookworm, in a transaction before it (the order is below).
+from_backports=() install=() all_from_backports=0 no_kernel=0
 if [ "$want_backports" = 1 ]; then
   if [ ! -f "$BACKPORTS_SOURCE" ]; then
     say "QEMU for the lab: no vmx/svm on this CPU, so guests run under TCG; adding $BACKPORTS_SOURCE (QEMU >= 8.1 and a matching libvirt from bookworm-backports)"
@@ -84,6 +84,12 @@ for p in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); from_backports+=("$p"); }
     continue
   fi
+  if [ "$p" = linux-image-amd64 ]; then
+    # only for the KVM smoke boot (stage 01) and the benchmark's floor: any kernel in /boot will
+    # do, so a host that boots one of its own (Ubuntu's, a vendor's) gets no second kernel
+    compgen -G '/boot/vmlinuz-*' >/dev/null && continue
+    no_kernel=1
+  fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); install+=("$p"); }
 done
 if [ ${#missing[@]} -eq 0 ] && [ ${#from_backports[@]} -eq 0 ]; then
@@ -95,37 +101,51 @@ apt_install() {  # apt_install [-t RELEASE] PACKAGE...: one transaction, its out
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >>/tmp/nested-nvme-apt.log 2>&1 \
     || { say "apt-get install failed; the last lines of /tmp/nested-nvme-apt.log:"; tail -20 /tmp/nested-nvme-apt.log; exit 1; }
 }
-if [ ${#from_backports[@]} -gt 0 ] || [ ${#install[@]} -gt 0 ]; then
-  apt_t0=$SECONDS
-  : >/tmp/nested-nvme-apt.log
-  apt-get update -qq
-  [ ${#from_backports[@]} -gt 0 ] && apt_install -t bookworm-backports "${from_backports[@]}"
-  [ ${#install[@]} -gt 0 ] && apt_install "${install[@]}"
-  say "Debian packages: $(( ${#from_backports[@]} + ${#install[@]} )) installed in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
-  if [ ${#from_backports[@]} -gt 0 ]; then
-    say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
-  fi
-fi
 
 PY=${PYTHON:-python3}
 
 # The lab's guest images (mmdebstrap, the longest piece of a first run) build in the
-# background while the Python environment installs, when the parameter file given
-# (make run's PARAMS) is the lab's on this machine (lab: true, no host.ssh). They need only
-# Debian's python3 and the packages above; stage 02 then finds them in the cache. A second
-# run finds them up to date in a second.
+# background while QEMU and libvirt and the Python environment install, when the parameter
+# file given (make run's PARAMS) is the lab's on this machine (lab: true, no host.ssh). They
+# need only Debian's python3 and the Debian packages (mmdebstrap, parted, e2fsprogs, kmod,
+# cpio...), not QEMU; stage 02 then finds them in the cache. A second run finds them up to
+# date in a second.
 images_pid= images_log=/tmp/nested-nvme-images.log
 wants_lab_images() {
   [ -n "$PARAMS" ] && [ -f "$PARAMS" ] || return 1
   grep -qE '^lab:[[:space:]]*true([[:space:]]|#|$)' "$PARAMS" || return 1
   ! awk '/^[^[:space:]#]/ {top=$1} top=="host:" && /^[[:space:]]+ssh:/ {found=1} END {exit !found}' "$PARAMS"
 }
-if wants_lab_images; then
+start_images() {
+  wants_lab_images || return 0
   "$PY" -m helpers.lab.images >"$images_log" 2>&1 &
   images_pid=$!
   images_t0=$SECONDS
   # setup stopped early (a failed install, Ctrl-C): the build stops too, cleaning up after itself
   trap '[ -n "$images_pid" ] && kill "$images_pid" 2>/dev/null && wait "$images_pid" 2>/dev/null' EXIT
+}
+
+# Order: the package lists; Debian's packages (what the image build needs among them); the
+# image build starts; QEMU and libvirt from backports; the Python environment (libvirt-python
+# builds against libvirt-dev). The kernel package, where /boot had none (a container), is
+# installed without an initramfs: nothing boots this machine from it, the smoke boot and the
+# floor boot the kernel alone, and generating one (twice: the package, then dpkg's trigger)
+# took half a minute.
+if [ ${#from_backports[@]} -gt 0 ] || [ ${#install[@]} -gt 0 ]; then
+  apt_t0=$SECONDS
+  : >/tmp/nested-nvme-apt.log
+  apt-get update -qq
+  if [ ${#install[@]} -gt 0 ]; then
+    if [ "$no_kernel" = 1 ]; then INITRD=No apt_install "${install[@]}"; else apt_install "${install[@]}"; fi
+  fi
+  start_images
+  [ ${#from_backports[@]} -gt 0 ] && apt_install -t bookworm-backports "${from_backports[@]}"
+  say "Debian packages: $(( ${#from_backports[@]} + ${#install[@]} )) installed in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
+  if [ ${#from_backports[@]} -gt 0 ]; then
+    say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
+  fi
+else
+  start_images
 fi
 
 stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
