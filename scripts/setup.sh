@@ -11,6 +11,9 @@ DEB_PACKAGES=(
   parted e2fsprogs xfsprogs dosfstools grub-pc-bin kmod cpio zstd
   openssh-client openssh-server libxml2-utils apt-utils python3-venv
 )
+# what the lab image build runs on this machine (helpers/lab/build.py): installed first, so the
+# build starts while the rest installs
+IMAGE_PACKAGES=(mmdebstrap parted e2fsprogs kmod cpio openssh-client)
 # what only the test suite needs: Debian's headless browser and its WebDriver, which Selenium
 # drives through JupyterLab and the report (tests/test_browser.py); no browser is downloaded;
 # virtinst, whose real virt-install --print-xml reads the seed's command (tests/test_seed_virt_install.py)
@@ -58,7 +61,7 @@ fi
 # there too: naming them pkg/bookworm-backports takes only the named packages from there, and
 # on a machine with nothing installed apt then refuses the set as broken. Everything else comes
 # from bookworm, in a transaction before it (the order is below).
-from_backports=() install=() all_from_backports=0 no_kernel=0
+from_backports=() first=() install=() all_from_backports=0 no_kernel=0
 if [ "$want_backports" = 1 ]; then
   if [ ! -f "$BACKPORTS_SOURCE" ]; then
     say "QEMU for the lab: no vmx/svm on this CPU, so guests run under TCG; adding $BACKPORTS_SOURCE (QEMU >= 8.1 and a matching libvirt from bookworm-backports)"
@@ -90,7 +93,9 @@ for p in "${DEB_PACKAGES[@]}"; do
     compgen -G '/boot/vmlinuz-*' >/dev/null && continue
     no_kernel=1
   fi
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || { missing+=("$p"); install+=("$p"); }
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' && continue
+  missing+=("$p")
+  if [[ " ${IMAGE_PACKAGES[*]} " == *" $p "* ]]; then first+=("$p"); else install+=("$p"); fi
 done
 if [ ${#missing[@]} -eq 0 ] && [ ${#from_backports[@]} -eq 0 ]; then
   say "Debian packages: all ${#DEB_PACKAGES[@]} present, nothing to install"
@@ -125,22 +130,27 @@ start_images() {
   trap '[ -n "$images_pid" ] && kill "$images_pid" 2>/dev/null && wait "$images_pid" 2>/dev/null' EXIT
 }
 
-# Order: the package lists; Debian's packages (what the image build needs among them); the
-# image build starts; QEMU and libvirt from backports; the Python environment (libvirt-python
+# Order: the package lists; what the image build runs; the image build starts; the rest of
+# Debian's packages; QEMU and libvirt from backports; the Python environment (libvirt-python
 # builds against libvirt-dev). The kernel package, where /boot had none (a container), is
 # installed without an initramfs: nothing boots this machine from it, the smoke boot and the
 # floor boot the kernel alone, and generating one (twice: the package, then dpkg's trigger)
 # took half a minute.
-if [ ${#from_backports[@]} -gt 0 ] || [ ${#install[@]} -gt 0 ]; then
-  apt_t0=$SECONDS
+if [ ${#from_backports[@]} -gt 0 ] || [ ${#first[@]} -gt 0 ] || [ ${#install[@]} -gt 0 ]; then
+  apt_t0=$SECONDS n_install=$(( ${#from_backports[@]} + ${#first[@]} + ${#install[@]} ))
   : >/tmp/nested-nvme-apt.log
   apt-get update -qq
+  if wants_lab_images; then
+    [ ${#first[@]} -gt 0 ] && apt_install "${first[@]}"
+  else
+    install=("${first[@]}" "${install[@]}")
+  fi
+  start_images
   if [ ${#install[@]} -gt 0 ]; then
     if [ "$no_kernel" = 1 ]; then INITRD=No apt_install "${install[@]}"; else apt_install "${install[@]}"; fi
   fi
-  start_images
   [ ${#from_backports[@]} -gt 0 ] && apt_install -t bookworm-backports "${from_backports[@]}"
-  say "Debian packages: $(( ${#from_backports[@]} + ${#install[@]} )) installed in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
+  say "Debian packages: $n_install installed in $((SECONDS - apt_t0)) s (log /tmp/nested-nvme-apt.log)"
   if [ ${#from_backports[@]} -gt 0 ]; then
     say "QEMU for the lab: now qemu-system-x86 $(dpkg-query -W -f='${Version}' qemu-system-x86), libvirt $(dpkg-query -W -f='${Version}' libvirt-daemon)"
   fi
