@@ -330,7 +330,7 @@ class VirshShell:
         self.lines = queue.Queue()
         try:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
+                                         stderr=subprocess.DEVNULL, text=True, bufsize=1, errors="replace")
         except OSError as e:
             self.proc = None
             return f"could not start ssh: {e}"
