@@ -196,6 +196,4 @@ def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
                 raise RunbookError(f"L2 stopped answering ({e}); the last lines of its console: "
                                    f"{l2_console_tail(p, l1) or '(none)'}", hint=L2_RESTART_HINT) from None
             raise e
-    from .virt import DEFAULT_URI, VirshShell
-    cheap = VirshShell.of(l1, DEFAULT_URI) is not None  # a kept virsh shell: a message costs ~30 ms
-    return Agent(call=call, name="l2", poll_first=0.02 if cheap else None)
+    return Agent(call=call, name="l2")

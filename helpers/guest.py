@@ -372,9 +372,6 @@ class Agent(Guest):
     call: AgentCall = None  # type: ignore[assignment]
     name: str = "agent"
     poll: float = 0.2
-    # the first wait for a command to end; each next one doubles, up to ``poll``. Where a
-    # message is cheap (libvirt's API, a kept virsh shell) short commands end sooner than poll
-    poll_first: float | None = None
 
     def ping(self, timeout: float = 5) -> bool:
         try:
@@ -394,15 +391,13 @@ class Agent(Guest):
         except Exception as e:  # libvirt errors carry a clear message
             raise GuestError(f"guest agent of {self.name}: {e}") from None
         deadline = time.monotonic() + timeout
-        wait = self.poll if self.poll_first is None else min(self.poll_first, self.poll)
         while True:
             st = self.call({"execute": "guest-exec-status", "arguments": {"pid": pid}}, 30)["return"]
             if st.get("exited"):
                 break
             if time.monotonic() > deadline:
                 return Result(124, "", f"timed out after {timeout:.0f} s in {self.name}")
-            time.sleep(wait)
-            wait = min(wait * 2, self.poll)
+            time.sleep(self.poll)
         dec = lambda k: base64.b64decode(st.get(k, "")).decode(errors="replace")  # noqa: E731
         rc = st.get("exitcode", 128 + st.get("signal", 0))
         return Result(rc, dec("out-data"), dec("err-data"))

@@ -3,19 +3,13 @@
 and removing a domain is one piece of code for L1 (at L0) and L2 (in L1)."""
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import queue
 import shlex
-import subprocess
-import threading
 import time
 
 from . import record
 from .errors import RunbookError
-from . import guest as guest_mod
-from .guest import SSH, AgentCall, Guest, GuestError, Result
+from .guest import AgentCall, Guest, GuestError
 
 
 DEFAULT_URI = "qemu:///system"   # what `virsh` uses as root when no -c is given
@@ -265,173 +259,17 @@ class Virsh(Libvirt):
 TRANSIENT_AGENT_ERRORS = ("not available for now", "is not connected", "not responding")
 
 
-class VirshShell:
-    """One interactive ``virsh`` in a machine reached over SSH (L1), kept open for the
-    guest-agent messages to its guest (L2). A message then costs a line written and a line
-    read, about 30 ms in the lab's L1, instead of an SSH command and a new virsh process
-    (0.2-0.3 s under TCG, twice for each command L2 runs). Each message is recorded as the
-    one-shot ``virsh -c URI qemu-agent-command ...`` it stands for, with its exit code.
-
-    Lines go in as virsh's own shell reads them: the JSON in single quotes (a quote inside
-    it written as the JSON escape \\u0027), then ``echo MARK``; what virsh printed before
-    MARK is the answer, lines starting with ``error:`` a failure. A shell that ended (L1's
-    SSH connection closed, L1 rebooted) is started again for the next message; one that
-    ended during a message that is safe to repeat (anything but guest-exec) is asked again."""
-
-    _open: dict[tuple, "VirshShell"] = {}
-    _lock = threading.Lock()
-
-    def __init__(self, via: SSH, uri: str):
-        self.via, self.uri = via, uri
-        self.proc: subprocess.Popen | None = None
-        self.lines: queue.Queue = queue.Queue()
-        self.marks = 0
-        self.lock = threading.Lock()
-
-    @classmethod
-    def of(cls, via: Guest, uri: str) -> "VirshShell | None":
-        """The shell kept for ``via`` and ``uri``; None where ``via`` is not reached over SSH
-        (or NESTED_NVME_VIRSH_SHELL=0 asks for one-shot virsh)."""
-        if not isinstance(via, SSH) or os.environ.get("NESTED_NVME_VIRSH_SHELL", "1") == "0":
-            return None
-        key = (via.control_path(), via.target(), via.port, uri)
-        with cls._lock:
-            if key not in cls._open:
-                cls._open[key] = cls(via, uri)
-            return cls._open[key]
-
-    @classmethod
-    def close_all(cls) -> None:
-        with cls._lock:
-            for sh in cls._open.values():
-                sh._stop()
-            cls._open.clear()
-
-    def _alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _stop(self) -> None:
-        if self.proc is not None:
-            try:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.proc = None
-
-    def argv(self) -> list[str]:
-        # COLUMNS: virsh's line editor echoes each line it reads after its prompt, and scrolls a
-        # line longer than the screen's width (80 without a terminal) sideways instead
-        return self.via.argv(f"COLUMNS=1000000 virsh -c {shlex.quote(self.uri)} 2>&1")
-
-    def _start(self, timeout: float) -> str | None:
-        """Start virsh and read past its banner; None, or why it could not start."""
-        self._stop()
-        self.lines = queue.Queue()
-        try:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True, bufsize=1, errors="replace")
-        except OSError as e:
-            self.proc = None
-            return f"could not start ssh: {e}"
-        out, lines = self.proc.stdout, self.lines
-
-        def pump() -> None:
-            for line in out:
-                lines.put(line.rstrip("\n"))
-            lines.put(None)
-        threading.Thread(target=pump, daemon=True).start()
-        ok, said = self._exchange("", timeout)
-        if not ok:
-            self._stop()
-            return said or "virsh did not start"
-        return None
-
-    def _exchange(self, line: str, timeout: float) -> tuple[bool | None, str]:
-        """Send ``line`` (may be empty) and a mark; (True, output) when the mark came back,
-        (None, output) when the shell ended first ("unsent": before it could be written),
-        (False, ...) when time ran out."""
-        self.marks += 1
-        mark = f"__nested_nvme_mark_{os.getpid()}_{self.marks}__"
-        try:
-            self.proc.stdin.write((line + "\n" if line else "") + f"echo {mark}\n")
-            self.proc.stdin.flush()
-        except (OSError, ValueError):
-            self._stop()
-            return None, "unsent"
-        got: list[str] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                item = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                self._stop()
-                return False, f"timed out after {timeout:.0f} s over SSH to {self.via.target()}"
-            if item is None:
-                self._stop()
-                return None, "\n".join(got)
-            if item.strip() == mark:
-                return True, "\n".join(got)
-            if item.startswith("virsh # ") or not item.strip():
-                continue  # virsh's prompt with the line it read, and its blank lines
-            got.append(item)
-
-    def read(self, domain: str, msg: dict, timeout: int) -> Result:
-        """``virsh qemu-agent-command DOMAIN JSON --timeout N`` in the kept shell."""
-        payload = json.dumps(msg).replace("'", "\\u0027")
-        if "'" in domain or "\n" in domain:
-            raise GuestError(f"domain name {domain!r} cannot be passed to virsh's shell")
-        line = f"qemu-agent-command '{domain}' '{payload}' --timeout {int(timeout)}"
-        repeatable = msg.get("execute") != "guest-exec"
-        with self.lock:
-            res = None
-            for attempt in (1, 2):
-                if not self._alive():
-                    if why := self._start(min(timeout + 30, 60)):
-                        res = Result(255, "", f"virsh in {self.via.name}: {why}")
-                        break
-                ok, said = self._exchange(line, timeout + 30)
-                if ok is None and attempt == 1 and (repeatable or said == "unsent"):
-                    continue  # the shell ended before answering (or before reading it): again, in a new one
-                if ok is None:
-                    res = Result(255, "", f"virsh in {self.via.name} ended: {said or 'no output'}")
-                elif ok is False:
-                    res = Result(124, "", said)
-                else:
-                    said = [x for x in said.splitlines() if "Reconnected to the hypervisor" not in x]
-                    answer = [x for x in said if x.startswith("{")]
-                    if answer and not any(x.startswith("error:") for x in said):
-                        res = Result(0, answer[-1] + "\n", "")
-                    else:
-                        res = Result(1, "", "\n".join(said) or "virsh printed no answer")
-                break
-        cmd = shlex.join(["virsh", "-c", self.uri, "qemu-agent-command", domain, json.dumps(msg),
-                          "--timeout", str(int(timeout))])
-        res.cmd = cmd
-        if guest_mod.ON_RUN is not None:  # a read, as Virsh.read records the one-shot command
-            guest_mod.ON_RUN(self.via.name, cmd, res.rc, True)
-        return res
-
-
-atexit.register(VirshShell.close_all)
-
-
 def virsh_agent_call(via: Guest, domain: str, uri: str = DEFAULT_URI, retry_s: float = 20) -> AgentCall:
     """Send guest-agent JSON with ``virsh qemu-agent-command`` run on ``via``
-    (L1 reaching its own guest L2), through a kept virsh shell where ``via`` is reached over
-    SSH (``VirshShell``). A briefly unavailable agent is retried for ``retry_s`` seconds
-    (libvirt sent nothing then, so a retry runs nothing twice)."""
+    (L1 reaching its own guest L2). A briefly unavailable agent is retried for
+    ``retry_s`` seconds (libvirt sent nothing then, so a retry runs nothing twice)."""
 
     def call(msg: dict, timeout: float) -> dict:
         deadline = time.monotonic() + retry_s
         while True:
             # the way to L2's agent, not a change in L1 (the command L2 runs is recorded as L2's own)
-            shell = VirshShell.of(via, uri)
-            if shell is not None:
-                r = shell.read(domain, msg, max(int(timeout), 1))
-            else:
-                r = Virsh(via, uri).read("qemu-agent-command", domain, json.dumps(msg), "--timeout",
-                                         str(max(int(timeout), 1)), timeout=timeout + 30)
+            r = Virsh(via, uri).read("qemu-agent-command", domain, json.dumps(msg), "--timeout",
+                                     str(max(int(timeout), 1)), timeout=timeout + 30)
             if r.ok:
                 return json.loads(r.out)
             said = (r.err.strip() or r.out.strip())

@@ -183,7 +183,7 @@ def lab_l2_os() -> OS:
 
 def l1_agent(lv, name: str) -> Agent:
     """L1's guest agent through L0's libvirt (the domain looked up again at each call)."""
-    return Agent(call=libvirt_agent_call(lambda: lv.domain(name)), name=name, poll_first=0.02)
+    return Agent(call=libvirt_agent_call(lambda: lv.domain(name)), name=name)
 
 
 def wait_for_agent(lv, name: str, timeout: float, log: Path) -> float:
