@@ -135,10 +135,15 @@ def restart_libvirtd() -> None:
         subprocess.run(["systemctl", "restart", "libvirtd"], check=True)
         return
     subprocess.run(["pkill", "-x", "libvirtd"])
-    for _ in range(100):
+    # as `systemctl restart` does: the old daemon gone before the new one starts (it holds
+    # /run/libvirtd.pid until then; libvirtd forces its own shutdown after 15 s, more when busy:
+    # 19 s once here, and a new daemon then failed "Failed to acquire pid file")
+    for _ in range(600):
         if not daemons.running("libvirtd"):
             break
         time.sleep(0.1)
+    else:
+        pytest.fail("libvirtd did not stop within 60 s of SIGTERM")
     subprocess.run(["libvirtd", "-d"], check=True)
 
 
