@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CLOSED_PORT = 2252
 
 
-def lab_base(tmp_path: Path) -> Path:
+def lab_base(tmp_path: Path, l1_name: str = "nested-kvm-fleet-a") -> Path:
     """The lab's parameters with this suite's own L1 name, port and workdir."""
     data = yaml.safe_load((ROOT / "parameters" / "lab.yaml").read_text())
-    data["l1"]["name"] = "nested-kvm-fleet-a"
+    data["l1"]["name"] = l1_name
     data["l1"]["network"]["ssh_port"] = 2244
     data["host"]["workdir"] = "/var/lib/nested-nvme-fleet-a"
     data["nvme"]["backing_file"] = "/var/lib/nested-nvme-fleet-a/nvme.raw"
@@ -266,10 +266,11 @@ def test_the_example_inventory_maps_and_passes_the_schema(tmp_path):
 
 def test_ctrl_c_stops_every_hosts_run_and_says_how_to_resume(tmp_path):
     """SIGINT to the fleet command reaches each host's runner, which stops its stage and
-    records it; the fleet exits 130 and each host says how to resume (check mode: nothing changes)."""
+    records it; the fleet exits 130 and each host says how to resume (check mode: nothing changes).
+    Its L1 name is its own: a runner this test failed to stop holds no lock the lab's fleet tests need."""
     import signal
     import time
-    base = lab_base(tmp_path)
+    base = lab_base(tmp_path, "nested-kvm-fleet-ctrl-c")
     inv = tmp_path / "hosts.yml"
     inv.write_text("all:\n  hosts:\n    here:\n      ansible_connection: local\n")
     out = tmp_path / "outputs"

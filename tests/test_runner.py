@@ -399,3 +399,50 @@ def test_a_kernel_that_cannot_start_is_left_to_papermill(tmp_path, monkeypatch):
     monkeypatch.setattr(prewarm, "KERNEL_NAME", "no-such-kernel")
     _nb(tmp_path / "01_a.ipynb", "print(1)")
     assert prewarm.WarmKernel(tmp_path / "01_a.ipynb").start() is None
+
+
+def test_ctrl_c_in_a_run_raises_nothing_stops_the_runs_processes_and_a_second_exits_at_once():
+    """The runner's SIGINT handler only notes the request (a KeyboardInterrupt raised inside
+    importlib's lock bookkeeping was swallowed and left the run hung); the run's processes,
+    even one started after Ctrl-C, are stopped; a second Ctrl-C exits 130 at once."""
+    code = (
+        "import os, signal, subprocess, time\n"
+        "from helpers.run.ctrl_c import CtrlC\n"
+        "owner = 'l1:%d' % os.getpid()\n"
+        "with CtrlC(owner) as c:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    print('went on', c.requested is not None, flush=True)\n"
+        "    p = subprocess.Popen(['sleep', '60'], env={**os.environ, 'NESTED_NVME_OWNER': owner})\n"
+        "    t0 = time.monotonic()\n"
+        "    rc = p.wait(timeout=20)\n"
+        "    print('stopped', rc, time.monotonic() - t0 < 5, flush=True)\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    print('never', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130, r.stdout + r.stderr
+    assert "went on True" in r.stdout and "never" not in r.stdout
+    assert "stopped -9 True" in r.stdout or "stopped -15 True" in r.stdout, r.stdout
+    assert "Ctrl-C: stopping the run" in r.stderr and "second Ctrl-C: stopped at once" in r.stderr
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+
+
+def test_after_ctrl_c_the_next_stage_is_recorded_interrupted_and_nothing_of_it_runs(tmp_path):
+    """Ctrl-C between two stages: the next one is begun on record, not run, and resumable."""
+    from types import SimpleNamespace
+    from helpers.run.ctrl_c import CtrlC
+    from helpers.run.execute_stages import StageRun
+    from helpers.run.prewarm import Kernels
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _nb(d / "02_second.ipynb", "open('ran', 'w').write('ran')")
+    run_dir = tmp_path / "out" / "r"
+    run_dir.mkdir(parents=True)
+    ctrl_c = CtrlC("l1:0")
+    ctrl_c.requested = time.monotonic()
+    args = SimpleNamespace(quiet=True, cell_timeout=60, check=False)
+    run = StageRun(args, None, tmp_path / "p.yaml", {"02": d / "02_second.ipynb"}, run_dir, None, ctrl_c)
+    entry = run.attempt("02", Kernels(), None)
+    assert entry["status"] == "interrupted" and "before the stage began: nothing of it ran" in entry["error"]
+    assert "--from 02" in entry["hint"] and run.interrupted is entry
+    assert not (d / "ran").exists() and not (run_dir / "02_second.ipynb").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["stages"][0]["status"] == "interrupted"

@@ -16,7 +16,8 @@ from .attempts import begin_attempt, monotonic_start, settle_dead_attempts, stag
 from .choice import plannable
 from .diagnose import explain_l1
 from .folders import resume_command, seed_check_state, write_summary
-from .kernel import run_stage, stop_kernels_on_sigint
+from .ctrl_c import CtrlC
+from .kernel import run_stage
 from .prewarm import Kernels
 
 
@@ -24,20 +25,22 @@ def run_locked(args, p: Params, params_file: Path, available: dict[str, Path], c
                run_dir: Path, lock) -> int:
     """Run the ``chosen`` stages in ``run_dir`` while ``lock`` holds L1: the exit code
     (0 passed, 1 a stage failed, 130 interrupted)."""
-    run = StageRun(args, p, params_file, available, run_dir, lock)
-    run.begin(chosen)
-    run.walk(chosen)
-    run.after_failure(chosen)
-    return run.finish()
+    with CtrlC(lock.owner) as ctrl_c:
+        run = StageRun(args, p, params_file, available, run_dir, lock, ctrl_c)
+        run.begin(chosen)
+        run.walk(chosen)
+        run.after_failure(chosen)
+        return run.finish()
 
 
 class StageRun:
     """One invocation's stages in one run folder: the summary it keeps current, the
     stage that failed (if any) and whether Ctrl-C stopped it."""
 
-    def __init__(self, args, p: Params, params_file: Path, available: dict[str, Path], run_dir: Path, lock):
-        self.args, self.p, self.params_file, self.available, self.run_dir, self.lock = (
-            args, p, params_file, available, run_dir, lock)
+    def __init__(self, args, p: Params, params_file: Path, available: dict[str, Path], run_dir: Path, lock,
+                 ctrl_c: CtrlC):
+        self.args, self.p, self.params_file, self.available, self.run_dir, self.lock, self.ctrl_c = (
+            args, p, params_file, available, run_dir, lock, ctrl_c)
         self.state_file = run_dir / "state.json"
         self.summary_path = run_dir / "summary.json"
         summary = json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
@@ -94,21 +97,27 @@ class StageRun:
 
     def attempt(self, stage: str, kernels: Kernels, following: str | None) -> dict:
         """One attempt at the stage, recorded running before it starts and with its end after;
-        the ``following`` stage's kernel started meanwhile in ``kernels``."""
+        the ``following`` stage's kernel started meanwhile in ``kernels``. After Ctrl-C the stage
+        is recorded as interrupted: before it began (nothing of it ran), or while it ran (its
+        kernel was stopped), unless it had passed already."""
         print(f"== stage {stage} ({self.available[stage].stem}) ...", flush=True)
         self.results[stage] = begin_attempt(self.run_dir, stage, self.available[stage], self.results.get(stage))
         self.record()
         t0 = time.monotonic()
-        try:
-            with stop_kernels_on_sigint(self.lock.owner), \
-                    kernels.for_stage(self.available[stage], following and self.available[following]) as km:
-                entry = run_stage(stage, self.available[stage], self.run_dir, self.params_file, self.state_file,
-                                  self.args.cell_timeout, open(os.devnull, "w") if self.args.quiet else sys.stdout,
-                                  mode=self.mode, km=km)
-            entry["seconds"] = round(time.monotonic() - t0, 1)  # with the hand-over and the kernel's shutdown
-        except KeyboardInterrupt:
+        entry, began = None, self.ctrl_c.requested is None
+        if began:
+            try:
+                with kernels.for_stage(self.available[stage], following and self.available[following]) as km:
+                    entry = run_stage(stage, self.available[stage], self.run_dir, self.params_file,
+                                      self.state_file, self.args.cell_timeout,
+                                      open(os.devnull, "w") if self.args.quiet else sys.stdout, mode=self.mode, km=km)
+                entry["seconds"] = round(time.monotonic() - t0, 1)  # with the hand-over and the kernel's shutdown
+            except KeyboardInterrupt:  # the kernel itself was interrupted
+                self.ctrl_c.note()
+        if self.ctrl_c.requested is not None and (entry is None or entry["status"] != "passed"):
             entry = {"stage": stage, "notebook": self.available[stage].name, "status": "interrupted",
-                     "error": "interrupted (Ctrl-C / SIGINT) while the stage ran",
+                     "error": "interrupted (Ctrl-C / SIGINT) " + ("while the stage ran" if began else
+                                                                  "before the stage began: nothing of it ran"),
                      "hint": f"resume with `{resume_command(self.params_file, self.run_dir, stage)}`",
                      "seconds": round(time.monotonic() - monotonic_start(self.results[stage]), 1)}
             self.interrupted = entry
@@ -133,7 +142,7 @@ class StageRun:
         if failed and not self.interrupted and failed["stage"] not in ("01", "99"):
             explain_l1(failed, self.p, self.state_file)
         if failed and not self.interrupted and self.args.teardown_on_failure and "99" in self.available \
-                and "99" not in chosen:
+                and "99" not in chosen and self.ctrl_c.requested is None:
             print("== teardown after the failure ...", flush=True)
             self.results["99"] = run_stage("99", self.available["99"], self.run_dir, self.params_file,
                                            self.state_file, self.args.cell_timeout, open(os.devnull, "w"))
@@ -155,6 +164,8 @@ class StageRun:
                   f"({self.state_file}) keeps what the stages learned.\nHINT: {self.interrupted['hint']}",
                   file=sys.stderr)
             return 130
+        if self.ctrl_c.requested is not None:
+            print("\nNOTE: Ctrl-C came after the last stage had ended: nothing was stopped", file=sys.stderr)
         if self.failed:
             failed = self.failed
             print(f"\nFAILED at stage {failed['stage']}, cell In [{failed['cell']}]: {failed['cell_source']}\n"

@@ -1,10 +1,8 @@
 """One stage notebook executed by papermill in a Jupyter kernel, headless, into the run
-folder; the kernel's transport warning and shutdown interrupt kept off the terminal, and
-Ctrl-C stopping the kernel at once."""
+folder; the kernel's transport warning and shutdown interrupt kept off the terminal
+(Ctrl-C: ``ctrl_c``)."""
 from __future__ import annotations
 
-import contextlib
-import signal
 import time
 from pathlib import Path
 
@@ -55,8 +53,8 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
               timeout: int, log, mode: str = "run", km=None) -> dict:
     """Execute one stage notebook with papermill; return its summary entry. ``km``: a kernel
     started for it ahead (``prewarm``), which papermill uses and leaves running; None: papermill
-    starts one and shuts it down. A KeyboardInterrupt (Ctrl-C) propagates: the caller records
-    where it stopped."""
+    starts one and shuts it down. A KeyboardInterrupt the kernel itself got propagates: the
+    caller records where it stopped."""
     import papermill as pm
 
     out = run_dir / template.name
@@ -79,21 +77,3 @@ def run_stage(stage: str, template: Path, run_dir: Path, params_file: Path, stat
             raise KeyboardInterrupt from e
     entry["seconds"] = round(time.monotonic() - t0, 1)
     return entry
-
-
-@contextlib.contextmanager
-def stop_kernels_on_sigint(owner: str):
-    """Ctrl-C (SIGINT) stops the stage at once: the stage's kernel is killed first,
-    so it neither goes on acting on L1 nor prints its own traceback, then the runner
-    records where it stopped (KeyboardInterrupt)."""
-    from ..runlock import owned_processes, stop_processes
-
-    def on_sigint(signum, frame):
-        stop_processes(owned_processes(owner), grace=0)
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
