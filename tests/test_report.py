@@ -104,3 +104,31 @@ def test_a_png_picture_keeps_its_caption_in_the_html_report(tmp_path):
     _render(nb, "t", tmp_path / "r.html", False)
     html = (tmp_path / "r.html").read_text()
     assert "Ran under: L0 the host, L1 under TCG (emulated CPU)" in html and "data:image/png;base64" in html
+
+
+def test_the_reports_exporter_gives_nbconverts_page_with_its_alt_texts_and_tab_stops():
+    """The report's exporter skips HTMLExporter's whole-page BeautifulSoup pass and bleach over
+    highlighted code: the same text, every image with an alt text, every cell input and output
+    focusable, code still escaped."""
+    import nbformat
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+    from helpers.report import _exporter, accessible
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("x = '<script>alert(1)</script>' if 1 < 2 else 0\nprint(x)", execution_count=1)
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="<b>not bold</b>\n"),
+                    nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+                    nbformat.v4.new_output("display_data", data={"text/html": "<table><tr><td>1 GiB</td></tr></table>"})]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Stage\n\nWhat it does."), code]
+    theirs, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    ours, _ = _exporter().from_notebook_node(nb)
+    a, b = BeautifulSoup(theirs, "html.parser"), BeautifulSoup(ours, "html.parser")
+    assert a.get_text() == b.get_text()
+    assert "<script>alert(1)</script>" not in ours and "<b>not bold</b>" not in ours
+    assert [i.get("alt") for i in b.find_all("img")] == ["No description has been provided for this image"]
+    for sel in ("div.jp-Cell-inputWrapper", "div.jp-OutputArea-output"):
+        assert len(b.select(sel)) == len(a.select(sel)) > 0
+        assert all(d.get("tabindex") == "0" for d in b.select(sel))
+    assert accessible('<img alt="kept" src="a">') == '<img alt="kept" src="a">'
+    assert accessible('<div class="jp-OutputArea-output-x">') == '<div class="jp-OutputArea-output-x">'

@@ -446,3 +446,29 @@ def test_after_ctrl_c_the_next_stage_is_recorded_interrupted_and_nothing_of_it_r
     assert "--from 02" in entry["hint"] and run.interrupted is entry
     assert not (d / "ran").exists() and not (run_dir / "02_second.ipynb").exists()
     assert json.loads((run_dir / "summary.json").read_text())["stages"][0]["status"] == "interrupted"
+
+
+def test_a_handed_kernels_client_is_closed_without_lingering():
+    """The client nbclient left connected to a kernel that has exited: its channels stopped, its
+    own zmq context destroyed with linger 0 (stop_channels would linger 100 ms per queued message)."""
+    from helpers.run.prewarm import stop_client
+    calls = []
+
+    class Context:
+        closed = False
+
+        def destroy(self, linger=None):
+            calls.append(("destroy", linger))
+            self.closed = True
+
+    class Client:
+        _created_context = True
+        context = Context()
+
+        def stop_channels(self):
+            calls.append(("stop_channels", self._created_context))
+            if self._created_context:
+                self.context.destroy(linger=100)
+
+    stop_client(Client())
+    assert calls == [("stop_channels", False), ("destroy", 0)]
