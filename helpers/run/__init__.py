@@ -6,6 +6,7 @@
 - ``execute_stages``: the chosen stages in order, each attempt recorded, the first failure explained;
 - ``kernel``: one stage notebook through papermill in a Jupyter kernel;
 - ``prewarm``: the next stage's kernel started, its modules imported, while a stage runs;
+- ``ctrl_c``: Ctrl-C noted, the run's kernels stopped, the stage recorded interrupted (never raised mid-line);
 - ``attempts``: a stage's attempts in the summary (begun, killed, its steps and times);
 - ``diagnose``: what failed and what to do, and what happened to L1 when it was the cause.
 """
