@@ -126,6 +126,90 @@ def test_resume_stage_is_where_the_host_stopped(tmp_path):
     assert fleet.resume_stage(tmp_path / "none", "01") == "01"
 
 
+# --- Ctrl-C on its way to a host's runner -------------------------------------------------------
+
+COUNT_SIGINTS = """import signal, sys, time
+n = 0
+def got(*_):
+    global n
+    n += 1
+    open(sys.argv[1], "w").write(str(n))
+signal.signal(signal.SIGINT, got)
+open(sys.argv[1], "w").write("0")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def wait_for(pred, timeout=10.0):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigint_sigterm_and_sighup_reach_the_runner_as_one_ctrl_c_each(tmp_path):
+    """What reaches the wrapper twice at once (the fleet's own SIGINT, then Ansible's SIGINT and
+    SIGTERM to the worker's group) is one Ctrl-C for the runner; a second a second later is another."""
+    import os
+    import signal
+    import time
+    count = tmp_path / "count"
+    child = subprocess.Popen([sys.executable, "-c", COUNT_SIGINTS, str(count)], start_new_session=True)
+    try:
+        assert wait_for(lambda: count.exists())
+        with fleet.InterruptsPassedOn(child.pid):
+            for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+                os.kill(os.getpid(), sig)
+            assert wait_for(lambda: count.read_text() == "1")
+            time.sleep(fleet.InterruptsPassedOn.ONCE + 0.1)
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert wait_for(lambda: count.read_text() == "2")
+        time.sleep(0.3)
+        assert count.read_text() == "2" and child.poll() is None  # passed on as SIGINT: never a kill
+    finally:
+        child.kill()
+        child.wait()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers given back
+
+
+def test_interrupt_hosts_signals_each_running_hosts_wrapper_and_no_other(tmp_path):
+    import os
+    count = tmp_path / "count"
+    child = subprocess.Popen([sys.executable, "-c", COUNT_SIGINTS, str(count)], start_new_session=True)
+    try:
+        assert wait_for(lambda: count.exists())
+        d = tmp_path / "fleet-x"
+        fake_host(d, "busy", {"status": "running", "pid": child.pid})
+        fake_host(d, "done", {"status": "done", "pid": os.getpid(), "rc": 0})
+        fake_host(d, "gone", {"status": "running", "pid": 2 ** 22 + 1})
+        assert fleet.interrupt_hosts(d) == ["busy"]
+        assert wait_for(lambda: count.read_text() == "1")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_host_whose_wrapper_and_runner_were_killed_is_interrupted_not_failed(tmp_path):
+    """Its record still says running, with no exit code: Ctrl-C or a kill stopped it."""
+    d = tmp_path / "fleet-x"
+    fake_host(d, "h", {"status": "running", "pid": 2 ** 22 + 1, "runner_pid": 2 ** 22 + 2, "rc": None},
+              stages=[{"stage": "01", "status": "running"}])
+    h = fleet.host_view(d, "h")
+    assert h["status"] == "interrupted" and h["stopped_at"] == "01", h
+
+
+def test_a_host_whose_runner_outlives_its_wrapper_is_still_running(tmp_path):
+    import os
+    d = tmp_path / "fleet-x"
+    fake_host(d, "h", {"status": "running", "pid": 2 ** 22 + 1, "runner_pid": os.getpid(), "rc": None},
+              stages=[{"stage": "01", "status": "running"}])
+    assert fleet.host_view(d, "h")["status"] == "running"
+
+
 # --- the index ----------------------------------------------------------------------------------
 
 def fake_host(d: Path, host: str, rec: dict, stages: list[dict] | None = None, checks: list[dict] | None = None):
@@ -294,6 +378,7 @@ def test_ctrl_c_stops_every_hosts_run_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, stdout[-3000:] + stderr[-3000:]
     d = next(out.glob("fleet-*-check"))
     h = json.loads((d / "fleet.json").read_text())["hosts"][0]
-    assert h["status"] == "interrupted" and h["stopped_at"], h
+    log = (d / "here" / "runner.log").read_text()
+    assert h["status"] == "interrupted" and h["stopped_at"], (h, log[-3000:], stderr[-3000:])
     assert f"--from {h['stopped_at']}" in h["hint"] and "INTERRUPTED" in stderr
     assert "interrupted at stage" in (d / "index.html").read_text()

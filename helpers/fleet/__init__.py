@@ -310,21 +310,71 @@ def run_host(fleet_dir: Path, host: str, runner_args: list[str], python: str = s
            run_dir=str(d / run_id_for(host)), pid=os.getpid(), error=None, hint=None, rc=None,
            mode="check" if "--check" in runner_args else "run")
     write_index(fleet_dir)
-    # Ctrl-C reaches the runner (same process group) which stops its stage and records it;
-    # this wrapper waits for that record instead of dying first.
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with open(d / "runner.log", "a") as log:
-            log.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
-            log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
-                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-            rc = proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, old)
+    # The runner runs in a session of its own, so that only this wrapper signals it: Ansible
+    # passes Ctrl-C on as SIGINT to the worker's process group and then, when its clean-up finds
+    # the worker still there, SIGTERM to the same group, which killed a runner before it could
+    # record its stage (the host then stayed "running"). Here SIGINT, SIGTERM and SIGHUP all
+    # become one Ctrl-C for the runner (it stops its stage and records it); the same interrupt
+    # arriving by two ways at once (the fleet command's own and Ansible's) is passed on once;
+    # one a second or more later is a second Ctrl-C (the runner then stops at once).
+    with open(d / "runner.log", "a") as log:
+        log.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+    record(fleet_dir, host, runner_pid=proc.pid)
+    with InterruptsPassedOn(proc.pid):
+        rc = proc.wait()
     record(fleet_dir, host, status="done", rc=rc, finished=_now(), seconds=round(time.monotonic() - t0, 1))
     write_index(fleet_dir)
     return rc
+
+
+class InterruptsPassedOn:
+    """While entered: SIGINT, SIGTERM and SIGHUP to this process become SIGINT to ``pid``, at
+    most one per ``ONCE`` seconds (one interrupt that reached this process by two ways)."""
+
+    ONCE = 1.0
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.last: float | None = None
+        self.before: dict = {}
+
+    def __enter__(self) -> "InterruptsPassedOn":
+        self.before = {s: signal.signal(s, self._pass_on) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.before.items():
+            signal.signal(s, handler)
+
+    def _pass_on(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.ONCE:
+            return
+        self.last = now
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def interrupt_hosts(fleet_dir: Path) -> list[str]:
+    """Ctrl-C straight to each running host's wrapper (which passes it on to its runner), not
+    only through Ansible's workers; the hosts so reached."""
+    from ..runlock import alive
+    reached = []
+    for host in hosts_in(fleet_dir):
+        rec = read_json(host_dir(fleet_dir, host) / "host.json")
+        pid = rec.get("pid") or 0
+        if rec.get("status") == "running" and pid and pid != os.getpid() and alive(pid):
+            try:
+                os.kill(pid, signal.SIGINT)
+                reached.append(host)
+            except ProcessLookupError:
+                pass
+    return reached
 
 
 def resume_stage(run_dir: Path, start: str) -> str | None:
@@ -371,10 +421,12 @@ def host_view(fleet_dir: Path, host: str) -> dict:
     stages = _run_view(view, run_dir)
     if status == "running":
         from ..runlock import alive
-        if alive(rec.get("pid", 0)):
+        if alive(rec.get("pid") or 0) or alive(rec.get("runner_pid") or 0):
             view["status"] = "running"
             return view
-        status, rec["rc"] = "done", rec.get("rc", 130)  # its wrapper is gone: killed or stopped
+        status = "done"  # its wrapper is gone: killed or stopped
+        if rec.get("rc") is None:
+            rec["rc"] = 130
     if status == "done":
         _outcome(view, rec.get("rc"), stages, d / "runner.log")
     return view

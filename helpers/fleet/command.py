@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import params as params_mod
 from ..errors import RunbookError
-from . import PLAYBOOK, ROOT, hosts_in, read_json, write_index, write_json
+from . import PLAYBOOK, ROOT, host_dir, hosts_in, interrupt_hosts, read_json, write_index, write_json
 
 OUTPUTS = ROOT / "outputs"
 
@@ -140,6 +140,7 @@ def run_playbook(cmd: list[str], d: Path) -> tuple[int, bool]:
             os.killpg(proc.pid, signal.SIGINT)
         except ProcessLookupError:
             pass
+        interrupt_hosts(d)  # straight to each host's runner too: Ansible's way can lose it
 
     before = signal.signal(signal.SIGINT, forward)
     try:
@@ -178,8 +179,9 @@ def wait_for_hosts(d: Path, timeout: float) -> None:
     from ..runlock import alive
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        running = [h for h in hosts_in(d) if read_json(d / h / "host.json").get("status") == "running"
-                   and alive(read_json(d / h / "host.json").get("pid", 0))]
+        recs = [read_json(host_dir(d, h) / "host.json") for h in hosts_in(d)]
+        running = [r for r in recs if r.get("status") == "running"
+                   and (alive(r.get("pid") or 0) or alive(r.get("runner_pid") or 0))]
         if not running:
             return
         time.sleep(0.5)
