@@ -63,11 +63,15 @@ def l2_crash(p: Params, l1: Guest) -> str | None:
 
 
 STALL = re.compile(r"watchdog: BUG: soft lockup[^\r\n]*|rcu: INFO: rcu_\w+ detected stalls[^\r\n]*")
+# a panicked kernel halts for good (no panic= on L1's command line): from L0 it looks like a
+# stall, its vCPUs halted; the lab met "corrupted stack end detected inside scheduler" in the
+# thread of L2's vCPU, under TCG
+PANIC = re.compile(r"Kernel panic - not syncing:[^\r\n]*")
 
 
 def l1_stall(p: Params, l0: Guest | None = None) -> str | None:
-    """The first soft-lockup or RCU-stall line of L1's current boot in its console
-    log (on L0), if any: L1's vCPUs stopped making progress."""
+    """The kernel panic line of L1's current boot in its console log (on L0), else its first
+    soft-lockup or RCU-stall line, if any: L1's vCPUs stopped making progress."""
     from . import l0 as l0_mod
     from .paths import paths
     r = (l0 or l0_mod.guest(p)).run(["tail", "-c", str(512 * 1024), str(paths(p).l1_console)], timeout=60)
@@ -75,7 +79,7 @@ def l1_stall(p: Params, l0: Guest | None = None) -> str | None:
         return None
     text = r.out
     text = text[text.rfind("Booting `") + 1:]  # GRUB's line that starts each boot
-    m = STALL.search(text)
+    m = PANIC.search(text) or STALL.search(text)
     return m.group(0).strip() if m else None
 
 

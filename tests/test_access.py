@@ -91,6 +91,27 @@ def test_the_runner_names_an_l1_stall_as_the_cause(tmp_path):
     assert calm == {"stage": "03", "error": "GuestError: boom", "hint": "x"}
 
 
+PANICKED = ("[  296.706897] kvm [1141]: vcpu0, guest rIP: 0xffffffffabe73744 Unhandled WRMSR(0xc0010007) = 0xffff\r\n"
+            "[  358.173158] Kernel panic - not syncing: corrupted stack end detected inside scheduler\r\n"
+            "[  358.173798] CPU: 0 PID: 1221 Comm: CPU 0/KVM Not tainted 6.1.0-57-cloud-amd64 #1\r\n")
+
+
+def test_an_l1_kernel_panic_is_named_before_a_stall_and_says_where_the_trace_is(tmp_path):
+    """What the lab met (2026-12-05): L1's kernel panicked in L2's vCPU thread and halted,
+    which from L0 looked like a stall."""
+    path, p = _lab_in(tmp_path)
+    console = tmp_path / f"{p.l1.name}-console.log"
+    console.write_text("  Booting `Debian GNU/Linux'\r\nl1 login: " + STALLED + PANICKED)
+    assert l1_stall(p) == "Kernel panic - not syncing: corrupted stack end detected inside scheduler"
+    failed = {"stage": "05", "error": "RunbookError: guest agent of nvmetest did not answer", "hint": "x"}
+    explain_l1(failed, p)
+    assert failed["error"].startswith("L1's kernel panicked (its console: 'Kernel panic - not syncing: corrupted")
+    assert "nvmetest did not answer" in failed["error"]
+    assert str(console) in failed["hint"] and "--stages 99" in failed["hint"]
+    console.write_text(console.read_text() + "  Booting `Debian GNU/Linux'\r\nl1 login: \r\n")
+    assert l1_stall(p) is None  # that panic was in an earlier boot
+
+
 def test_an_l1_that_no_longer_runs_a_command_is_called_silent():
     answering = Machine(answers={r"^true$": ""})
     assert l1_silent(answering) is None

@@ -88,8 +88,15 @@ def explain_l1(failed: dict, p: Params, state_file: Path | None = None) -> None:
             "tear down with `--stages 99` and run again")
     if stall := l1_stall(p):
         failed["l1_stall"] = stall
-        failed["error"] = f"L1 stalled (its console: {stall!r}); {failed['error']}"
-        failed["hint"] = hint
+        if stall.startswith("Kernel panic"):
+            from ..paths import paths
+            failed["error"] = f"L1's kernel panicked (its console: {stall!r}); {failed['error']}"
+            failed["hint"] = (f"the trace is at the end of L1's console log, {paths(p).l1_console} (under TCG "
+                              "emulation, with KVM inside L1, a known hazard of the lab); tear down with "
+                              "`--stages 99` and run again")
+        else:
+            failed["error"] = f"L1 stalled (its console: {stall!r}); {failed['error']}"
+            failed["hint"] = hint
         return
     if failed["stage"] < "04" or state_file is None or not state_file.exists():
         return
