@@ -525,3 +525,38 @@ def test_runbook_l1_has_no_usb_and_its_nic_no_option_rom():
     args = [a.get("value") for a in root.iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")]
     nic = next(a for a in args if a.startswith("virtio-net-pci,"))
     assert nic.endswith(",romfile=")
+
+
+def test_cpu_flags_hidden_from_the_guest():
+    """A hidden flag is a <feature policy='disable'>, before the topology, and the same in virt-install's form."""
+    cpu = ET.fromstring(CPU("maximum", sockets=1, cores=2, threads=1, disabled=("erms", "fsrm")).to_xml())
+    assert [(f.get("policy"), f.get("name")) for f in cpu.findall("feature")] == [("disable", "erms"), ("disable", "fsrm")]
+    assert [c.tag for c in cpu] == ["feature", "feature", "topology"]
+    dom = lab_l1()
+    dom.cpu = CPU("maximum", disabled=("erms",))
+    assert "--cpu=maximum,disable=erms " in virt_install_command(dom) + " "
+    with pytest.raises(ValueError, match="libvirt feature name"):
+        CPU("maximum", disabled=("erms'/><x",))
+
+
+def test_l1_under_tcg_hides_the_fast_string_flags_and_under_kvm_sees_the_host_cpu():
+    """Under TCG QEMU runs rep movsb/stosb a byte per loop turn: L1's emulated CPU does not offer
+    ERMS/FSRM, so Linux copies and zeroes 8 bytes at a time. Under KVM L1 has the host's CPU as it is."""
+    from pathlib import Path
+
+    from helpers import params
+    from helpers.ops.l1 import l1_domain
+    p = params.load(Path(__file__).parent.parent / "parameters" / "lab.yaml")
+
+    def hidden(accel):
+        root = ET.fromstring(l1_domain(p, accel, "0-1", Path("/x/l1.qcow2"), Path("/x/console.log"),
+                                       native_nvme=False).to_xml())
+        return root.find("cpu").get("mode"), [f.get("name") for f in root.findall("cpu/feature[@policy='disable']")]
+
+    assert hidden("tcg") == ("maximum", ["erms", "fsrm"])
+    assert hidden("kvm") == ("host-passthrough", [])
+    forced = p.model_copy(deep=True)
+    forced.l1.cpu_mode = "host-model"
+    root = ET.fromstring(l1_domain(forced, "kvm", "0-1", Path("/x/l1.qcow2"), Path("/x/console.log"),
+                                   native_nvme=False).to_xml())
+    assert root.find("cpu").get("mode") == "host-model" and root.findall("cpu/feature") == []

@@ -1,6 +1,7 @@
 """The domain and its top-level parts: ``<vcpu>``, ``<os>``, ``<cpu>``, ``<features>``."""
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Literal, Optional
@@ -69,7 +70,9 @@ class CPU(XMLPart):
 
     ``host-passthrough`` (the seed, under KVM) hands the host CPU, vmx/svm
     included, to the guest; under TCG use ``maximum`` (QEMU's ``-cpu max``).
-    ``<topology>`` appears only when sockets, cores and threads are all given.
+    ``<topology>`` appears only when sockets, cores and threads are all given;
+    each name in ``disabled`` becomes ``<feature policy='disable' name=.../>``
+    (a CPU flag the guest does not see).
     """
 
     mode: Literal["host-passthrough", "host-model", "maximum", "custom"] = "host-passthrough"
@@ -78,9 +81,13 @@ class CPU(XMLPart):
     threads: Optional[int] = None
     check: Optional[Literal["none", "partial", "full"]] = None
     model: Optional[str] = None  # only for mode='custom', e.g. 'qemu64'
+    disabled: tuple[str, ...] = ()  # CPU flags hidden from the guest, libvirt's names (e.g. 'erms')
 
     def __post_init__(self) -> None:
         one_of("cpu mode", self.mode, ("host-passthrough", "host-model", "maximum", "custom"))
+        for name in self.disabled:
+            if not re.fullmatch(r"[a-z0-9_.-]+", name):
+                raise ValueError(f"cpu feature {name!r}: expected a libvirt feature name like 'erms'")
         if self.check is not None:
             one_of("cpu check", self.check, ("none", "partial", "full"))
         given = [v is not None for v in (self.sockets, self.cores, self.threads)]
@@ -103,6 +110,8 @@ class CPU(XMLPart):
             element.set("check", self.check)
         if self.model:
             sub(element, "model", self.model)
+        for name in self.disabled:
+            sub(element, "feature", policy="disable", name=name)
         if self.sockets is not None:
             sub(element, "topology", sockets=self.sockets, cores=self.cores, threads=self.threads)
         return element

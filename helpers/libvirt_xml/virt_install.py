@@ -93,7 +93,8 @@ def virt_install_command(domain: Domain) -> str:
                                     ("sockets", cpu.sockets), ("cores", cpu.cores), ("threads", cpu.threads),
                                     ("placement", "static"), ("cpuset", vcpu.cpuset)).removeprefix("vcpus="))
     flags.append(f"--cpu={cpu.mode if cpu.mode != 'custom' else cpu.model}"
-                 + (f",check={cpu.check}" if cpu.check else ""))
+                 + (f",check={cpu.check}" if cpu.check else "")
+                 + "".join(f",disable={name}" for name in cpu.disabled))
     flags.append(f"--memory={domain.memory_mib}")
     for device in domain.devices:
         flags.extend(_device_flags(device))
