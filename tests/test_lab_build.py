@@ -2,6 +2,7 @@
 run does for real (the two mmdebstraps, loop devices, chroots) is answered here with files."""
 import contextlib
 import io
+import os
 import re
 import shlex
 from pathlib import Path
@@ -87,3 +88,12 @@ def test_the_build_runs_its_jobs_in_order(tmp_path, monkeypatch):
     assert "mmdebstrap: L1 and L2 root filesystems, in parallel" in said
     assert '"virt_packages_cached": [\n    "qemu-utils"' in manifest
     assert "ssh-ed25519 AAAAssh_host_ed25519_key" in manifest
+
+
+def test_l1_masks_the_generators_it_has_no_use_for(tmp_path, monkeypatch):
+    """Each generator L1 has nothing for is a link to /dev/null in /etc/systemd/system-generators
+    (systemd runs every other one at each boot before it queues a unit); fstab's stays."""
+    build_with_fake_l0(build, tmp_path, monkeypatch)
+    masked = {p.name: os.readlink(p) for p in tmp_path.glob("work/**/etc/systemd/system-generators/*")}
+    assert masked == {name: "/dev/null" for name in build.L1_GENERATORS_OFF}
+    assert "systemd-sysv-generator" in masked and "systemd-fstab-generator" not in masked

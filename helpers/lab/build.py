@@ -17,9 +17,9 @@ from pathlib import Path
 from ..guest import Guest, Local
 from .cache import LabImages, save_manifest
 from .files import (LabImageError, chroot_mounts, copy_modules, copy_tree, disk_usage, empty_dir, ext4_size,
-                    kernel_version, module_closure, read, set_shell_vars, tree_bytes, write)
-from .sources import (DISK_SIZE, FILES, L1_CACHED, L1_ENABLED, L1_GRUB, L1_GRUB_D_OFF, L1_MASKED, L1_PACKAGES,
-                      L1_REPO, L1_STRIP, L2_CMDLINE, L2_INITRD_IN_L1, L2_KERNEL_IN_L1, L2_MODULES,
+                    kernel_version, make_dirs, module_closure, read, set_shell_vars, tree_bytes, write)
+from .sources import (DISK_SIZE, FILES, L1_CACHED, L1_ENABLED, L1_GENERATORS_OFF, L1_GRUB, L1_GRUB_D_OFF, L1_MASKED,
+                      L1_PACKAGES, L1_REPO, L1_STRIP, L2_CMDLINE, L2_INITRD_IN_L1, L2_KERNEL_IN_L1, L2_MODULES,
                       L2_MODULES_LATER, L2_PACKAGES,
                       L2_ROOT_IN_L1, SBIN_PATH, STRIP, SUITE, debian_sources)
 
@@ -272,6 +272,11 @@ def finish_l1(shell: Shell, root: Path, loop: str) -> None:
     shell.say("L1: systemd units, apt index, grub")
     shell.chroot(root, "systemctl", "mask", *L1_MASKED)
     shell.chroot(root, "systemctl", "enable", *L1_ENABLED)
+    generators = root / "etc/systemd/system-generators"
+    make_dirs(generators)
+    for name in L1_GENERATORS_OFF:  # a link to /dev/null masks a generator
+        (generators / name).unlink(missing_ok=True)
+        (generators / name).symlink_to("/dev/null")
     for script in L1_GRUB_D_OFF:
         (root / "etc/grub.d" / script).chmod(0o644)
     # libvirtd starts on its socket when first used; not at boot
