@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import RunbookError
 from .guest import SSH, Agent, Guest, GuestError
-from .virt import virsh_agent_call
+from .virt import Virsh, virsh_agent_call
 from .params import Params
 from .state import State
 
@@ -199,5 +199,31 @@ def l2_guest(p: Params, state: State, l1: Guest) -> Agent:
             if "not connected" in str(e) or "not responding" in str(e):
                 raise RunbookError(f"L2 stopped answering ({e}); the last lines of its console: "
                                    f"{l2_console_tail(p, l1) or '(none)'}", hint=L2_RESTART_HINT) from None
+            if "timed out" in str(e) and (named := l2_agent_timed_out(p, l1, str(e))):
+                raise named from None
             raise e
     return Agent(call=call, name="l2")
+
+
+def l2_agent_timed_out(p: Params, l1: Guest, said: str) -> RunbookError | None:
+    """A command through L2's guest agent that got no answer in time, named for what it met:
+    L2 no longer running in L1, L2 hung (its agent silent to a ping too), or an answer that
+    was late. None when L1 itself no longer answers: the runner then names what happened
+    to L1 (its console's panic or stall line, or its silence)."""
+    if l1_silent(l1, timeout=20) is not None:
+        return None
+    state, reason = Virsh(l1).domstate(p.l2.name)
+    console = l2_console_tail(p, l1) or "(none)"
+    if state == "unknown":
+        return RunbookError(f"a command through L2's guest agent got no answer ({said}), and L2's state in L1 could "
+                            f"not be read ({reason}); the last lines of its console: {console}", hint=L2_RESTART_HINT)
+    if state != "running":
+        return RunbookError(f"L2 is {state} in L1 ({reason or 'no reason given'}): a command through its guest "
+                            f"agent got no answer ({said}); the last lines of its console: {console}",
+                            hint=L2_RESTART_HINT)
+    if not Agent(call=virsh_agent_call(l1, p.l2.name), name="l2").ping(timeout=10):
+        return RunbookError(f"L2 hung: it runs in L1, but its guest agent answered neither the runbook's command "
+                            f"({said}) nor a ping since; the last lines of its console: {console}",
+                            hint=L2_RESTART_HINT)
+    return RunbookError(f"a command through L2's guest agent got no answer in time ({said}); L2 answers a ping "
+                        "again now", hint=L2_RESTART_HINT)

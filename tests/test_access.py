@@ -224,3 +224,45 @@ def test_an_l2_that_booted_and_no_longer_answers_is_told_from_one_still_booting(
     assert l2_stopped_answering(p, booting) is False
     fine = Machine(answers={r"^grep -q L2-READY": "", r"qemu-agent-command nvmetest": '{"return": {}}'})
     assert l2_stopped_answering(p, fine) is False
+
+
+TIMED_OUT = Result(124, "", "timed out after 60 s over SSH to root@127.0.0.1")
+
+
+def _l2_timing_out(domstate: str, ping_answers: bool, l1_answers: bool = True) -> Machine:
+    def agent(cmd):
+        if "guest-ping" in cmd:
+            return Result(0, json.dumps({"return": {}}), "") if ping_answers else TIMED_OUT
+        if "guest-exec-status" in cmd:
+            return TIMED_OUT
+        return Result(0, json.dumps({"return": {"pid": 7}}), "")
+    return Machine(answers={r"qemu-agent-command": agent, r"^grep -m1": Result(1, "", ""),
+                            r"^true$": Result(0, "", "") if l1_answers else TIMED_OUT,
+                            r"domstate": domstate, r"^tail -n": "[ 9.1] fio: start\nL2-READY uptime=5.1s\n"})
+
+
+def test_an_agent_command_that_times_out_in_a_hung_l2_is_named_with_its_console():
+    l1 = _l2_timing_out("running (booted)\n", ping_answers=False)
+    with pytest.raises(RunbookError, match=r"^L2 hung: it runs in L1, but its guest agent answered neither") as e:
+        l2_guest(P, None, l1).run("fio --name=x")
+    assert "timed out after 60 s" in str(e.value) and "L2-READY uptime=5.1s" in str(e.value)
+    assert "--from 04" in e.value.hint
+
+
+def test_an_agent_command_that_times_out_names_an_l2_that_is_no_longer_running():
+    l1 = _l2_timing_out("shut off (crashed)\n", ping_answers=False)
+    with pytest.raises(RunbookError, match=r"^L2 is shut off in L1 \(crashed\)"):
+        l2_guest(P, None, l1).run("fio --name=x")
+
+
+def test_a_late_answer_from_an_l2_that_answers_again_is_said_as_such():
+    l1 = _l2_timing_out("running (booted)\n", ping_answers=True)
+    with pytest.raises(RunbookError, match=r"got no answer in time .*L2 answers a ping again now"):
+        l2_guest(P, None, l1).run("fio --name=x")
+
+
+def test_an_agent_command_that_times_out_because_l1_is_silent_is_left_to_the_l1_diagnosis():
+    from helpers.guest import GuestError
+    l1 = _l2_timing_out("running (booted)\n", ping_answers=False, l1_answers=False)
+    with pytest.raises(GuestError, match="timed out after 60 s over SSH"):
+        l2_guest(P, None, l1).run("fio --name=x")
